@@ -1,0 +1,270 @@
+//! All-time per-second personal bests of a class, and their merge.
+//!
+//! `history[second][racerId] = max(existing, output)`. The merge is a
+//! join-semilattice (per-key max), so it is idempotent, commutative and
+//! associative: merging a delivery object twice, or two objects in either
+//! order, gives the same history. That is what makes at-least-once delivery
+//! and concurrent merges safe.
+
+use crate::codec::{self, GunzipError};
+use crate::delivery::HistoryPoint;
+use crate::telemetry::{ClassId, RacerId, Second};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Largest decompressed class file accepted when loading (a 10,000-racer
+/// class is about 50 MB of JSON).
+pub const MAX_CLASS_FILE_BYTES: u64 = 1 << 30;
+
+/// The personal bests of one class: for each second, each racer's best output.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ClassHistory {
+    seconds: BTreeMap<Second, BTreeMap<RacerId, f64>>,
+}
+
+/// Why a stored class file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Not gzip.
+    #[error(transparent)]
+    Gzip(#[from] GunzipError),
+    /// Not the class-history JSON format.
+    #[error("not a class history: {0}")]
+    Format(String),
+}
+
+impl ClassHistory {
+    /// Raises `racer`'s best at `second` to `output` if it is higher.
+    /// Returns whether anything changed.
+    pub fn merge(&mut self, second: Second, racer: RacerId, output: f64) -> bool {
+        let best = self
+            .seconds
+            .entry(second)
+            .or_default()
+            .entry(racer)
+            .or_insert(f64::NEG_INFINITY);
+        if output > *best {
+            *best = output;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `racer`'s best at `second`, if it has one.
+    #[must_use]
+    pub fn best(&self, second: Second, racer: RacerId) -> Option<f64> {
+        self.seconds.get(&second)?.get(&racer).copied()
+    }
+
+    /// The bests at `second`, by racer.
+    #[must_use]
+    pub fn at(&self, second: Second) -> Option<&BTreeMap<RacerId, f64>> {
+        self.seconds.get(&second)
+    }
+
+    /// Whether there is no best at all.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.seconds.is_empty()
+    }
+
+    /// Number of (second, racer) bests.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.seconds.values().map(BTreeMap::len).sum()
+    }
+
+    /// The class-file JSON: `{"1": {"101": 152.34, ...}, ...}`, seconds and
+    /// racers in ascending numeric order, so equal histories give equal bytes.
+    #[must_use]
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.seconds).expect("a map of numbers always serializes")
+    }
+
+    /// Parses class-file JSON, checking every second, racer and output.
+    pub fn from_json(json: &[u8]) -> Result<Self, HistoryError> {
+        let raw: BTreeMap<u64, BTreeMap<u64, f64>> =
+            serde_json::from_slice(json).map_err(|e| HistoryError::Format(e.to_string()))?;
+        let mut history = ClassHistory::default();
+        for (second, racers) in raw {
+            let second = Second::new(second)
+                .ok_or_else(|| HistoryError::Format(format!("second {second} out of range")))?;
+            for (racer, output) in racers {
+                if !(output.is_finite() && output >= 0.0) {
+                    return Err(HistoryError::Format(format!(
+                        "output {output} of racer {racer} at second {second} is not a valid output"
+                    )));
+                }
+                history.merge(second, RacerId(racer), output);
+            }
+        }
+        Ok(history)
+    }
+
+    /// The gzipped class file, as published.
+    #[must_use]
+    pub fn to_gzip(&self, level: u32) -> Vec<u8> {
+        codec::gzip(&self.to_json(), level)
+    }
+
+    /// Loads a published class file.
+    pub fn from_gzip(bytes: &[u8]) -> Result<Self, HistoryError> {
+        Self::from_json(&codec::gunzip(bytes, MAX_CLASS_FILE_BYTES)?)
+    }
+}
+
+/// The histories of every class.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Histories {
+    classes: BTreeMap<ClassId, ClassHistory>,
+}
+
+impl Histories {
+    /// Sets a class's history, e.g. as loaded at start.
+    pub fn insert(&mut self, class: ClassId, history: ClassHistory) {
+        self.classes.insert(class, history);
+    }
+
+    /// A class's history, if it has one.
+    #[must_use]
+    pub fn get(&self, class: ClassId) -> Option<&ClassHistory> {
+        self.classes.get(&class)
+    }
+
+    /// Merges every point; returns the classes whose history changed (and so
+    /// need republishing). Points that change nothing are free.
+    pub fn merge<'a>(&mut self, points: impl IntoIterator<Item = &'a HistoryPoint>) -> BTreeSet<ClassId> {
+        let mut changed = BTreeSet::new();
+        for p in points {
+            if self
+                .classes
+                .entry(p.class_id)
+                .or_default()
+                .merge(p.second, p.racer_id, p.output)
+            {
+                changed.insert(p.class_id);
+            }
+        }
+        changed
+    }
+}
+
+/// The key a class's history is published under: `class-<N>.gz`.
+#[must_use]
+pub fn class_file_key(class: ClassId) -> String {
+    format!("class-{class}.gz")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn point(class: u8, second: u16, racer: u64, output: f64) -> HistoryPoint {
+        HistoryPoint {
+            class_id: ClassId(class),
+            second: Second(second),
+            racer_id: RacerId(racer),
+            output,
+        }
+    }
+
+    #[test]
+    fn keeps_the_maximum_per_second_and_racer() {
+        let mut h = Histories::default();
+        let changed = h.merge(&[point(1, 1, 101, 150.0), point(1, 1, 101, 152.34), point(1, 1, 101, 140.0)]);
+        assert_eq!(changed, BTreeSet::from([ClassId(1)]));
+        assert_eq!(h.get(ClassId(1)).unwrap().best(Second(1), RacerId(101)), Some(152.34));
+        assert!(h.merge(&[point(1, 1, 101, 152.34)]).is_empty(), "equal output is no change");
+        assert_eq!(h.merge(&[point(2, 1, 101, 1.0)]), BTreeSet::from([ClassId(2)]));
+    }
+
+    #[test]
+    fn serializes_in_the_reference_format() {
+        let mut h = ClassHistory::default();
+        h.merge(Second(2), RacerId(101), 153.1);
+        h.merge(Second(1), RacerId(102), 148.9);
+        h.merge(Second(1), RacerId(101), 152.34);
+        h.merge(Second(10), RacerId(9), 1.0);
+        assert_eq!(
+            String::from_utf8(h.to_json()).unwrap(),
+            r#"{"1":{"101":152.34,"102":148.9},"2":{"101":153.1},"10":{"9":1.0}}"#
+        );
+        assert_eq!(h.len(), 4);
+    }
+
+    #[test]
+    fn gzip_round_trip() {
+        let mut h = ClassHistory::default();
+        for s in 1..=300 {
+            for r in 0..20 {
+                h.merge(Second(s), RacerId(r), f64::from(s) + r as f64 / 7.0);
+            }
+        }
+        let back = ClassHistory::from_gzip(&h.to_gzip(6)).unwrap();
+        assert_eq!(back, h);
+    }
+
+    #[test]
+    fn refuses_files_that_are_not_class_histories() {
+        assert!(ClassHistory::from_gzip(br#"{"1":{"1":1}}"#).is_err(), "plain JSON is not gzip");
+        for bad in [r#"{"0":{"1":1}}"#, r#"{"1":{"1":-1}}"#, r#"{"1":{"x":1}}"#, r#"[1]"#] {
+            assert!(ClassHistory::from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(ClassHistory::from_json(b"{}").unwrap().is_empty());
+    }
+
+    fn points() -> impl Strategy<Value = Vec<HistoryPoint>> {
+        prop::collection::vec(
+            (1u8..=6, 1u16..=5, 0u64..8, 0u32..100_000).prop_map(|(c, s, r, o)| point(c, s, r, f64::from(o) / 100.0)),
+            0..60,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_idempotent(batch in points()) {
+            let mut once = Histories::default();
+            once.merge(&batch);
+            let mut twice = once.clone();
+            prop_assert!(twice.merge(&batch).is_empty());
+            prop_assert_eq!(twice, once);
+        }
+
+        #[test]
+        fn merge_is_order_independent(a in points(), b in points(), seed in any::<u64>()) {
+            let mut ab = Histories::default();
+            ab.merge(&a);
+            ab.merge(&b);
+            let mut ba = Histories::default();
+            ba.merge(&b);
+            ba.merge(&a);
+            prop_assert_eq!(&ab, &ba);
+
+            // Any interleaving of the records gives the same history too.
+            let mut all: Vec<_> = a.iter().chain(&b).copied().collect();
+            let n = all.len();
+            for i in (1..n).rev() {
+                let j = (seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i as u64) % (i as u64 + 1)) as usize;
+                all.swap(i, j);
+            }
+            let mut shuffled = Histories::default();
+            shuffled.merge(&all);
+            prop_assert_eq!(&shuffled, &ab);
+        }
+
+        #[test]
+        fn merge_equals_the_per_key_maximum(batch in points()) {
+            let mut h = Histories::default();
+            h.merge(&batch);
+            for p in &batch {
+                let expected = batch
+                    .iter()
+                    .filter(|q| (q.class_id, q.second, q.racer_id) == (p.class_id, p.second, p.racer_id))
+                    .map(|q| q.output)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                prop_assert_eq!(h.get(p.class_id).unwrap().best(p.second, p.racer_id), Some(expected));
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The output (power) formula, computed here once and used everywhere.
+
+/// Decimal places every stored and published output is rounded to, as the
+/// original real-time functions did.
+pub const OUTPUT_DECIMALS: i32 = 4;
+
+/// A racer's output (power) for one second:
+/// `((cadence + 35) * (resistance + 65)) / 100`, rounded to 4 decimal places.
+///
+/// Inputs are validated telemetry values (finite, 0..=1000), so the result is
+/// always finite and non-negative.
+#[must_use]
+pub fn output(cadence: f64, resistance: f64) -> f64 {
+    // Scaling the product by 10^4 / 100 in one step (rather than dividing by
+    // 100 first) keeps exact halves exact, so ties round up as in JavaScript:
+    // 115.25 * 143.5 = 16538.375 -> 165.3838.
+    let scale = 10f64.powi(OUTPUT_DECIMALS);
+    ((cadence + 35.0) * (resistance + 65.0) * (scale / 100.0)).round() / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_reference_formula() {
+        // (80.25 + 35) * (78.5 + 65) / 100 = 115.25 * 143.5 / 100 = 165.38375
+        assert_eq!(output(80.25, 78.5), 165.3838);
+        assert_eq!(output(0.0, 0.0), 22.75);
+        assert_eq!(output(30.0, 33.0), 63.7);
+    }
+
+    #[test]
+    fn rounds_to_four_decimals() {
+        // 1/3 + 35 = 35.333.., * 65 / 100 = 22.966666..
+        assert_eq!(output(1.0 / 3.0, 0.0), 22.9667);
+        let value = output(47.123_456, 51.987_654);
+        assert_eq!(value, (value * 10_000.0).round() / 10_000.0);
+    }
+
+    #[test]
+    fn is_monotonic_in_both_inputs() {
+        assert!(output(50.0, 50.0) < output(50.1, 50.0));
+        assert!(output(50.0, 50.0) < output(50.0, 50.1));
+    }
+}
