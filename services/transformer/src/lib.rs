@@ -1,1 +1,171 @@
-//! placeholder
+//! The transformer (what Kinesis Data Firehose and its transform Lambda did):
+//! reads the stream, adds `output` to each record, buffers newline-delimited
+//! JSON per shard, and delivers gzipped objects to the delivery store when
+//! the buffer reaches its size or age. Records that fail processing go to a
+//! `processing-failed/` object instead.
+//!
+//! A shard's checkpoint moves only after its objects are durably written, so
+//! a crash re-delivers (never loses) what was in flight; the history merge
+//! is idempotent, so a re-delivered record changes nothing.
+
+mod deliver;
+
+use alleycat_core::batcher::{BatchLimits, Batcher};
+use alleycat_runtime::{ServerArgs, parse_millis};
+use alleycat_storage::{ObjectStore, StorageArgs, Stream};
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use deliver::Processed;
+
+/// The transformer's consumer name on the stream.
+pub const CONSUMER: &str = "transformer";
+
+/// Most records taken from the stream per poll.
+const POLL_RECORDS: usize = 10_000;
+/// Longest a poll waits when no batch is due sooner.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Buffering settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransformerArgs {
+    /// Deliver a shard's buffer once it holds this many bytes of NDJSON.
+    #[arg(long, env = "ALLEYCAT_BUFFER_BYTES", default_value = "1048576")]
+    pub buffer_bytes: NonZeroUsize,
+
+    /// Deliver a shard's buffer once its oldest record has waited this long,
+    /// in milliseconds.
+    #[arg(long, env = "ALLEYCAT_BUFFER_INTERVAL_MS", default_value = "5000", value_parser = parse_millis)]
+    pub buffer_interval: Duration,
+}
+
+impl TransformerArgs {
+    fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_bytes: self.buffer_bytes,
+            max_age: self.buffer_interval,
+        }
+    }
+}
+
+/// Settings of a standalone transformer process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Health-check address and shutdown timeout.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Where the stream and the delivery store are.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Buffering.
+    #[command(flatten)]
+    pub transformer: TransformerArgs,
+}
+
+/// Runs a standalone transformer process until `shutdown` resolves, then
+/// delivers what it holds.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stream = config.storage.open_stream()?;
+    let delivery = config.storage.open_delivery_store()?;
+    let token = alleycat_runtime::cancel_on(shutdown);
+    let pipeline_stop = CancellationToken::new();
+    let pipeline = tokio::spawn(run_pipeline(stream, delivery, config.transformer, pipeline_stop.clone()));
+    alleycat_runtime::serve(listener, alleycat_runtime::health_routes(), token).await?;
+    pipeline_stop.cancel();
+    alleycat_runtime::with_timeout("transformer flush", config.server.shutdown_timeout, pipeline)
+        .await
+        .unwrap_or(Ok(Ok(())))??;
+    Ok(())
+}
+
+/// Reads the stream and delivers batches until `stop` is cancelled, then
+/// delivers every open batch and returns.
+pub async fn run_pipeline(
+    stream: Arc<dyn Stream>,
+    store: Arc<dyn ObjectStore>,
+    args: TransformerArgs,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut subscription = stream.subscribe(CONSUMER).await?;
+    let limits = args.limits();
+    let mut shards: HashMap<String, Batcher<Processed>> = HashMap::new();
+    let mut backoff = Backoff::default();
+    tracing::info!(buffer_bytes = limits.max_bytes, buffer_interval = ?limits.max_age, "transformer started");
+    loop {
+        let next_due = shards.values().filter_map(Batcher::deadline).min();
+        let wait = next_due.map_or(IDLE_POLL, |due| due.saturating_duration_since(Instant::now()).min(IDLE_POLL));
+        let polled = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            polled = subscription.poll(POLL_RECORDS, wait) => polled,
+        };
+        match polled {
+            Ok(records) => {
+                backoff.reset();
+                for record in records {
+                    let shard = record.shard_id.clone();
+                    let processed = Processed::from_record(record);
+                    let size = processed.size();
+                    let batcher = shards.entry(shard.clone()).or_insert_with(|| Batcher::new(limits));
+                    if let Some(batch) = batcher.push(processed, size) {
+                        deliver::deliver(store.as_ref(), subscription.as_mut(), &shard, batch).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the stream failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff.next()) => {}
+                }
+            }
+        }
+        for (shard, batcher) in &mut shards {
+            if let Some(batch) = batcher.take_if_due() {
+                deliver::deliver(store.as_ref(), subscription.as_mut(), shard, batch).await;
+            }
+        }
+    }
+    for (shard, batcher) in &mut shards {
+        let batch = batcher.take();
+        if !batch.is_empty() {
+            deliver::deliver(store.as_ref(), subscription.as_mut(), shard, batch).await;
+        }
+    }
+    tracing::info!("transformer stopped; open batches delivered");
+    Ok(())
+}
+
+/// Capped exponential backoff with jitter, for retrying a failing backend.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(5);
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let exp = Self::BASE.saturating_mul(1 << self.attempt.min(10)).min(Self::CAP);
+        self.attempt += 1;
+        // "Equal jitter": half fixed, half random, so retries spread out.
+        let nanos = u64::try_from(exp.as_nanos()).unwrap_or(u64::MAX);
+        let random = u64::from(chrono::Utc::now().timestamp_subsec_nanos()) % (nanos / 2 + 1);
+        Duration::from_nanos(nanos / 2 + random)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+

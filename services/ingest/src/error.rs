@@ -1,0 +1,72 @@
+//! The ingest API's errors and how they are answered.
+
+use alleycat_core::validate::{BatchError, RecordError};
+use alleycat_storage::StreamError;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Everything a request can fail with. Each becomes a JSON body naming the
+/// problem; internal details are logged, not returned.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The records are not acceptable.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// The body exceeds [`crate::MAX_BODY_BYTES`].
+    #[error("the body exceeds the limit of {} bytes", crate::MAX_BODY_BYTES)]
+    BodyTooLarge,
+    /// The body could not be read.
+    #[error("the body could not be read: {0}")]
+    BadBody(String),
+    /// Neither JSON nor NDJSON.
+    #[error("unsupported Content-Type {0:?}: send application/json or application/x-ndjson")]
+    UnsupportedMediaType(String),
+    /// The stream did not take the records; none of them count as accepted.
+    #[error("the stream is unavailable; nothing from this request was stored, retry later")]
+    Unavailable(#[from] StreamError),
+}
+
+/// The JSON error body (`frontend-contract/ingest-error.schema.json`).
+#[derive(Debug, Serialize)]
+pub(crate) struct ErrorBody<'a> {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub(crate) kind: Option<&'static str>,
+    pub(crate) error: String,
+    pub(crate) records: &'a [RecordError],
+}
+
+impl AppError {
+    /// The HTTP status this error is answered with.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Batch(BatchError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Batch(BatchError::TooManyRecords(_)) | AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Batch(_) | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub(crate) fn body(&self, kind: Option<&'static str>) -> ErrorBody<'_> {
+        if let AppError::Unavailable(cause) = self {
+            tracing::warn!(error = %cause, "refusing records: stream unavailable");
+        }
+        ErrorBody {
+            kind,
+            error: self.to_string(),
+            records: match self {
+                AppError::Batch(e) => e.records(),
+                _ => &[],
+            },
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.body(None))).into_response()
+    }
+}

@@ -1,0 +1,65 @@
+//! `GET /v1/telemetry/ws`: a bike keeps one WebSocket open and sends one JSON
+//! message (an object, or an array of up to 500) per text frame. Each frame
+//! is answered, in order, with an ack or an error frame; the socket stays
+//! open after an error.
+
+use crate::error::AppError;
+use crate::http::Accepted;
+use crate::{AppState, MAX_BODY_BYTES};
+use alleycat_core::validate::{BodyFormat, parse_batch};
+use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+
+pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_BODY_BYTES)
+        .on_upgrade(move |socket| serve_bike(socket, state))
+}
+
+async fn serve_bike(mut socket: WebSocket, state: AppState) {
+    loop {
+        let message = tokio::select! {
+            message = socket.recv() => message,
+            () = state.shutdown.cancelled() => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        };
+        let reply = match message {
+            Some(Ok(Message::Text(text))) => answer(&state, text.as_bytes()).await,
+            Some(Ok(Message::Binary(_))) => error_frame(&AppError::BadBody(
+                "send each message as a JSON text frame".to_owned(),
+            )),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+        };
+        if socket.send(Message::Text(reply)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn answer(state: &AppState, frame: &[u8]) -> Utf8Bytes {
+    let result = match parse_batch(frame, BodyFormat::Json) {
+        Ok(records) => crate::put(state.stream.as_ref(), &records).await,
+        Err(e) => Err(AppError::Batch(e)),
+    };
+    match result {
+        Ok(accepted) => to_frame(&Accepted {
+            kind: Some("ack"),
+            accepted,
+        }),
+        Err(e) => error_frame(&e),
+    }
+}
+
+fn error_frame(error: &AppError) -> Utf8Bytes {
+    to_frame(&error.body(Some("error")))
+}
+
+fn to_frame(value: &impl serde::Serialize) -> Utf8Bytes {
+    serde_json::to_string(value)
+        .expect("frames always serialize")
+        .into()
+}
+
