@@ -1,0 +1,228 @@
+//! Shared helpers of the integration tests: an all-in-one server on a random
+//! loopback port, race generators, and an independent reference for the
+//! personal bests the class files must hold.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound of every wait in these tests.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// An all-in-one server running in this process.
+pub struct Server {
+    pub base: String,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// All-in-one settings for tests: short buffers so history appears quickly.
+pub fn test_config(data_dir: &Path) -> alleycat::Config {
+    alleycat::Config {
+        server: alleycat_runtime::ServerArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shutdown_timeout: Duration::from_secs(10),
+        },
+        storage: alleycat_storage::StorageArgs {
+            data_dir: data_dir.to_path_buf(),
+        },
+        transformer: alleycat_transformer::TransformerArgs {
+            buffer_bytes: NonZeroUsize::new(1 << 20).unwrap(),
+            buffer_interval: Duration::from_millis(200),
+        },
+        history: alleycat_history::HistoryArgs {
+            poll_interval: Duration::from_millis(50),
+            listing_grace: Duration::from_secs(60),
+            gzip_level: 6,
+        },
+    }
+}
+
+impl Server {
+    pub async fn start(data_dir: &Path) -> Server {
+        Server::start_with(test_config(data_dir)).await
+    }
+
+    pub async fn start_with(config: alleycat::Config) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(alleycat::run(listener, config, stop.clone().cancelled_owned()));
+        let server = Server { base, stop, task };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&self) {
+        let url = format!("{}/healthz", self.base);
+        eventually("the server to become healthy", || async {
+            reqwest::get(&url).await.ok().filter(|r| r.status() == 200).map(|_| ())
+        })
+        .await;
+    }
+
+    /// Graceful shutdown, as on SIGTERM; returns once every service stopped.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(PATIENCE, self.task).await.expect("shutdown in time").unwrap().unwrap();
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+    }
+}
+
+/// Polls `check` until it yields a value, panicking after [`PATIENCE`].
+pub async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One racer's telemetry for one second. Cadence and resistance are whole
+/// quarters, so the reference below can compute outputs exactly.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub race: u64,
+    pub class: u8,
+    pub racer: u64,
+    pub second: u16,
+    pub last: bool,
+    pub cadence_q: u32,
+    pub resistance_q: u32,
+}
+
+impl Sample {
+    pub fn json(&self) -> Value {
+        json!({
+            "event": if self.last { "final" } else { "update" },
+            "deviceTimestamp": 1_619_185_789_753_u64 + u64::from(self.second) * 1000,
+            "second": self.second,
+            "raceId": self.race,
+            "name": format!("Racer {}", self.racer),
+            "racerId": self.racer,
+            "classId": self.class,
+            "cadence": f64::from(self.cadence_q) / 4.0,
+            "resistance": f64::from(self.resistance_q) / 4.0,
+        })
+    }
+
+    /// `((c + 35) * (r + 65)) / 100` rounded half-up to 4 decimals, in exact
+    /// integer arithmetic (independent of the service's float formula).
+    pub fn expected_output(&self) -> f64 {
+        let sixteenths = u64::from(self.cadence_q + 140) * u64::from(self.resistance_q + 260);
+        // output * 10^4 = sixteenths / 16 * 100 = sixteenths * 25 / 4
+        let scaled = (sixteenths * 25 + 2) / 4;
+        scaled as f64 / 10_000.0
+    }
+}
+
+/// A deterministic race: `racers` racers of `class` riding `seconds` seconds.
+pub fn race(race: u64, class: u8, first_racer: u64, racers: u64, seconds: u16) -> Vec<Vec<Sample>> {
+    let mut state = race.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(class);
+    let mut next = move || {
+        // xorshift: repeatable, no dependency.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (1..=seconds)
+        .map(|second| {
+            (first_racer..first_racer + racers)
+                .map(|racer| Sample {
+                    race,
+                    class,
+                    racer,
+                    second,
+                    last: second == seconds,
+                    cadence_q: 120 + (next() % 240) as u32,
+                    resistance_q: 132 + (next() % 212) as u32,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Per class: second -> racer -> best output, as the class files must hold.
+pub type Bests = BTreeMap<u8, BTreeMap<u16, BTreeMap<u64, f64>>>;
+
+pub fn bests<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Bests {
+    let mut bests = Bests::new();
+    for s in samples {
+        let best = bests
+            .entry(s.class)
+            .or_default()
+            .entry(s.second)
+            .or_default()
+            .entry(s.racer)
+            .or_insert(f64::MIN);
+        *best = best.max(s.expected_output());
+    }
+    bests
+}
+
+/// A class file as the original frontend reads it: gunzip, then JSON.
+pub fn decode_class_file(gz: &[u8]) -> Value {
+    use std::io::Read;
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut json).expect("class file is gzip");
+    serde_json::from_slice(&json).expect("class file is JSON")
+}
+
+/// `class-N.gz` decoded into the [`Bests`] shape, or `None` on 404.
+pub async fn fetch_class(base: &str, class: u8) -> Option<BTreeMap<u16, BTreeMap<u64, f64>>> {
+    let response = reqwest::get(format!("{base}/history/class-{class}.gz")).await.unwrap();
+    if response.status() == 404 {
+        return None;
+    }
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/gzip");
+    let value = decode_class_file(&response.bytes().await.unwrap());
+    Some(serde_json::from_value(value).expect("class file has the reference shape"))
+}
+
+/// Waits until every class of `expected` is published exactly as expected.
+pub async fn wait_for_bests(base: &str, expected: &Bests) {
+    for (class, want) in expected {
+        eventually(&format!("class-{class}.gz to hold the expected bests"), || async {
+            (fetch_class(base, *class).await.as_ref() == Some(want)).then_some(())
+        })
+        .await;
+    }
+}
+
+/// POSTs a JSON body; returns (status, JSON answer).
+pub async fn post_json(client: &reqwest::Client, base: &str, body: &Value) -> (u16, Value) {
+    let response = client
+        .post(format!("{base}/v1/telemetry"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+pub async fn post_raw(client: &reqwest::Client, base: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = client
+        .post(format!("{base}/v1/telemetry"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
