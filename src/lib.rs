@@ -66,7 +66,9 @@ pub async fn run(
         stream,
         shutdown: stop_http.clone(),
     })
-    .merge(alleycat_history::app(alleycat_history::AppState { store: history_store }))
+    .merge(alleycat_history::app(alleycat_history::AppState {
+        store: history_store,
+    }))
     .merge(alleycat_runtime::health_routes());
     let mut http = tokio::spawn(alleycat_runtime::serve(listener, router, stop_http.clone()));
 
@@ -98,7 +100,9 @@ pub async fn run(
         alleycat_runtime::with_timeout("history merge", budget(), &mut history).await;
     }
     match failure {
-        Some((service, result)) => Err(result.err().unwrap_or_else(|| anyhow::anyhow!("{service} stopped"))),
+        Some((service, result)) => Err(result
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("{service} stopped"))),
         None => Ok(()),
     }
 }

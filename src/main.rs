@@ -6,7 +6,12 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "alleycat", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "alleycat",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     service: Option<Service>,
@@ -34,11 +39,15 @@ async fn main() -> anyhow::Result<()> {
             let config = cli.all_in_one;
             alleycat::run(bind(config.server.listen).await?, config, shutdown).await
         }
-        Some(Service::Ingest(config)) => alleycat_ingest::run(bind(config.server.listen).await?, config, shutdown).await,
+        Some(Service::Ingest(config)) => {
+            alleycat_ingest::run(bind(config.server.listen).await?, config, shutdown).await
+        }
         Some(Service::Transformer(config)) => {
             alleycat_transformer::run(bind(config.server.listen).await?, config, shutdown).await
         }
-        Some(Service::History(config)) => alleycat_history::run(bind(config.server.listen).await?, config, shutdown).await,
+        Some(Service::History(config)) => {
+            alleycat_history::run(bind(config.server.listen).await?, config, shutdown).await
+        }
     };
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "exiting");
@@ -48,5 +57,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
-    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
 }

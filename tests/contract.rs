@@ -23,28 +23,45 @@ struct Schema {
 
 impl Schema {
     fn load(name: &'static str) -> Schema {
-        let text = std::fs::read_to_string(contract_dir().join(format!("{name}.schema.json"))).unwrap();
+        let text =
+            std::fs::read_to_string(contract_dir().join(format!("{name}.schema.json"))).unwrap();
         let schema: Value = serde_json::from_str(&text).unwrap();
-        let validator = jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let validator =
+            jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{name}: {e}"));
         Schema { name, validator }
     }
 
     #[track_caller]
     fn assert_valid(&self, instance: &Value) {
-        let errors: Vec<String> = self.validator.iter_errors(instance).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "{} rejects {instance}: {errors:?}", self.name);
+        let errors: Vec<String> = self
+            .validator
+            .iter_errors(instance)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} rejects {instance}: {errors:?}",
+            self.name
+        );
     }
 
     #[track_caller]
     fn assert_invalid(&self, instance: &Value) {
-        assert!(!self.validator.is_valid(instance), "{} accepts {instance}", self.name);
+        assert!(
+            !self.validator.is_valid(instance),
+            "{} accepts {instance}",
+            self.name
+        );
     }
 }
 
 fn read_examples(file: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(contract_dir().join("examples").join(file)).unwrap();
     if file.ends_with(".ndjson") {
-        text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     } else {
         vec![serde_json::from_str(&text).unwrap()]
     }
@@ -53,13 +70,23 @@ fn read_examples(file: &str) -> Vec<Value> {
 #[test]
 fn every_example_matches_its_schema() {
     for (schema, files) in [
-        ("telemetry", &["telemetry-update.json", "telemetry-final.json", "telemetry-batch.ndjson"][..]),
+        (
+            "telemetry",
+            &[
+                "telemetry-update.json",
+                "telemetry-final.json",
+                "telemetry-batch.ndjson",
+            ][..],
+        ),
         ("telemetry-batch", &["telemetry-batch.json"]),
         ("ingest-accepted", &["ingest-accepted.json"]),
         ("ingest-error", &["ingest-error.json"]),
         ("class-history", &["class-history.json"]),
         ("delivery-record", &["delivery-record.ndjson"]),
-        ("processing-failed-record", &["processing-failed-record.ndjson"]),
+        (
+            "processing-failed-record",
+            &["processing-failed-record.ndjson"],
+        ),
     ] {
         let schema = Schema::load(schema);
         for file in files {
@@ -74,7 +101,13 @@ fn every_example_matches_its_schema() {
 fn the_schemas_refuse_what_the_services_refuse() {
     let telemetry = Schema::load("telemetry");
     let valid = read_examples("telemetry-update.json").remove(0);
-    for (field, bad) in [("classId", json!(9)), ("second", json!(0)), ("racerId", json!(-1)), ("cadence", json!(1001)), ("event", json!("start"))] {
+    for (field, bad) in [
+        ("classId", json!(9)),
+        ("second", json!(0)),
+        ("racerId", json!(-1)),
+        ("cadence", json!(1001)),
+        ("event", json!("start")),
+    ] {
         let mut v = valid.clone();
         v[field] = bad;
         telemetry.assert_invalid(&v);
@@ -106,7 +139,10 @@ async fn real_answers_frames_class_files_and_delivery_lines_match_the_contract()
     bad["classId"] = json!("one");
     bad.as_object_mut().unwrap().remove("name");
     for (content_type, body) in [
-        ("application/json", serde_json::to_vec(&json!([samples[0][0].json(), bad])).unwrap()),
+        (
+            "application/json",
+            serde_json::to_vec(&json!([samples[0][0].json(), bad])).unwrap(),
+        ),
         ("application/json", b"{oops".to_vec()),
         ("application/x-ndjson", b"{}\n[1\n".to_vec()),
         ("application/json", b"[]".to_vec()),
@@ -118,8 +154,12 @@ async fn real_answers_frames_class_files_and_delivery_lines_match_the_contract()
         error.assert_valid(&answer);
     }
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/telemetry/ws")).await.unwrap();
-    ws.send(Message::text(samples[1][0].json().to_string())).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/telemetry/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(samples[1][0].json().to_string()))
+        .await
+        .unwrap();
     ws.send(Message::text(bad.to_string())).await.unwrap();
     for schema in [&accepted, &error] {
         let frame = ws.next().await.unwrap().unwrap();
@@ -127,8 +167,11 @@ async fn real_answers_frames_class_files_and_delivery_lines_match_the_contract()
     }
 
     wait_for_bests(&server.base, &bests(samples.iter().flatten())).await;
-    let response = reqwest::get(format!("{}/history/class-2.gz", server.base)).await.unwrap();
-    Schema::load("class-history").assert_valid(&decode_class_file(&response.bytes().await.unwrap()));
+    let response = reqwest::get(format!("{}/history/class-2.gz", server.base))
+        .await
+        .unwrap();
+    Schema::load("class-history")
+        .assert_valid(&decode_class_file(&response.bytes().await.unwrap()));
     server.stop().await;
 
     let delivery = Schema::load("delivery-record");
@@ -153,9 +196,20 @@ async fn records_that_fail_processing_go_to_processing_failed_in_the_contract_sh
     let stream = storage.open_stream().unwrap();
     let store = storage.open_delivery_store().unwrap();
     let good = race(5, 3, 1, 1, 1)[0][0].json().to_string();
-    let raw = [good.as_str(), "{\"racerId\": 1, \"classId\": 9}", "\u{1}binary junk"];
+    let raw = [
+        good.as_str(),
+        "{\"racerId\": 1, \"classId\": 9}",
+        "\u{1}binary junk",
+    ];
     stream
-        .put_records(raw.iter().map(|r| PutRecord { partition_key: "1".into(), data: r.as_bytes().to_vec().into() }).collect())
+        .put_records(
+            raw.iter()
+                .map(|r| PutRecord {
+                    partition_key: "1".into(),
+                    data: r.as_bytes().to_vec().into(),
+                })
+                .collect(),
+        )
         .await
         .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -169,19 +223,34 @@ async fn records_that_fail_processing_go_to_processing_failed_in_the_contract_sh
         stop.clone(),
     ));
     let failed_dir = dir.path().join("delivery").join("processing-failed");
-    eventually("a processing-failed object", || async { (!files_under(&failed_dir).is_empty()).then_some(()) }).await;
+    eventually("a processing-failed object", || async {
+        (!files_under(&failed_dir).is_empty()).then_some(())
+    })
+    .await;
     stop.cancel();
     pipeline.await.unwrap().unwrap();
 
     let schema = Schema::load("processing-failed-record");
-    let failed: Vec<Value> = files_under(&failed_dir).iter().flat_map(|f| gunzip_lines(f)).collect();
+    let failed: Vec<Value> = files_under(&failed_dir)
+        .iter()
+        .flat_map(|f| gunzip_lines(f))
+        .collect();
     assert_eq!(failed.len(), 2);
     for (record, original) in failed.iter().zip(&raw[1..]) {
         schema.assert_valid(record);
-        let bytes = base64::engine::general_purpose::STANDARD.decode(record["rawData"].as_str().unwrap()).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(record["rawData"].as_str().unwrap())
+            .unwrap();
         assert_eq!(bytes, original.as_bytes());
     }
-    assert!(failed[0]["errorMessage"].as_str().unwrap().contains("classId"), "{}", failed[0]);
+    assert!(
+        failed[0]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("classId"),
+        "{}",
+        failed[0]
+    );
     let delivered: Vec<Value> = files_under(&dir.path().join("delivery"))
         .iter()
         .filter(|p| !p.starts_with(&failed_dir))
@@ -192,7 +261,9 @@ async fn records_that_fail_processing_go_to_processing_failed_in_the_contract_sh
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return files };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if entry.file_name().to_string_lossy().starts_with('.') {
@@ -211,6 +282,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn gunzip_lines(path: &Path) -> Vec<Value> {
     use std::io::Read;
     let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_string(&mut text).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

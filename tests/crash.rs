@@ -56,7 +56,12 @@ async fn records_acknowledged_before_kill_9_reach_history_after_restart() {
                 for batch in seconds {
                     sent.lock().unwrap().extend(&batch);
                     let body = Value::Array(batch.iter().map(Sample::json).collect());
-                    match client.post(format!("{base}/v1/telemetry")).json(&body).send().await {
+                    match client
+                        .post(format!("{base}/v1/telemetry"))
+                        .json(&body)
+                        .send()
+                        .await
+                    {
                         Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(&batch),
                         Ok(r) => panic!("unexpected status {}", r.status()),
                         Err(_) => return, // the server is gone
@@ -68,7 +73,9 @@ async fn records_acknowledged_before_kill_9_reach_history_after_restart() {
 
     // Let deliveries and merges happen, then kill mid-stream.
     eventually("some history to be published", || async {
-        let r = reqwest::get(format!("{base}/history/class-1.gz")).await.ok()?;
+        let r = reqwest::get(format!("{base}/history/class-1.gz"))
+            .await
+            .ok()?;
         (r.status() == 200).then_some(())
     })
     .await;
@@ -76,33 +83,56 @@ async fn records_acknowledged_before_kill_9_reach_history_after_restart() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     for poster in posters {
-        tokio::time::timeout(PATIENCE, poster).await.unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, poster)
+            .await
+            .unwrap()
+            .unwrap();
     }
     let acked = acked.lock().unwrap().clone();
     let sent = sent.lock().unwrap().clone();
-    assert!(acked.len() >= 1000, "the load was real: {} records acked", acked.len());
-    eprintln!("killed with {} records sent, {} acknowledged", sent.len(), acked.len());
+    assert!(
+        acked.len() >= 1000,
+        "the load was real: {} records acked",
+        acked.len()
+    );
+    eprintln!(
+        "killed with {} records sent, {} acknowledged",
+        sent.len(),
+        acked.len()
+    );
 
     let (_child, base) = spawn(dir.path()).await;
     let must = bests(&acked);
     let may = bests(&sent);
     for (class, want) in &must {
-        eventually(&format!("class-{class}.gz to hold every acknowledged record"), || async {
-            let got = fetch_class(&base, *class).await?;
-            let all_acked_in = want.iter().all(|(second, racers)| {
-                racers.iter().all(|(racer, best)| got.get(second).and_then(|r| r.get(racer)).is_some_and(|g| g >= best))
-            });
-            all_acked_in.then_some(got)
-        })
+        eventually(
+            &format!("class-{class}.gz to hold every acknowledged record"),
+            || async {
+                let got = fetch_class(&base, *class).await?;
+                let all_acked_in = want.iter().all(|(second, racers)| {
+                    racers.iter().all(|(racer, best)| {
+                        got.get(second)
+                            .and_then(|r| r.get(racer))
+                            .is_some_and(|g| g >= best)
+                    })
+                });
+                all_acked_in.then_some(got)
+            },
+        )
         .await;
     }
     // And nothing that was never sent, nor any value above what was sent.
     for class in 1..=6u8 {
-        let Some(got) = fetch_class(&base, class).await else { continue };
+        let Some(got) = fetch_class(&base, class).await else {
+            continue;
+        };
         for (second, racers) in got {
             for (racer, value) in racers {
                 let bound = may[&class][&second][&racer];
-                assert!(value <= bound, "class {class} second {second} racer {racer}: {value} > {bound}");
+                assert!(
+                    value <= bound,
+                    "class {class} second {second} racer {racer}: {value} > {bound}"
+                );
             }
         }
     }

@@ -23,7 +23,9 @@ async fn races_over_http_ndjson_and_websocket_reach_the_class_files() {
         race(1004, 5, 500, 5, 20),
         race(1005, 5, 510, 5, 20),
     ];
-    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/telemetry/ws")).await.unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/telemetry/ws"))
+        .await
+        .unwrap();
     let (mut ws_tx, mut ws_rx) = ws.split();
 
     for (i, seconds) in races.iter().enumerate() {
@@ -38,13 +40,22 @@ async fn races_over_http_ndjson_and_websocket_reach_the_class_files() {
                 // NDJSON.
                 1 => {
                     let body: String = samples.iter().map(|s| format!("{}\n", s.json())).collect();
-                    let (status, answer) = post_raw(&client, &server.base, "application/x-ndjson", body.into_bytes()).await;
+                    let (status, answer) = post_raw(
+                        &client,
+                        &server.base,
+                        "application/x-ndjson",
+                        body.into_bytes(),
+                    )
+                    .await;
                     assert_eq!((status, answer), (202, json!({"accepted": samples.len()})));
                 }
                 // Bikes on a WebSocket: one message per frame, each acked in order.
                 _ => {
                     for s in samples {
-                        ws_tx.send(Message::text(s.json().to_string())).await.unwrap();
+                        ws_tx
+                            .send(Message::text(s.json().to_string()))
+                            .await
+                            .unwrap();
                     }
                     for _ in samples {
                         let frame = ws_rx.next().await.unwrap().unwrap();
@@ -58,7 +69,11 @@ async fn races_over_http_ndjson_and_websocket_reach_the_class_files() {
     let expected = bests(races.iter().flatten().flatten());
     assert_eq!(expected.len(), 3);
     wait_for_bests(&server.base, &expected).await;
-    assert_eq!(fetch_class(&server.base, 3).await, None, "an unraced class has no file");
+    assert_eq!(
+        fetch_class(&server.base, 3).await,
+        None,
+        "an unraced class has no file"
+    );
     server.stop().await;
 }
 
@@ -88,13 +103,24 @@ async fn a_bad_batch_changes_nothing() {
         ("application/json", b"{\"racerId\": ".to_vec(), 400),
         ("application/json", b"[]".to_vec(), 400),
         ("text/csv", b"a,b".to_vec(), 415),
-        ("application/x-ndjson", format!("{}\nnot json\n", better.json()).into_bytes(), 400),
-        ("application/json", serde_json::to_vec(&vec![better.json(); 501]).unwrap(), 413),
+        (
+            "application/x-ndjson",
+            format!("{}\nnot json\n", better.json()).into_bytes(),
+            400,
+        ),
+        (
+            "application/json",
+            serde_json::to_vec(&vec![better.json(); 501]).unwrap(),
+            413,
+        ),
         ("application/json", vec![b' '; (1 << 20) + 1], 413),
     ] {
         let (status, answer) = post_raw(&client, &server.base, content_type, body).await;
         assert_eq!(status, want, "{content_type}: {answer}");
-        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
     }
 
     // The stream is ordered: once a later record reached history, anything
@@ -103,7 +129,10 @@ async fn a_bad_batch_changes_nothing() {
     let body = Value::Array(sentinel.iter().flatten().map(Sample::json).collect());
     assert_eq!(post_json(&client, &server.base, &body).await.0, 202);
     wait_for_bests(&server.base, &bests(sentinel.iter().flatten())).await;
-    assert_eq!(fetch_class(&server.base, 4).await.as_ref(), expected.get(&4));
+    assert_eq!(
+        fetch_class(&server.base, 4).await.as_ref(),
+        expected.get(&4)
+    );
     server.stop().await;
 }
 
@@ -111,7 +140,9 @@ async fn a_bad_batch_changes_nothing() {
 async fn websocket_frames_are_answered_in_order_and_errors_keep_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/telemetry/ws")).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/telemetry/ws"))
+        .await
+        .unwrap();
     let samples = race(9, 3, 1, 2, 2);
     let frames = [
         samples[0][0].json().to_string(),
@@ -129,7 +160,13 @@ async fn websocket_frames_are_answered_in_order_and_errors_keep_the_socket() {
     }
     assert_eq!(answers[0], json!({"type": "ack", "accepted": 1}));
     assert_eq!(answers[1]["type"], "error");
-    assert!(answers[1]["records"].as_array().unwrap().iter().any(|r| r["field"] == "racerId"));
+    assert!(
+        answers[1]["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["field"] == "racerId")
+    );
     assert_eq!(answers[2]["type"], "error");
     assert_eq!(answers[3], json!({"type": "ack", "accepted": 2}));
     let acked = [samples[0][0], samples[1][0], samples[1][1]];
@@ -178,7 +215,10 @@ async fn shutdown_delivers_what_the_transformer_holds() {
     server.stop().await;
 
     let server = Server::start_with(config).await;
-    assert_eq!(fetch_class(&server.base, 1).await.as_ref(), bests(samples.iter().flatten()).get(&1));
+    assert_eq!(
+        fetch_class(&server.base, 1).await.as_ref(),
+        bests(samples.iter().flatten()).get(&1)
+    );
     server.stop().await;
 }
 

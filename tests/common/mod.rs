@@ -53,7 +53,11 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(alleycat::run(listener, config, stop.clone().cancelled_owned()));
+        let task = tokio::spawn(alleycat::run(
+            listener,
+            config,
+            stop.clone().cancelled_owned(),
+        ));
         let server = Server { base, stop, task };
         server.wait_healthy().await;
         server
@@ -62,7 +66,11 @@ impl Server {
     async fn wait_healthy(&self) {
         let url = format!("{}/healthz", self.base);
         eventually("the server to become healthy", || async {
-            reqwest::get(&url).await.ok().filter(|r| r.status() == 200).map(|_| ())
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
         })
         .await;
     }
@@ -70,7 +78,11 @@ impl Server {
     /// Graceful shutdown, as on SIGTERM; returns once every service stopped.
     pub async fn stop(self) {
         self.stop.cancel();
-        tokio::time::timeout(PATIENCE, self.task).await.expect("shutdown in time").unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("shutdown in time")
+            .unwrap()
+            .unwrap();
     }
 
     pub fn ws_url(&self, path: &str) -> String {
@@ -79,13 +91,19 @@ impl Server {
 }
 
 /// Polls `check` until it yields a value, panicking after [`PATIENCE`].
-pub async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+pub async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -177,13 +195,17 @@ pub fn bests<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Bests {
 pub fn decode_class_file(gz: &[u8]) -> Value {
     use std::io::Read;
     let mut json = Vec::new();
-    flate2::read::GzDecoder::new(gz).read_to_end(&mut json).expect("class file is gzip");
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut json)
+        .expect("class file is gzip");
     serde_json::from_slice(&json).expect("class file is JSON")
 }
 
 /// `class-N.gz` decoded into the [`Bests`] shape, or `None` on 404.
 pub async fn fetch_class(base: &str, class: u8) -> Option<BTreeMap<u16, BTreeMap<u64, f64>>> {
-    let response = reqwest::get(format!("{base}/history/class-{class}.gz")).await.unwrap();
+    let response = reqwest::get(format!("{base}/history/class-{class}.gz"))
+        .await
+        .unwrap();
     if response.status() == 404 {
         return None;
     }
@@ -196,9 +218,10 @@ pub async fn fetch_class(base: &str, class: u8) -> Option<BTreeMap<u16, BTreeMap
 /// Waits until every class of `expected` is published exactly as expected.
 pub async fn wait_for_bests(base: &str, expected: &Bests) {
     for (class, want) in expected {
-        eventually(&format!("class-{class}.gz to hold the expected bests"), || async {
-            (fetch_class(base, *class).await.as_ref() == Some(want)).then_some(())
-        })
+        eventually(
+            &format!("class-{class}.gz to hold the expected bests"),
+            || async { (fetch_class(base, *class).await.as_ref() == Some(want)).then_some(()) },
+        )
         .await;
     }
 }
@@ -215,7 +238,12 @@ pub async fn post_json(client: &reqwest::Client, base: &str, body: &Value) -> (u
     (status, response.json().await.unwrap())
 }
 
-pub async fn post_raw(client: &reqwest::Client, base: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+pub async fn post_raw(
+    client: &reqwest::Client,
+    base: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
     let response = client
         .post(format!("{base}/v1/telemetry"))
         .header("content-type", content_type)

@@ -77,10 +77,19 @@ mod tests {
 
     #[test]
     fn rejects_garbage_truncation_and_bombs() {
-        assert!(matches!(gunzip(b"plain json", 100), Err(GunzipError::Corrupt(_))));
+        assert!(matches!(
+            gunzip(b"plain json", 100),
+            Err(GunzipError::Corrupt(_))
+        ));
         let packed = gzip(&[b'x'; 10_000], 6);
-        assert!(matches!(gunzip(&packed[..packed.len() - 4], 1 << 20), Err(GunzipError::Corrupt(_))));
-        assert!(matches!(gunzip(&packed, 9_999), Err(GunzipError::TooLarge { limit: 9_999 })));
+        assert!(matches!(
+            gunzip(&packed[..packed.len() - 4], 1 << 20),
+            Err(GunzipError::Corrupt(_))
+        ));
+        assert!(matches!(
+            gunzip(&packed, 9_999),
+            Err(GunzipError::TooLarge { limit: 9_999 })
+        ));
         assert_eq!(gunzip(&packed, 10_000).unwrap().len(), 10_000);
     }
 }

@@ -181,7 +181,11 @@ pub fn failed_key(at: DateTime<Utc>, shard: &str, first: &str, last: &str) -> St
 #[must_use]
 pub fn listing_start_after(at: DateTime<Utc>) -> String {
     // Every key written in that second extends this string, so sorts after it.
-    format!("{}{OBJECT_PREFIX}{}", hour_prefix(at), at.format(STAMP_FORMAT))
+    format!(
+        "{}{OBJECT_PREFIX}{}",
+        hour_prefix(at),
+        at.format(STAMP_FORMAT)
+    )
 }
 
 /// Whether `key` names a delivery object (not a failed-records object or
@@ -189,7 +193,9 @@ pub fn listing_start_after(at: DateTime<Utc>) -> String {
 #[must_use]
 pub fn is_delivery_key(key: &str) -> bool {
     key.len() > 14
-        && key.as_bytes()[..14].iter().all(|b| b.is_ascii_digit() || *b == b'/')
+        && key.as_bytes()[..14]
+            .iter()
+            .all(|b| b.is_ascii_digit() || *b == b'/')
         && key[14..].starts_with(OBJECT_PREFIX)
         && key.ends_with(".gz")
 }
@@ -267,7 +273,12 @@ mod tests {
     #[test]
     fn keys_are_date_prefixed_and_sort_by_write_time() {
         let at = Utc.with_ymd_and_hms(2026, 11, 26, 9, 5, 7).unwrap();
-        let key = delivery_key(at, "shard-0", "00000000000000000010", "00000000000000000020");
+        let key = delivery_key(
+            at,
+            "shard-0",
+            "00000000000000000010",
+            "00000000000000000020",
+        );
         assert_eq!(
             key,
             "2026/11/26/09/alleycat-delivery-2026-11-26-09-05-07-shard-0-00000000000000000010-00000000000000000020.gz"

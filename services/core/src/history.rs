@@ -133,7 +133,10 @@ impl Histories {
 
     /// Merges every point; returns the classes whose history changed (and so
     /// need republishing). Points that change nothing are free.
-    pub fn merge<'a>(&mut self, points: impl IntoIterator<Item = &'a HistoryPoint>) -> BTreeSet<ClassId> {
+    pub fn merge<'a>(
+        &mut self,
+        points: impl IntoIterator<Item = &'a HistoryPoint>,
+    ) -> BTreeSet<ClassId> {
         let mut changed = BTreeSet::new();
         for p in points {
             if self
@@ -172,11 +175,24 @@ mod tests {
     #[test]
     fn keeps_the_maximum_per_second_and_racer() {
         let mut h = Histories::default();
-        let changed = h.merge(&[point(1, 1, 101, 150.0), point(1, 1, 101, 152.34), point(1, 1, 101, 140.0)]);
+        let changed = h.merge(&[
+            point(1, 1, 101, 150.0),
+            point(1, 1, 101, 152.34),
+            point(1, 1, 101, 140.0),
+        ]);
         assert_eq!(changed, BTreeSet::from([ClassId(1)]));
-        assert_eq!(h.get(ClassId(1)).unwrap().best(Second(1), RacerId(101)), Some(152.34));
-        assert!(h.merge(&[point(1, 1, 101, 152.34)]).is_empty(), "equal output is no change");
-        assert_eq!(h.merge(&[point(2, 1, 101, 1.0)]), BTreeSet::from([ClassId(2)]));
+        assert_eq!(
+            h.get(ClassId(1)).unwrap().best(Second(1), RacerId(101)),
+            Some(152.34)
+        );
+        assert!(
+            h.merge(&[point(1, 1, 101, 152.34)]).is_empty(),
+            "equal output is no change"
+        );
+        assert_eq!(
+            h.merge(&[point(2, 1, 101, 1.0)]),
+            BTreeSet::from([ClassId(2)])
+        );
     }
 
     #[test]
@@ -207,8 +223,16 @@ mod tests {
 
     #[test]
     fn refuses_files_that_are_not_class_histories() {
-        assert!(ClassHistory::from_gzip(br#"{"1":{"1":1}}"#).is_err(), "plain JSON is not gzip");
-        for bad in [r#"{"0":{"1":1}}"#, r#"{"1":{"1":-1}}"#, r#"{"1":{"x":1}}"#, r#"[1]"#] {
+        assert!(
+            ClassHistory::from_gzip(br#"{"1":{"1":1}}"#).is_err(),
+            "plain JSON is not gzip"
+        );
+        for bad in [
+            r#"{"0":{"1":1}}"#,
+            r#"{"1":{"1":-1}}"#,
+            r#"{"1":{"x":1}}"#,
+            r#"[1]"#,
+        ] {
             assert!(ClassHistory::from_json(bad.as_bytes()).is_err(), "{bad}");
         }
         assert!(ClassHistory::from_json(b"{}").unwrap().is_empty());
@@ -216,7 +240,8 @@ mod tests {
 
     fn points() -> impl Strategy<Value = Vec<HistoryPoint>> {
         prop::collection::vec(
-            (1u8..=6, 1u16..=5, 0u64..8, 0u32..100_000).prop_map(|(c, s, r, o)| point(c, s, r, f64::from(o) / 100.0)),
+            (1u8..=6, 1u16..=5, 0u64..8, 0u32..100_000)
+                .prop_map(|(c, s, r, o)| point(c, s, r, f64::from(o) / 100.0)),
             0..60,
         )
     }

@@ -330,7 +330,9 @@ impl<'a> Checker<'a> {
             Some(Value::String(s)) if is_hyphenated_uuid(s) => {
                 return Some(Some(s.clone()));
             }
-            Some(Value::String(_)) => "must be a UUID such as \"0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12\"".to_owned(),
+            Some(Value::String(_)) => {
+                "must be a UUID such as \"0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12\"".to_owned()
+            }
             Some(other) => format!("must be a string, got {}", type_name(other)),
         };
         self.fail(field, reason);
@@ -393,7 +395,10 @@ mod tests {
         assert_eq!(t.second, Second(3));
         assert_eq!(t.event, Event::Update);
         assert_eq!(t.cadence, 80.25);
-        assert_eq!(t.uuid.as_deref(), Some("0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12"));
+        assert_eq!(
+            t.uuid.as_deref(),
+            Some("0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12")
+        );
     }
 
     #[test]
@@ -440,9 +445,15 @@ mod tests {
         );
         assert_eq!(only_error(&with("name", json!(7))).0, Some("name"));
         assert_eq!(only_error(&with("uuid", json!(7))).0, Some("uuid"));
-        assert_eq!(only_error(&with("uuid", json!("not-a-uuid"))).0, Some("uuid"));
+        assert_eq!(
+            only_error(&with("uuid", json!("not-a-uuid"))).0,
+            Some("uuid")
+        );
         let unhyphenated = "0b7e4f1e5a3c4d3e9f1a2c7b8d9e0f12";
-        assert_eq!(only_error(&with("uuid", json!(unhyphenated))).0, Some("uuid"));
+        assert_eq!(
+            only_error(&with("uuid", json!(unhyphenated))).0,
+            Some("uuid")
+        );
     }
 
     #[test]
@@ -451,7 +462,9 @@ mod tests {
         assert_eq!(field, Some("event"));
         assert!(reason.contains("\"start\""), "{reason}");
         assert_eq!(
-            validate_value(&with("event", json!("final"))).unwrap().event,
+            validate_value(&with("event", json!("final")))
+                .unwrap()
+                .event,
             Event::Final
         );
     }
@@ -543,7 +556,8 @@ mod tests {
 
     #[test]
     fn a_batch_is_all_or_nothing() {
-        let body = serde_json::to_vec(&json!([valid(), with("classId", json!(9)), valid()])).unwrap();
+        let body =
+            serde_json::to_vec(&json!([valid(), with("classId", json!(9)), valid()])).unwrap();
         let err = parse_batch(&body, BodyFormat::Json).unwrap_err();
         assert_eq!(
             err.records(),
@@ -553,7 +567,10 @@ mod tests {
                 reason: "must be an integer from 1 to 6, got 9".into()
             }]
         );
-        assert_eq!(err.to_string(), "1 of 3 records is invalid; nothing was accepted");
+        assert_eq!(
+            err.to_string(),
+            "1 of 3 records is invalid; nothing was accepted"
+        );
     }
 
     #[test]
@@ -567,7 +584,10 @@ mod tests {
             parse_batch(&too_many, BodyFormat::Json).unwrap_err(),
             BatchError::TooManyRecords(501)
         );
-        assert_eq!(parse_batch(b"[]", BodyFormat::Json).unwrap_err(), BatchError::Empty);
+        assert_eq!(
+            parse_batch(b"[]", BodyFormat::Json).unwrap_err(),
+            BatchError::Empty
+        );
         assert!(matches!(
             parse_batch(b"{not json", BodyFormat::Json).unwrap_err(),
             BatchError::Malformed { .. }
@@ -582,7 +602,12 @@ mod tests {
     fn ndjson_reports_broken_lines_by_index() {
         let line = serde_json::to_string(&valid()).unwrap();
         let body = format!("{line}\n\n{line}\r\n{line}\n");
-        assert_eq!(parse_batch(body.as_bytes(), BodyFormat::NdJson).unwrap().len(), 3);
+        assert_eq!(
+            parse_batch(body.as_bytes(), BodyFormat::NdJson)
+                .unwrap()
+                .len(),
+            3
+        );
         let body = format!("{line}\n{{oops\n{line}\n");
         let err = parse_batch(body.as_bytes(), BodyFormat::NdJson).unwrap_err();
         assert!(matches!(err, BatchError::Malformed { .. }));

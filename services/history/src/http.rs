@@ -60,11 +60,20 @@ impl IntoResponse for AppError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
-        (status, Json(ErrorBody { error: self.to_string() })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
     }
 }
 
-async fn class_file(State(state): State<AppState>, Path(file): Path<String>) -> Result<Response, AppError> {
+async fn class_file(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+) -> Result<Response, AppError> {
     let class = parse_file_name(&file).ok_or_else(|| AppError::NoSuchFile(file.clone()))?;
     let body = state
         .store
@@ -76,7 +85,10 @@ async fn class_file(State(state): State<AppState>, Path(file): Path<String>) -> 
         [
             // The bytes are a gzip *file*, not a gzip-encoded JSON response:
             // no Content-Encoding, so clients get exactly what was published.
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/gzip")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/gzip"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         body,
@@ -100,7 +112,15 @@ mod tests {
     fn only_class_file_names_map_to_classes() {
         assert_eq!(parse_file_name("class-1.gz"), Some(ClassId(1)));
         assert_eq!(parse_file_name("class-6.gz"), Some(ClassId(6)));
-        for bad in ["class-0.gz", "class-7.gz", "class-01.gz", "class-1", "class-1.json", "x-1.gz", "class-+1.gz"] {
+        for bad in [
+            "class-0.gz",
+            "class-7.gz",
+            "class-01.gz",
+            "class-1",
+            "class-1.json",
+            "x-1.gz",
+            "class-+1.gz",
+        ] {
             assert_eq!(parse_file_name(bad), None, "{bad}");
         }
     }

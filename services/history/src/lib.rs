@@ -57,7 +57,11 @@ pub async fn run(
     let merger = Merger::load(delivery, history.clone(), &config.history).await?;
     let token = alleycat_runtime::cancel_on(shutdown);
     let merge_stop = CancellationToken::new();
-    let merging = tokio::spawn(run_merger(merger, config.history.poll_interval, merge_stop.clone()));
+    let merging = tokio::spawn(run_merger(
+        merger,
+        config.history.poll_interval,
+        merge_stop.clone(),
+    ));
     let router = app(AppState { store: history }).merge(alleycat_runtime::health_routes());
     alleycat_runtime::serve(listener, router, token).await?;
     merge_stop.cancel();
@@ -69,7 +73,11 @@ pub async fn run(
 
 /// Merges new delivery objects every `interval` until `stop` is cancelled,
 /// then merges once more (to pick up the transformer's final delivery).
-pub async fn run_merger(mut merger: Merger, interval: Duration, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_merger(
+    mut merger: Merger,
+    interval: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -79,7 +87,10 @@ pub async fn run_merger(mut merger: Merger, interval: Duration, stop: Cancellati
         };
         if let Err(e) = merger.merge_new().await {
             // Nothing was marked merged, so the next round retries it all.
-            tracing::warn!(error = format!("{e:#}"), "merging delivery objects failed; will retry");
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "merging delivery objects failed; will retry"
+            );
         }
         if stopping {
             return Ok(());

@@ -71,20 +71,36 @@ impl Merger {
     /// Loads every published class file and the merge state, so a restart
     /// continues where the last run stopped. Refuses to start on a class file
     /// it cannot read, rather than overwrite it and lose its history.
-    pub async fn load(delivery: Arc<dyn ObjectStore>, history: Arc<dyn ObjectStore>, args: &HistoryArgs) -> anyhow::Result<Merger> {
+    pub async fn load(
+        delivery: Arc<dyn ObjectStore>,
+        history: Arc<dyn ObjectStore>,
+        args: &HistoryArgs,
+    ) -> anyhow::Result<Merger> {
         let mut histories = Histories::default();
         for class in ClassId::all() {
             let key = class_file_key(class);
-            if let Some(body) = history.get(&key).await.with_context(|| format!("reading {key}"))? {
+            if let Some(body) = history
+                .get(&key)
+                .await
+                .with_context(|| format!("reading {key}"))?
+            {
                 let loaded = tokio::task::spawn_blocking(move || ClassHistory::from_gzip(&body))
                     .await?
-                    .with_context(|| format!("{key} in the history store is not a valid class file"))?;
+                    .with_context(|| {
+                        format!("{key} in the history store is not a valid class file")
+                    })?;
                 tracing::info!(%key, bests = loaded.len(), "loaded class history");
                 histories.insert(class, loaded);
             }
         }
-        let state = match history.get(STATE_KEY).await.context("reading the merge state")? {
-            Some(body) => serde_json::from_slice(&body).with_context(|| format!("{STATE_KEY} is corrupt"))?,
+        let state = match history
+            .get(STATE_KEY)
+            .await
+            .context("reading the merge state")?
+        {
+            Some(body) => {
+                serde_json::from_slice(&body).with_context(|| format!("{STATE_KEY} is corrupt"))?
+            }
             None => MergeState::default(),
         };
         Ok(Merger {
@@ -109,7 +125,10 @@ impl Merger {
     pub async fn merge_new(&mut self) -> anyhow::Result<MergeReport> {
         let started = Utc::now();
         let listed = self.list_candidates().await?;
-        let fresh: Vec<String> = listed.into_iter().filter(|k| !self.state.merged.contains(k)).collect();
+        let fresh: Vec<String> = listed
+            .into_iter()
+            .filter(|k| !self.state.merged.contains(k))
+            .collect();
         let mut report = MergeReport::default();
         for chunk in fresh.chunks(OBJECTS_PER_PUBLICATION) {
             let mut changed = BTreeSet::new();
@@ -129,7 +148,11 @@ impl Merger {
         self.state.checked_at = Some(started);
         // An idle check changes only `checked_at`; saving it now and then
         // just keeps the listing window a restart starts from short.
-        if report.objects > 0 || self.saved_at.is_none_or(|at| at.elapsed() >= IDLE_STATE_SAVE) {
+        if report.objects > 0
+            || self
+                .saved_at
+                .is_none_or(|at| at.elapsed() >= IDLE_STATE_SAVE)
+        {
             self.save_state().await?;
         }
         if report.objects > 0 {
@@ -148,22 +171,42 @@ impl Merger {
     async fn list_candidates(&self) -> anyhow::Result<Vec<String>> {
         let Some(checked_at) = self.state.checked_at else {
             // First run ever: everything in the store is new.
-            let all = self.delivery.list("", None).await.context("listing the delivery store")?;
-            return Ok(all.into_iter().filter(|k| delivery::is_delivery_key(k)).collect());
+            let all = self
+                .delivery
+                .list("", None)
+                .await
+                .context("listing the delivery store")?;
+            return Ok(all
+                .into_iter()
+                .filter(|k| delivery::is_delivery_key(k))
+                .collect());
         };
         let from = checked_at - self.grace_delta();
         let start_after = delivery::listing_start_after(from);
         let mut keys = Vec::new();
         for prefix in delivery::hour_prefixes(from, Utc::now()) {
             let after = (start_after.starts_with(&prefix)).then_some(start_after.as_str());
-            let listed = self.delivery.list(&prefix, after).await.with_context(|| format!("listing {prefix}"))?;
+            let listed = self
+                .delivery
+                .list(&prefix, after)
+                .await
+                .with_context(|| format!("listing {prefix}"))?;
             keys.extend(listed.into_iter().filter(|k| delivery::is_delivery_key(k)));
         }
         Ok(keys)
     }
 
-    async fn read_points(&self, key: &str, report: &mut MergeReport) -> anyhow::Result<Vec<HistoryPoint>> {
-        let Some(body) = self.delivery.get(key).await.with_context(|| format!("reading {key}"))? else {
+    async fn read_points(
+        &self,
+        key: &str,
+        report: &mut MergeReport,
+    ) -> anyhow::Result<Vec<HistoryPoint>> {
+        let Some(body) = self
+            .delivery
+            .get(key)
+            .await
+            .with_context(|| format!("reading {key}"))?
+        else {
             tracing::warn!(%key, "listed delivery object vanished; skipping it");
             return Ok(Vec::new());
         };
@@ -189,7 +232,11 @@ impl Merger {
 
     async fn publish(&self, classes: &BTreeSet<ClassId>) -> anyhow::Result<()> {
         for &class in classes {
-            let history = self.histories.get(class).expect("a changed class has a history").clone();
+            let history = self
+                .histories
+                .get(class)
+                .expect("a changed class has a history")
+                .clone();
             let level = self.gzip_level;
             let body = tokio::task::spawn_blocking(move || history.to_gzip(level)).await?;
             let key = class_file_key(class);
@@ -250,13 +297,25 @@ mod tests {
     }
 
     /// Writes a delivery object with the given (class, second, racer, output) lines.
-    async fn deliver(store: &dyn ObjectStore, at: DateTime<Utc>, tag: &str, lines: &[(u8, u16, u64, f64)]) -> String {
+    async fn deliver(
+        store: &dyn ObjectStore,
+        at: DateTime<Utc>,
+        tag: &str,
+        lines: &[(u8, u16, u64, f64)],
+    ) -> String {
         let body: String = lines
             .iter()
             .map(|(c, s, r, o)| format!("{{\"classId\":{c},\"second\":{s},\"racerId\":{r},\"output\":{o},\"name\":\"x\"}}\n"))
             .collect();
         let key = delivery::delivery_key(at, "shard-000000", tag, tag);
-        store.put(&key, Bytes::from(codec::gzip(body.as_bytes(), 6)), "application/gzip").await.unwrap();
+        store
+            .put(
+                &key,
+                Bytes::from(codec::gzip(body.as_bytes(), 6)),
+                "application/gzip",
+            )
+            .await
+            .unwrap();
         key
     }
 
@@ -269,8 +328,16 @@ mod tests {
     async fn merges_new_objects_and_publishes_touched_classes() {
         let f = fixture();
         let now = Utc::now();
-        deliver(f.delivery.as_ref(), now, "1", &[(1, 1, 101, 150.0), (1, 1, 102, 148.9), (2, 5, 7, 3.5)]).await;
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args()).await.unwrap();
+        deliver(
+            f.delivery.as_ref(),
+            now,
+            "1",
+            &[(1, 1, 101, 150.0), (1, 1, 102, 148.9), (2, 5, 7, 3.5)],
+        )
+        .await;
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap();
         let report = merger.merge_new().await.unwrap();
         assert_eq!((report.objects, report.records), (1, 3));
         assert_eq!(report.published, [ClassId(1), ClassId(2)]);
@@ -278,12 +345,22 @@ mod tests {
         assert_eq!(class1.best(Second(1), RacerId(101)), Some(150.0));
         assert!(published(f.history.as_ref(), 3).await.is_none());
 
-        deliver(f.delivery.as_ref(), now, "2", &[(1, 1, 101, 152.34), (1, 1, 102, 100.0)]).await;
+        deliver(
+            f.delivery.as_ref(),
+            now,
+            "2",
+            &[(1, 1, 101, 152.34), (1, 1, 102, 100.0)],
+        )
+        .await;
         let report = merger.merge_new().await.unwrap();
         assert_eq!(report.objects, 1, "only the new object is merged");
         let class1 = published(f.history.as_ref(), 1).await.unwrap();
         assert_eq!(class1.best(Second(1), RacerId(101)), Some(152.34));
-        assert_eq!(class1.best(Second(1), RacerId(102)), Some(148.9), "max, not last");
+        assert_eq!(
+            class1.best(Second(1), RacerId(102)),
+            Some(148.9),
+            "max, not last"
+        );
     }
 
     #[tokio::test]
@@ -291,14 +368,20 @@ mod tests {
         let f = fixture();
         let now = Utc::now();
         let key = deliver(f.delivery.as_ref(), now, "1", &[(3, 2, 1, 10.0)]).await;
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args()).await.unwrap();
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap();
         merger.merge_new().await.unwrap();
         let before = f.history.get("class-3.gz").await.unwrap().unwrap();
         // A re-delivery of the same records under another key (a transformer
         // crash before its checkpoint) is merged but publishes nothing.
         let body = f.delivery.get(&key).await.unwrap().unwrap();
-        let again = delivery::delivery_key(now + chrono::Duration::seconds(1), "shard-000000", "1", "1");
-        f.delivery.put(&again, body, "application/gzip").await.unwrap();
+        let again =
+            delivery::delivery_key(now + chrono::Duration::seconds(1), "shard-000000", "1", "1");
+        f.delivery
+            .put(&again, body, "application/gzip")
+            .await
+            .unwrap();
         let report = merger.merge_new().await.unwrap();
         assert_eq!(report.objects, 1);
         assert!(report.published.is_empty());
@@ -311,11 +394,21 @@ mod tests {
         let now = Utc::now();
         deliver(f.delivery.as_ref(), now, "1", &[(1, 1, 1, 10.0)]).await;
         {
-            let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args()).await.unwrap();
+            let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+                .await
+                .unwrap();
             merger.merge_new().await.unwrap();
         }
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args()).await.unwrap();
-        assert_eq!(merger.class(ClassId(1)).unwrap().best(Second(1), RacerId(1)), Some(10.0));
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap();
+        assert_eq!(
+            merger
+                .class(ClassId(1))
+                .unwrap()
+                .best(Second(1), RacerId(1)),
+            Some(10.0)
+        );
         assert_eq!(merger.merge_new().await.unwrap().objects, 0);
         deliver(f.delivery.as_ref(), now, "2", &[(1, 2, 1, 11.0)]).await;
         merger.merge_new().await.unwrap();
@@ -326,11 +419,19 @@ mod tests {
     #[tokio::test]
     async fn objects_written_late_within_the_grace_are_found() {
         let f = fixture();
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args()).await.unwrap();
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap();
         merger.merge_new().await.unwrap();
         // Named 30 s in the past (a slow write, or another host's clock),
         // but only visible now: still inside the 60 s listing grace.
-        let late = deliver(f.delivery.as_ref(), Utc::now() - chrono::Duration::seconds(30), "9", &[(4, 1, 1, 1.0)]).await;
+        let late = deliver(
+            f.delivery.as_ref(),
+            Utc::now() - chrono::Duration::seconds(30),
+            "9",
+            &[(4, 1, 1, 1.0)],
+        )
+        .await;
         assert_eq!(merger.merge_new().await.unwrap().objects, 1);
         assert!(merger.merged().contains(late.as_str()));
     }
@@ -338,8 +439,18 @@ mod tests {
     #[tokio::test]
     async fn refuses_to_start_over_a_corrupt_class_file() {
         let f = fixture();
-        f.history.put("class-2.gz", Bytes::from_static(b"{\"1\":{}}"), "application/gzip").await.unwrap();
-        let err = Merger::load(f.delivery.clone(), f.history.clone(), &args()).await.err().unwrap();
+        f.history
+            .put(
+                "class-2.gz",
+                Bytes::from_static(b"{\"1\":{}}"),
+                "application/gzip",
+            )
+            .await
+            .unwrap();
+        let err = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .err()
+            .unwrap();
         assert!(format!("{err:#}").contains("class-2.gz"), "{err:#}");
     }
 
@@ -347,10 +458,21 @@ mod tests {
     async fn invalid_lines_and_corrupt_objects_are_refused_not_merged() {
         let f = fixture();
         let now = Utc::now();
-        deliver(f.delivery.as_ref(), now, "1", &[(1, 1, 1, 5.0), (9, 1, 1, 5.0), (1, 9999, 1, 5.0)]).await;
+        deliver(
+            f.delivery.as_ref(),
+            now,
+            "1",
+            &[(1, 1, 1, 5.0), (9, 1, 1, 5.0), (1, 9999, 1, 5.0)],
+        )
+        .await;
         let junk = delivery::delivery_key(now, "shard-000000", "2", "2");
-        f.delivery.put(&junk, Bytes::from_static(b"not gzip"), "application/gzip").await.unwrap();
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args()).await.unwrap();
+        f.delivery
+            .put(&junk, Bytes::from_static(b"not gzip"), "application/gzip")
+            .await
+            .unwrap();
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap();
         let report = merger.merge_new().await.unwrap();
         assert_eq!((report.objects, report.records, report.rejected), (2, 1, 2));
         assert_eq!(published(f.history.as_ref(), 1).await.unwrap().len(), 1);

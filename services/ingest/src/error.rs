@@ -43,7 +43,9 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::Batch(BatchError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::Batch(BatchError::TooManyRecords(_)) | AppError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Batch(BatchError::TooManyRecords(_)) | AppError::BodyTooLarge => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             AppError::Batch(_) | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -33,7 +33,13 @@ pub(crate) async fn post_telemetry(
     })?;
     let records = parse_batch(&body, format)?;
     let accepted = crate::put(state.stream.as_ref(), &records).await?;
-    Ok((StatusCode::ACCEPTED, Json(Accepted { kind: None, accepted })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            kind: None,
+            accepted,
+        }),
+    ))
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, AppError> {
@@ -41,10 +47,17 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, AppError> {
         return Ok(BodyFormat::Json);
     };
     let text = value.to_str().unwrap_or_default();
-    let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => Ok(BodyFormat::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyFormat::NdJson),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+            Ok(BodyFormat::NdJson)
+        }
         _ => Err(AppError::UnsupportedMediaType(text.to_owned())),
     }
 }
@@ -63,8 +76,14 @@ mod tests {
     #[test]
     fn picks_the_format_from_the_content_type() {
         assert_eq!(body_format(&HeaderMap::new()).unwrap(), BodyFormat::Json);
-        assert_eq!(body_format(&with_type("application/json; charset=utf-8")).unwrap(), BodyFormat::Json);
-        assert_eq!(body_format(&with_type("Application/X-NDJSON")).unwrap(), BodyFormat::NdJson);
+        assert_eq!(
+            body_format(&with_type("application/json; charset=utf-8")).unwrap(),
+            BodyFormat::Json
+        );
+        assert_eq!(
+            body_format(&with_type("Application/X-NDJSON")).unwrap(),
+            BodyFormat::NdJson
+        );
         assert!(matches!(
             body_format(&with_type("text/csv")),
             Err(AppError::UnsupportedMediaType(t)) if t == "text/csv"

@@ -62,4 +62,3 @@ fn to_frame(value: &impl serde::Serialize) -> Utf8Bytes {
         .expect("frames always serialize")
         .into()
 }
-

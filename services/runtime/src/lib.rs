@@ -94,7 +94,11 @@ pub fn health_routes() -> Router {
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops
 /// accepting and lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     axum::serve(listener, router)
@@ -104,7 +108,11 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
 }
 
 /// Awaits `task`, giving up after `timeout` with a warning.
-pub async fn with_timeout<T>(what: &str, timeout: Duration, task: impl Future<Output = T>) -> Option<T> {
+pub async fn with_timeout<T>(
+    what: &str,
+    timeout: Duration,
+    task: impl Future<Output = T>,
+) -> Option<T> {
     match tokio::time::timeout(timeout, task).await {
         Ok(value) => Some(value),
         Err(_) => {

@@ -11,14 +11,23 @@ use bytes::Bytes;
 pub trait ObjectStore: Send + Sync + 'static {
     /// Writes `body` under `key`, atomically: a reader sees the old object or
     /// the new one, never a torn one. Durable once this returns.
-    async fn put(&self, key: &str, body: Bytes, content_type: &'static str) -> Result<(), StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<(), StoreError>;
 
     /// The object under `key`, or `None` if there is none.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
 
     /// Every key that starts with `prefix` and sorts after `start_after`, in
     /// ascending order.
-    async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<String>, StoreError>;
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
 }
 
 /// Why an object-store operation failed.

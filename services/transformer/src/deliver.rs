@@ -35,7 +35,13 @@ impl Processed {
                     })
                     .collect::<Vec<_>>()
                     .join("; ");
-                Err(FailedRecord::invalid(&record.data, reason, record.arrival_ms, &record.shard_id, &record.sequence))
+                Err(FailedRecord::invalid(
+                    &record.data,
+                    reason,
+                    record.arrival_ms,
+                    &record.shard_id,
+                    &record.sequence,
+                ))
             }
         };
         Processed {
@@ -64,7 +70,12 @@ impl Processed {
 /// and, if any failed, a `processing-failed/` object; then checkpoints the
 /// shard past it. Retries until it succeeds: the records stay on the stream
 /// meanwhile, so giving up would only delay them.
-pub(crate) async fn deliver(store: &dyn ObjectStore, subscription: &mut dyn Subscription, shard: &str, batch: Vec<Processed>) {
+pub(crate) async fn deliver(
+    store: &dyn ObjectStore,
+    subscription: &mut dyn Subscription,
+    shard: &str,
+    batch: Vec<Processed>,
+) {
     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return;
     };
@@ -83,7 +94,9 @@ pub(crate) async fn deliver(store: &dyn ObjectStore, subscription: &mut dyn Subs
     }
     let failed_count = batch.len() - records;
     let (lines, failed) = tokio::task::spawn_blocking(move || {
-        let gz = |data: &[u8]| (!data.is_empty()).then(|| Bytes::from(codec::gzip(data, codec::DEFAULT_LEVEL)));
+        let gz = |data: &[u8]| {
+            (!data.is_empty()).then(|| Bytes::from(codec::gzip(data, codec::DEFAULT_LEVEL)))
+        };
         (gz(&lines), gz(&failed))
     })
     .await
@@ -95,7 +108,10 @@ pub(crate) async fn deliver(store: &dyn ObjectStore, subscription: &mut dyn Subs
             // The key carries the time of this attempt, so it always falls
             // inside the window the history service lists.
             let key = delivery::delivery_key(chrono::Utc::now(), shard, &first, &last);
-            store.put(&key, body.clone(), "application/gzip").await.map(|()| key)
+            store
+                .put(&key, body.clone(), "application/gzip")
+                .await
+                .map(|()| key)
         })
         .await;
         tracing::info!(%key, records, bytes = body.len(), "delivered");
@@ -103,7 +119,10 @@ pub(crate) async fn deliver(store: &dyn ObjectStore, subscription: &mut dyn Subs
     if let Some(body) = failed {
         let key = retry(&mut backoff, "processing-failed object", || async {
             let key = delivery::failed_key(chrono::Utc::now(), shard, &first, &last);
-            store.put(&key, body.clone(), "application/gzip").await.map(|()| key)
+            store
+                .put(&key, body.clone(), "application/gzip")
+                .await
+                .map(|()| key)
         })
         .await;
         tracing::warn!(%key, records = failed_count, "records failed processing");

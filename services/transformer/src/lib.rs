@@ -78,12 +78,21 @@ pub async fn run(
     let delivery = config.storage.open_delivery_store()?;
     let token = alleycat_runtime::cancel_on(shutdown);
     let pipeline_stop = CancellationToken::new();
-    let pipeline = tokio::spawn(run_pipeline(stream, delivery, config.transformer, pipeline_stop.clone()));
+    let pipeline = tokio::spawn(run_pipeline(
+        stream,
+        delivery,
+        config.transformer,
+        pipeline_stop.clone(),
+    ));
     alleycat_runtime::serve(listener, alleycat_runtime::health_routes(), token).await?;
     pipeline_stop.cancel();
-    alleycat_runtime::with_timeout("transformer flush", config.server.shutdown_timeout, pipeline)
-        .await
-        .unwrap_or(Ok(Ok(())))??;
+    alleycat_runtime::with_timeout(
+        "transformer flush",
+        config.server.shutdown_timeout,
+        pipeline,
+    )
+    .await
+    .unwrap_or(Ok(Ok(())))??;
     Ok(())
 }
 
@@ -102,7 +111,9 @@ pub async fn run_pipeline(
     tracing::info!(buffer_bytes = limits.max_bytes, buffer_interval = ?limits.max_age, "transformer started");
     loop {
         let next_due = shards.values().filter_map(Batcher::deadline).min();
-        let wait = next_due.map_or(IDLE_POLL, |due| due.saturating_duration_since(Instant::now()).min(IDLE_POLL));
+        let wait = next_due.map_or(IDLE_POLL, |due| {
+            due.saturating_duration_since(Instant::now()).min(IDLE_POLL)
+        });
         let polled = tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -115,9 +126,12 @@ pub async fn run_pipeline(
                     let shard = record.shard_id.clone();
                     let processed = Processed::from_record(record);
                     let size = processed.size();
-                    let batcher = shards.entry(shard.clone()).or_insert_with(|| Batcher::new(limits));
+                    let batcher = shards
+                        .entry(shard.clone())
+                        .or_insert_with(|| Batcher::new(limits));
                     if let Some(batch) = batcher.push(processed, size) {
-                        deliver::deliver(store.as_ref(), subscription.as_mut(), &shard, batch).await;
+                        deliver::deliver(store.as_ref(), subscription.as_mut(), &shard, batch)
+                            .await;
                     }
                 }
             }
@@ -156,7 +170,9 @@ impl Backoff {
     const CAP: Duration = Duration::from_secs(5);
 
     pub(crate) fn next(&mut self) -> Duration {
-        let exp = Self::BASE.saturating_mul(1 << self.attempt.min(10)).min(Self::CAP);
+        let exp = Self::BASE
+            .saturating_mul(1 << self.attempt.min(10))
+            .min(Self::CAP);
         self.attempt += 1;
         // "Equal jitter": half fixed, half random, so retries spread out.
         let nanos = u64::try_from(exp.as_nanos()).unwrap_or(u64::MAX);
@@ -168,4 +184,3 @@ impl Backoff {
         self.attempt = 0;
     }
 }
-

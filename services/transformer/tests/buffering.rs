@@ -34,21 +34,38 @@ async fn delivered(store: &FsStore) -> Vec<(String, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_respect_the_buffer_size_and_hold_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
-    let stream: Arc<dyn Stream> = Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
+    let stream: Arc<dyn Stream> =
+        Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
     let store = FsStore::open(&dir.path().join("delivery")).unwrap();
-    stream.put_records((0..2000).map(record).collect()).await.unwrap();
+    stream
+        .put_records((0..2000).map(record).collect())
+        .await
+        .unwrap();
 
     let stop = CancellationToken::new();
     let args = TransformerArgs {
         buffer_bytes: NonZeroUsize::new(16 * 1024).unwrap(),
         buffer_interval: Duration::from_secs(3600),
     };
-    let task = tokio::spawn(run_pipeline(stream.clone(), Arc::new(store.clone()), args, stop.clone()));
+    let task = tokio::spawn(run_pipeline(
+        stream.clone(),
+        Arc::new(store.clone()),
+        args,
+        stop.clone(),
+    ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     // Size flushes alone deliver all but the last partial buffer.
-    let lines = |objects: Vec<(String, Vec<u8>)>| objects.iter().map(|(_, b)| b.iter().filter(|c| **c == b'\n').count()).sum::<usize>();
+    let lines = |objects: Vec<(String, Vec<u8>)>| {
+        objects
+            .iter()
+            .map(|(_, b)| b.iter().filter(|c| **c == b'\n').count())
+            .sum::<usize>()
+    };
     while lines(delivered(&store).await) < 1800 {
-        assert!(tokio::time::Instant::now() < deadline, "size flushes did not happen");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "size flushes did not happen"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.cancel();
@@ -59,7 +76,10 @@ async fn objects_respect_the_buffer_size_and_hold_every_record_once() {
     let mut racers = Vec::new();
     for (key, body) in &objects {
         assert!(body.len() <= 16 * 1024, "{key} holds {} bytes", body.len());
-        assert!(key.starts_with(&chrono::Utc::now().format("%Y/%m/%d/").to_string()), "{key}");
+        assert!(
+            key.starts_with(&chrono::Utc::now().format("%Y/%m/%d/").to_string()),
+            "{key}"
+        );
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let v: serde_json::Value = serde_json::from_slice(line).unwrap();
             assert_eq!(v["output"], 106.875, "((50.5 + 35) * (60 + 65)) / 100");
@@ -67,7 +87,11 @@ async fn objects_respect_the_buffer_size_and_hold_every_record_once() {
         }
     }
     racers.sort_unstable();
-    assert_eq!(racers, (0..2000).collect::<Vec<_>>(), "every record exactly once, shutdown flush included");
+    assert_eq!(
+        racers,
+        (0..2000).collect::<Vec<_>>(),
+        "every record exactly once, shutdown flush included"
+    );
 
     // Everything was checkpointed: a restarted transformer delivers nothing new.
     let stop = CancellationToken::new();
@@ -75,7 +99,12 @@ async fn objects_respect_the_buffer_size_and_hold_every_record_once() {
         buffer_bytes: NonZeroUsize::new(16 * 1024).unwrap(),
         buffer_interval: Duration::from_millis(10),
     };
-    let task = tokio::spawn(run_pipeline(stream, Arc::new(store.clone()), args, stop.clone()));
+    let task = tokio::spawn(run_pipeline(
+        stream,
+        Arc::new(store.clone()),
+        args,
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.cancel();
     task.await.unwrap().unwrap();

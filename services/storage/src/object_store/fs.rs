@@ -65,13 +65,17 @@ impl Inner {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
         {
-            return Err(invalid("may hold only ASCII letters, digits, '/', '-', '_' and '.'"));
+            return Err(invalid(
+                "may hold only ASCII letters, digits, '/', '-', '_' and '.'",
+            ));
         }
         if key
             .split('/')
             .any(|part| part.is_empty() || part.starts_with('.'))
         {
-            return Err(invalid("path segments must be non-empty and not start with '.'"));
+            return Err(invalid(
+                "path segments must be non-empty and not start with '.'",
+            ));
         }
         Ok(self.root.join(key))
     }
@@ -131,7 +135,9 @@ impl Inner {
             key: prefix.to_owned(),
             source,
         })?;
-        keys.retain(|k| k.starts_with(prefix) && start_after.is_none_or(|after| k.as_str() > after));
+        keys.retain(|k| {
+            k.starts_with(prefix) && start_after.is_none_or(|after| k.as_str() > after)
+        });
         keys.sort_unstable();
         Ok(keys)
     }
@@ -167,7 +173,12 @@ fn walk(dir: &Path, base: &str, keys: &mut Vec<String>) -> io::Result<()> {
 
 #[async_trait]
 impl ObjectStore for FsStore {
-    async fn put(&self, key: &str, body: Bytes, _content_type: &'static str) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        _content_type: &'static str,
+    ) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         let key = key.to_owned();
         blocking(move || inner.put(&key, &body)).await
@@ -179,7 +190,11 @@ impl ObjectStore for FsStore {
         blocking(move || inner.get(&key)).await
     }
 
-    async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<String>, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
         let inner = Arc::clone(&self.inner);
         let prefix = prefix.to_owned();
         let start_after = start_after.map(str::to_owned);
@@ -207,20 +222,47 @@ mod tests {
     async fn put_get_overwrite() {
         let (_dir, store) = store().await;
         assert_eq!(store.get("class-1.gz").await.unwrap(), None);
-        store.put("class-1.gz", Bytes::from_static(b"one"), "application/gzip").await.unwrap();
-        store.put("class-1.gz", Bytes::from_static(b"two"), "application/gzip").await.unwrap();
+        store
+            .put("class-1.gz", Bytes::from_static(b"one"), "application/gzip")
+            .await
+            .unwrap();
+        store
+            .put("class-1.gz", Bytes::from_static(b"two"), "application/gzip")
+            .await
+            .unwrap();
         assert_eq!(store.get("class-1.gz").await.unwrap().unwrap(), "two");
     }
 
     #[tokio::test]
     async fn lists_by_prefix_after_a_key_in_order() {
         let (_dir, store) = store().await;
-        for key in ["2026/11/26/10/b.gz", "2026/11/26/10/a.gz", "2026/11/26/11/c.gz", "processing-failed/2026/x.gz", "class-1.gz"] {
-            store.put(key, Bytes::from_static(b"x"), "application/gzip").await.unwrap();
+        for key in [
+            "2026/11/26/10/b.gz",
+            "2026/11/26/10/a.gz",
+            "2026/11/26/11/c.gz",
+            "processing-failed/2026/x.gz",
+            "class-1.gz",
+        ] {
+            store
+                .put(key, Bytes::from_static(b"x"), "application/gzip")
+                .await
+                .unwrap();
         }
-        assert_eq!(store.list("2026/11/26/10/", None).await.unwrap(), ["2026/11/26/10/a.gz", "2026/11/26/10/b.gz"]);
-        assert_eq!(store.list("2026/", Some("2026/11/26/10/a.gz")).await.unwrap(), ["2026/11/26/10/b.gz", "2026/11/26/11/c.gz"]);
-        assert_eq!(store.list("2026/11/26/10/b", None).await.unwrap(), ["2026/11/26/10/b.gz"]);
+        assert_eq!(
+            store.list("2026/11/26/10/", None).await.unwrap(),
+            ["2026/11/26/10/a.gz", "2026/11/26/10/b.gz"]
+        );
+        assert_eq!(
+            store
+                .list("2026/", Some("2026/11/26/10/a.gz"))
+                .await
+                .unwrap(),
+            ["2026/11/26/10/b.gz", "2026/11/26/11/c.gz"]
+        );
+        assert_eq!(
+            store.list("2026/11/26/10/b", None).await.unwrap(),
+            ["2026/11/26/10/b.gz"]
+        );
         assert_eq!(store.list("class-", None).await.unwrap(), ["class-1.gz"]);
         assert!(store.list("2027/01/", None).await.unwrap().is_empty());
         assert_eq!(store.list("", None).await.unwrap().len(), 5);
@@ -229,9 +271,21 @@ mod tests {
     #[tokio::test]
     async fn refuses_keys_that_escape_the_root() {
         let (_dir, store) = store().await;
-        for key in ["../x", "/etc/passwd", "a//b", "a/./b", ".tmp/x", "", "a b", "a\\b"] {
+        for key in [
+            "../x",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            ".tmp/x",
+            "",
+            "a b",
+            "a\\b",
+        ] {
             let err = store.put(key, Bytes::new(), "x").await.unwrap_err();
-            assert!(matches!(err, StoreError::InvalidKey { .. }), "{key:?}: {err}");
+            assert!(
+                matches!(err, StoreError::InvalidKey { .. }),
+                "{key:?}: {err}"
+            );
         }
     }
 

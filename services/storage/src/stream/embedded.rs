@@ -72,7 +72,8 @@ impl EmbeddedStream {
     /// Opens (creating if needed) the stream in `dir`. Only one process may
     /// have it open at a time.
     pub fn open(dir: &Path) -> Result<EmbeddedStream, StreamError> {
-        std::fs::create_dir_all(dir).map_err(|e| unavailable("creating the stream directory", e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unavailable("creating the stream directory", e))?;
         let db = Database::create(dir.join("stream.redb")).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StreamError::Unavailable(
                 "the embedded stream is already open in another process; run the services in one \
@@ -85,11 +86,22 @@ impl EmbeddedStream {
             let txn = db.begin_write().map_err(|e| unavailable("opening", e))?;
             let next = {
                 // Creating the tables here lets readers open them unconditionally.
-                txn.open_table(CONSUMERS).map_err(|e| unavailable("opening", e))?;
-                let records = txn.open_table(RECORDS).map_err(|e| unavailable("opening", e))?;
-                let meta = txn.open_table(META).map_err(|e| unavailable("opening", e))?;
-                let stored = meta.get("next").map_err(|e| unavailable("opening", e))?.map(|v| v.value());
-                let last = records.last().map_err(|e| unavailable("opening", e))?.map(|(k, _)| k.value() + 1);
+                txn.open_table(CONSUMERS)
+                    .map_err(|e| unavailable("opening", e))?;
+                let records = txn
+                    .open_table(RECORDS)
+                    .map_err(|e| unavailable("opening", e))?;
+                let meta = txn
+                    .open_table(META)
+                    .map_err(|e| unavailable("opening", e))?;
+                let stored = meta
+                    .get("next")
+                    .map_err(|e| unavailable("opening", e))?
+                    .map(|v| v.value());
+                let last = records
+                    .last()
+                    .map_err(|e| unavailable("opening", e))?
+                    .map(|(k, _)| k.value() + 1);
                 stored.max(last).unwrap_or(0)
             };
             txn.commit().map_err(|e| unavailable("opening", e))?;
@@ -113,10 +125,16 @@ impl EmbeddedStream {
         })
     }
 
-    async fn send(&self, op: impl FnOnce(oneshot::Sender<Result<(), StreamError>>) -> WriteOp) -> Result<(), StreamError> {
+    async fn send(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<(), StreamError>>) -> WriteOp,
+    ) -> Result<(), StreamError> {
         let (ack, done) = oneshot::channel();
         let writer = self.inner.writer.as_ref().ok_or(StreamError::Closed)?;
-        writer.send(op(ack)).await.map_err(|_| StreamError::Closed)?;
+        writer
+            .send(op(ack))
+            .await
+            .map_err(|_| StreamError::Closed)?;
         done.await.map_err(|_| StreamError::Closed)?
     }
 }
@@ -126,7 +144,12 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StreamError {
 }
 
 /// The writer thread: one transaction and one fsync per group of queued ops.
-fn write_loop(db: &Arc<Database>, mut queue: mpsc::Receiver<WriteOp>, mut next: u64, committed: &watch::Sender<u64>) {
+fn write_loop(
+    db: &Arc<Database>,
+    mut queue: mpsc::Receiver<WriteOp>,
+    mut next: u64,
+    committed: &watch::Sender<u64>,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(op) = queue.blocking_recv() {
         group.push(op);
@@ -176,7 +199,11 @@ fn commit_group(db: &Database, group: &[WriteOp], mut next: u64) -> Result<u64, 
                         next += 1;
                     }
                 }
-                WriteOp::Checkpoint { consumer, next: position, .. } => {
+                WriteOp::Checkpoint {
+                    consumer,
+                    next: position,
+                    ..
+                } => {
                     let current = consumers.get(consumer.as_str())?.map(|v| v.value());
                     // Checkpoints only move forward.
                     if current.is_none_or(|c| c < *position) {
@@ -274,7 +301,9 @@ impl Subscription for EmbeddedSubscription {
 
     async fn checkpoint(&mut self, shard_id: &str, sequence: &str) -> Result<(), StreamError> {
         if shard_id != SHARD_ID {
-            return Err(StreamError::InvalidCheckpoint(format!("unknown shard {shard_id:?}")));
+            return Err(StreamError::InvalidCheckpoint(format!(
+                "unknown shard {shard_id:?}"
+            )));
         }
         let sequence: u64 = sequence
             .parse()
@@ -337,14 +366,22 @@ mod tests {
         {
             let stream = EmbeddedStream::open(dir.path()).unwrap();
             let mut sub = stream.subscribe("t").await.unwrap();
-            stream.put_records(vec![put("a"), put("b"), put("c")]).await.unwrap();
+            stream
+                .put_records(vec![put("a"), put("b"), put("c")])
+                .await
+                .unwrap();
             let got = sub.poll(2, WAIT).await.unwrap();
             assert_eq!(datas(&got), [b"a", b"b"]);
             assert_eq!(got[0].sequence, "00000000000000000000");
             assert!(got[0].arrival_ms > 1_600_000_000_000);
             sub.checkpoint(SHARD_ID, &got[0].sequence).await.unwrap();
             assert_eq!(datas(&sub.poll(10, WAIT).await.unwrap()), [b"c"]);
-            assert!(sub.poll(10, Duration::from_millis(20)).await.unwrap().is_empty());
+            assert!(
+                sub.poll(10, Duration::from_millis(20))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         }
         // Reopened: the consumer resumes after its checkpoint ("a").
         let stream = EmbeddedStream::open(dir.path()).unwrap();
@@ -352,7 +389,10 @@ mod tests {
         assert_eq!(datas(&sub.poll(10, WAIT).await.unwrap()), [b"b", b"c"]);
         stream.put_records(vec![put("d")]).await.unwrap();
         let d = sub.poll(10, WAIT).await.unwrap();
-        assert_eq!(d[0].sequence, "00000000000000000003", "sequences continue after reopen");
+        assert_eq!(
+            d[0].sequence, "00000000000000000003",
+            "sequences continue after reopen"
+        );
     }
 
     #[tokio::test]
@@ -376,7 +416,10 @@ mod tests {
         let stream = EmbeddedStream::open(dir.path()).unwrap();
         let mut fast = stream.subscribe("fast").await.unwrap();
         let mut slow = stream.subscribe("slow").await.unwrap();
-        stream.put_records((0..5).map(|i| put(&i.to_string())).collect()).await.unwrap();
+        stream
+            .put_records((0..5).map(|i| put(&i.to_string())).collect())
+            .await
+            .unwrap();
         let all = fast.poll(10, WAIT).await.unwrap();
         fast.checkpoint(SHARD_ID, &all[4].sequence).await.unwrap();
         // "slow" has checkpointed nothing: every record must still be there.
