@@ -50,6 +50,18 @@ impl ClassHistory {
         }
     }
 
+    /// Merges every best of `other` into this history; returns whether
+    /// anything changed.
+    pub fn merge_history(&mut self, other: &ClassHistory) -> bool {
+        let mut changed = false;
+        for (&second, racers) in &other.seconds {
+            for (&racer, &output) in racers {
+                changed |= self.merge(second, racer, output);
+            }
+        }
+        changed
+    }
+
     /// `racer`'s best at `second`, if it has one.
     #[must_use]
     pub fn best(&self, second: Second, racer: RacerId) -> Option<f64> {
@@ -129,6 +141,11 @@ impl Histories {
     #[must_use]
     pub fn get(&self, class: ClassId) -> Option<&ClassHistory> {
         self.classes.get(&class)
+    }
+
+    /// A class's history, created empty if it has none.
+    pub fn entry(&mut self, class: ClassId) -> &mut ClassHistory {
+        self.classes.entry(class).or_default()
     }
 
     /// Merges every point; returns the classes whose history changed (and so
@@ -236,6 +253,23 @@ mod tests {
             assert!(ClassHistory::from_json(bad.as_bytes()).is_err(), "{bad}");
         }
         assert!(ClassHistory::from_json(b"{}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn merging_a_whole_history_keeps_the_maxima_of_both() {
+        let mut ours = ClassHistory::default();
+        ours.merge(Second(1), RacerId(1), 10.0);
+        ours.merge(Second(1), RacerId(2), 5.0);
+        let mut theirs = ClassHistory::default();
+        theirs.merge(Second(1), RacerId(1), 9.0);
+        theirs.merge(Second(2), RacerId(3), 7.0);
+        assert!(ours.merge_history(&theirs));
+        assert_eq!(ours.best(Second(1), RacerId(1)), Some(10.0));
+        assert_eq!(ours.best(Second(2), RacerId(3)), Some(7.0));
+        assert!(
+            !ours.merge_history(&theirs),
+            "a second merge changes nothing"
+        );
     }
 
     fn points() -> impl Strategy<Value = Vec<HistoryPoint>> {

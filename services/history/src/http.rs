@@ -4,7 +4,7 @@ use alleycat_core::ClassId;
 use alleycat_core::history::class_file_key;
 use alleycat_storage::ObjectStore;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -73,15 +73,22 @@ impl IntoResponse for AppError {
 async fn class_file(
     State(state): State<AppState>,
     Path(file): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let class = parse_file_name(&file).ok_or_else(|| AppError::NoSuchFile(file.clone()))?;
-    let body = state
+    let object = state
         .store
         .get(&class_file_key(class))
         .await
         .map_err(AppError::Store)?
         .ok_or(AppError::NoHistoryYet(class))?;
-    Ok((
+    let etag = HeaderValue::from_str(&format!("\"{}\"", object.etag.0.trim_matches('"'))).ok();
+    if let (Some(etag), Some(seen)) = (&etag, headers.get(header::IF_NONE_MATCH)) {
+        if seen == etag {
+            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag.clone())]).into_response());
+        }
+    }
+    let mut response = (
         [
             // The bytes are a gzip *file*, not a gzip-encoded JSON response:
             // no Content-Encoding, so clients get exactly what was published.
@@ -91,9 +98,13 @@ async fn class_file(
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
-        body,
+        object.body,
     )
-        .into_response())
+        .into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
 }
 
 fn parse_file_name(file: &str) -> Option<ClassId> {

@@ -9,17 +9,23 @@
 //! Order of effects: merge in memory, publish the changed class files, and
 //! only then record the objects as merged. A crash in between merges some
 //! objects again, which the max-merge makes harmless.
+//!
+//! Several history processes may run at once. Each write of a class file is
+//! conditional on the version last read (`If-Match`, or `If-None-Match: *`
+//! when creating it); when another process got there first, the file is
+//! read again, merged into ours (max per key, so nothing of either side is
+//! lost) and written again.
 
 use crate::HistoryArgs;
 use alleycat_core::delivery::{self, HistoryPoint};
 use alleycat_core::history::{ClassHistory, Histories, class_file_key};
 use alleycat_core::{ClassId, codec};
-use alleycat_storage::ObjectStore;
+use alleycat_storage::{ETag, ObjectStore, Precondition, StoreError};
 use anyhow::Context as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +67,8 @@ pub struct Merger {
     delivery: Arc<dyn ObjectStore>,
     history: Arc<dyn ObjectStore>,
     histories: Histories,
+    /// Version of each class file as last read or written; absent: no file.
+    versions: BTreeMap<ClassId, ETag>,
     state: MergeState,
     grace: Duration,
     gzip_level: u32,
@@ -77,20 +85,12 @@ impl Merger {
         args: &HistoryArgs,
     ) -> anyhow::Result<Merger> {
         let mut histories = Histories::default();
+        let mut versions = BTreeMap::new();
         for class in ClassId::all() {
-            let key = class_file_key(class);
-            if let Some(body) = history
-                .get(&key)
-                .await
-                .with_context(|| format!("reading {key}"))?
-            {
-                let loaded = tokio::task::spawn_blocking(move || ClassHistory::from_gzip(&body))
-                    .await?
-                    .with_context(|| {
-                        format!("{key} in the history store is not a valid class file")
-                    })?;
-                tracing::info!(%key, bests = loaded.len(), "loaded class history");
+            if let Some((loaded, etag)) = read_class_file(history.as_ref(), class).await? {
+                tracing::info!(%class, bests = loaded.len(), "loaded class history");
                 histories.insert(class, loaded);
+                versions.insert(class, etag);
             }
         }
         let state = match history
@@ -98,15 +98,15 @@ impl Merger {
             .await
             .context("reading the merge state")?
         {
-            Some(body) => {
-                serde_json::from_slice(&body).with_context(|| format!("{STATE_KEY} is corrupt"))?
-            }
+            Some(object) => serde_json::from_slice(&object.body)
+                .with_context(|| format!("{STATE_KEY} is corrupt"))?,
             None => MergeState::default(),
         };
         Ok(Merger {
             delivery,
             history,
             histories,
+            versions,
             state,
             grace: args.listing_grace,
             gzip_level: args.gzip_level,
@@ -201,7 +201,7 @@ impl Merger {
         key: &str,
         report: &mut MergeReport,
     ) -> anyhow::Result<Vec<HistoryPoint>> {
-        let Some(body) = self
+        let Some(object) = self
             .delivery
             .get(key)
             .await
@@ -210,6 +210,7 @@ impl Merger {
             tracing::warn!(%key, "listed delivery object vanished; skipping it");
             return Ok(Vec::new());
         };
+        let body = object.body;
         let decoded = tokio::task::spawn_blocking(move || {
             codec::gunzip(&body, MAX_DELIVERY_BYTES).map(|json| delivery::parse_points(&json))
         })
@@ -230,22 +231,49 @@ impl Merger {
         }
     }
 
-    async fn publish(&self, classes: &BTreeSet<ClassId>) -> anyhow::Result<()> {
+    async fn publish(&mut self, classes: &BTreeSet<ClassId>) -> anyhow::Result<()> {
         for &class in classes {
-            let history = self
-                .histories
-                .get(class)
-                .expect("a changed class has a history")
-                .clone();
-            let level = self.gzip_level;
-            let body = tokio::task::spawn_blocking(move || history.to_gzip(level)).await?;
-            let key = class_file_key(class);
-            self.history
-                .put(&key, Bytes::from(body), "application/gzip")
-                .await
-                .with_context(|| format!("publishing {key}"))?;
+            self.publish_class(class).await?;
         }
         Ok(())
+    }
+
+    /// Writes a class file conditionally on the version we last saw; on a
+    /// conflict, merges the newer file in and tries again.
+    async fn publish_class(&mut self, class: ClassId) -> anyhow::Result<()> {
+        let key = class_file_key(class);
+        loop {
+            let history = self.histories.entry(class).clone();
+            let level = self.gzip_level;
+            let body = tokio::task::spawn_blocking(move || history.to_gzip(level)).await?;
+            let condition = match self.versions.get(&class) {
+                Some(etag) => Precondition::IfMatch(etag.clone()),
+                None => Precondition::IfAbsent,
+            };
+            match self
+                .history
+                .put_if(&key, Bytes::from(body), "application/gzip", condition)
+                .await
+            {
+                Ok(etag) => {
+                    self.versions.insert(class, etag);
+                    return Ok(());
+                }
+                Err(StoreError::PreconditionFailed { .. }) => {
+                    tracing::debug!(%key, "class file changed by another writer; merging it in");
+                    match read_class_file(self.history.as_ref(), class).await? {
+                        Some((theirs, etag)) => {
+                            self.histories.entry(class).merge_history(&theirs);
+                            self.versions.insert(class, etag);
+                        }
+                        None => {
+                            self.versions.remove(&class);
+                        }
+                    }
+                }
+                Err(e) => return Err(e).with_context(|| format!("publishing {key}")),
+            }
+        }
     }
 
     async fn save_state(&mut self) -> anyhow::Result<()> {
@@ -257,6 +285,26 @@ impl Merger {
         self.saved_at = Some(std::time::Instant::now());
         Ok(())
     }
+}
+
+/// A published class file and its version, if there is one.
+async fn read_class_file(
+    store: &dyn ObjectStore,
+    class: ClassId,
+) -> anyhow::Result<Option<(ClassHistory, ETag)>> {
+    let key = class_file_key(class);
+    let Some(object) = store
+        .get(&key)
+        .await
+        .with_context(|| format!("reading {key}"))?
+    else {
+        return Ok(None);
+    };
+    let body = object.body;
+    let history = tokio::task::spawn_blocking(move || ClassHistory::from_gzip(&body))
+        .await?
+        .with_context(|| format!("{key} in the history store is not a valid class file"))?;
+    Ok(Some((history, object.etag)))
 }
 
 /// Keys merged, for tests.
@@ -320,8 +368,8 @@ mod tests {
     }
 
     async fn published(store: &dyn ObjectStore, class: u8) -> Option<ClassHistory> {
-        let body = store.get(&format!("class-{class}.gz")).await.unwrap()?;
-        Some(ClassHistory::from_gzip(&body).unwrap())
+        let object = store.get(&format!("class-{class}.gz")).await.unwrap()?;
+        Some(ClassHistory::from_gzip(&object.body).unwrap())
     }
 
     #[tokio::test]
@@ -375,7 +423,7 @@ mod tests {
         let before = f.history.get("class-3.gz").await.unwrap().unwrap();
         // A re-delivery of the same records under another key (a transformer
         // crash before its checkpoint) is merged but publishes nothing.
-        let body = f.delivery.get(&key).await.unwrap().unwrap();
+        let body = f.delivery.get(&key).await.unwrap().unwrap().body;
         let again =
             delivery::delivery_key(now + chrono::Duration::seconds(1), "shard-000000", "1", "1");
         f.delivery
@@ -434,6 +482,44 @@ mod tests {
         .await;
         assert_eq!(merger.merge_new().await.unwrap().objects, 1);
         assert!(merger.merged().contains(late.as_str()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_mergers_on_the_same_stores_lose_no_update() {
+        let f = fixture();
+        let now = Utc::now();
+        let mut a = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap();
+        let mut b = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap();
+        // Each merger sees different objects, and both publish class 1 from
+        // a stale version: the second write must merge, not overwrite.
+        deliver(
+            f.delivery.as_ref(),
+            now,
+            "1",
+            &[(1, 1, 1, 10.0), (1, 2, 1, 1.0)],
+        )
+        .await;
+        a.merge_new().await.unwrap();
+        deliver(
+            f.delivery.as_ref(),
+            now,
+            "2",
+            &[(1, 1, 2, 20.0), (1, 2, 1, 2.0)],
+        )
+        .await;
+        b.merge_new().await.unwrap();
+        deliver(f.delivery.as_ref(), now, "3", &[(1, 3, 3, 30.0)]).await;
+        a.merge_new().await.unwrap();
+        let class1 = published(f.history.as_ref(), 1).await.unwrap();
+        assert_eq!(class1.best(Second(1), RacerId(1)), Some(10.0));
+        assert_eq!(class1.best(Second(1), RacerId(2)), Some(20.0));
+        assert_eq!(class1.best(Second(2), RacerId(1)), Some(2.0));
+        assert_eq!(class1.best(Second(3), RacerId(3)), Some(30.0));
+        assert_eq!(class1.len(), 4);
     }
 
     #[tokio::test]

@@ -9,5 +9,7 @@ pub mod object_store;
 pub mod stream;
 
 pub use config::StorageArgs;
-pub use object_store::{ObjectStore, StoreError};
-pub use stream::{PutRecord, Stream, StreamError, StreamRecord, Subscription};
+pub use object_store::{ETag, Object, ObjectStore, Precondition, StoreError};
+pub use stream::{
+    PendingDelivery, PutRecord, Stream, StreamError, StreamRecord, Subscription, compare_sequences,
+};

@@ -8,6 +8,8 @@ pub mod embedded;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
 use std::time::Duration;
 
 /// A record to append.
@@ -55,8 +57,47 @@ pub trait Subscription: Send {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<StreamRecord>, StreamError>;
 
     /// Durably records that every record of `shard_id` up to and including
-    /// `sequence` has been processed; a restart resumes after it.
+    /// `sequence` has been processed; a restart resumes after it. Clears the
+    /// shard's pending delivery. Fails with [`StreamError::LeaseLost`] when
+    /// another consumer has taken the shard over.
     async fn checkpoint(&mut self, shard_id: &str, sequence: &str) -> Result<(), StreamError>;
+
+    /// Durably records, before writing it, the delivery of `shard_id`'s
+    /// records `first..=last` under `key`, so that whoever reads the shard
+    /// next (this process after a crash, or another one) can tell whether it
+    /// completed and skip it instead of delivering it twice.
+    async fn begin_delivery(
+        &mut self,
+        shard_id: &str,
+        delivery: &PendingDelivery,
+    ) -> Result<(), StreamError>;
+
+    /// The delivery begun on `shard_id` after its last checkpoint, if any.
+    async fn pending_delivery(
+        &mut self,
+        shard_id: &str,
+    ) -> Result<Option<PendingDelivery>, StreamError>;
+}
+
+/// A delivery that was begun but not yet checkpointed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingDelivery {
+    /// The key of the last object the delivery writes.
+    pub key: String,
+    /// Sequence of its first record.
+    pub first: String,
+    /// Sequence of its last record.
+    pub last: String,
+}
+
+/// Orders two sequence numbers of one shard. They are decimal integers of
+/// any length (Kinesis uses up to 128 bits), so compare them as numbers, not
+/// as strings.
+#[must_use]
+pub fn compare_sequences(a: &str, b: &str) -> Ordering {
+    let a = a.trim_start_matches('0');
+    let b = b.trim_start_matches('0');
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 /// Why a stream operation failed.
@@ -71,4 +112,27 @@ pub enum StreamError {
     /// A checkpoint names a shard or sequence this stream never produced.
     #[error("invalid checkpoint: {0}")]
     InvalidCheckpoint(String),
+    /// Another consumer process owns the shard now: drop what is buffered
+    /// of it (the new owner reads it again from the last checkpoint).
+    #[error("shard {0} is now owned by another consumer")]
+    LeaseLost(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_compare_as_numbers() {
+        assert_eq!(compare_sequences("9", "10"), Ordering::Less);
+        assert_eq!(
+            compare_sequences("00000000000000000010", "9"),
+            Ordering::Greater
+        );
+        let kinesis = "49617562271853452710231452089870573953214820913201119234";
+        let next = "49617562271853452710231452089870573953214820913201119235";
+        assert_eq!(compare_sequences(kinesis, next), Ordering::Less);
+        assert_eq!(compare_sequences(kinesis, kinesis), Ordering::Equal);
+        assert_eq!(compare_sequences("0", "000"), Ordering::Equal);
+    }
 }

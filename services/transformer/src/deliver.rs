@@ -1,12 +1,22 @@
 //! Turning a shard's batch into delivery objects, then checkpointing it.
+//!
+//! Each delivery is announced before it is written (`begin_delivery`, kept
+//! with the shard's checkpoint), so whoever reads the shard next can tell a
+//! delivery that completed from one that did not: completed ones are
+//! skipped ([`recover`]), never written twice.
 
 use crate::Backoff;
 use alleycat_core::codec;
 use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord};
 use alleycat_core::validate::parse_record;
-use alleycat_storage::{ObjectStore, StreamRecord, Subscription};
+use alleycat_storage::{ObjectStore, PendingDelivery, StreamError, StreamRecord, Subscription};
 use bytes::Bytes;
-use std::fmt::Display;
+use chrono::{DateTime, Utc};
+
+/// A delivery whose object write has been failing this long is renamed with
+/// a fresh write time, so the key stays inside the history service's
+/// listing window.
+const MAX_KEY_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 /// One stream record after processing: its delivery line, or why it failed.
 #[derive(Debug)]
@@ -58,26 +68,65 @@ impl Processed {
             Err(failed) => failed.raw_data.len() + failed.error_message.len() + 128,
         }
     }
-
-    /// The delivery line, if processing succeeded.
-    #[must_use]
-    pub fn line(&self) -> Option<&[u8]> {
-        self.outcome.as_ref().ok().map(Vec::as_slice)
-    }
 }
 
-/// Writes `batch` (records of `shard`, in stream order) as a delivery object
-/// and, if any failed, a `processing-failed/` object; then checkpoints the
-/// shard past it. Retries until it succeeds: the records stay on the stream
-/// meanwhile, so giving up would only delay them.
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Written and checkpointed.
+    Delivered,
+    /// Another process owns the shard now; the batch must be dropped.
+    ShardLost,
+}
+
+/// Settles what a previous reader of `shard` left half done: if its last
+/// announced delivery was written, checkpoints past it and returns its last
+/// sequence, so those records are skipped rather than delivered twice.
+pub(crate) async fn recover(
+    store: &dyn ObjectStore,
+    subscription: &mut dyn Subscription,
+    shard: &str,
+) -> Option<String> {
+    let mut backoff = Backoff::default();
+    let pending = retry!(
+        backoff,
+        "reading the pending delivery",
+        subscription.pending_delivery(shard)
+    )
+    .ok()??;
+    let written = retry!(
+        backoff,
+        "checking a pending delivery",
+        store.exists(&pending.key)
+    )
+    .ok()?;
+    if !written {
+        // Never written: its records are simply delivered again, under a new key.
+        return None;
+    }
+    retry!(
+        backoff,
+        "checkpoint",
+        subscription.checkpoint(shard, &pending.last)
+    )
+    .ok()?;
+    tracing::info!(shard, key = %pending.key, "found a delivery completed before a restart; skipping its records");
+    Some(pending.last)
+}
+
+/// Writes `batch` (records of `shard`, in stream order): first the
+/// `processing-failed/` object if any record failed, then the delivery
+/// object; then checkpoints the shard past it. Retries until it succeeds:
+/// the records stay on the stream meanwhile, so giving up would only delay
+/// them. Stops early only if the shard was taken over.
 pub(crate) async fn deliver(
     store: &dyn ObjectStore,
     subscription: &mut dyn Subscription,
     shard: &str,
     batch: Vec<Processed>,
-) {
+) -> Outcome {
     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-        return;
+        return Outcome::Delivered;
     };
     let (first, last) = (first.sequence.clone(), last.sequence.clone());
     let mut lines = Vec::with_capacity(batch.iter().map(Processed::size).sum());
@@ -92,7 +141,7 @@ pub(crate) async fn deliver(
             Err(record) => record.write_line(&mut failed),
         }
     }
-    let failed_count = batch.len() - records;
+    let failed_records = batch.len() - records;
     let (lines, failed) = tokio::task::spawn_blocking(move || {
         let gz = |data: &[u8]| {
             (!data.is_empty()).then(|| Bytes::from(codec::gzip(data, codec::DEFAULT_LEVEL)))
@@ -103,54 +152,92 @@ pub(crate) async fn deliver(
     .expect("gzip task panicked");
 
     let mut backoff = Backoff::default();
-    if let Some(body) = lines {
-        let key = retry(&mut backoff, "delivery object", || async {
-            // The key carries the time of this attempt, so it always falls
-            // inside the window the history service lists.
-            let key = delivery::delivery_key(chrono::Utc::now(), shard, &first, &last);
-            store
-                .put(&key, body.clone(), "application/gzip")
-                .await
-                .map(|()| key)
-        })
-        .await;
-        tracing::info!(%key, records, bytes = body.len(), "delivered");
-    }
-    if let Some(body) = failed {
-        let key = retry(&mut backoff, "processing-failed object", || async {
-            let key = delivery::failed_key(chrono::Utc::now(), shard, &first, &last);
-            store
-                .put(&key, body.clone(), "application/gzip")
-                .await
-                .map(|()| key)
-        })
-        .await;
-        tracing::warn!(%key, records = failed_count, "records failed processing");
-    }
-    // Only now, with every object durable, may the stream forget the batch.
-    while let Err(e) = subscription.checkpoint(shard, &last).await {
-        let pause = backoff.next();
-        tracing::warn!(what = "checkpoint", error = %e, ?pause, "write failed; retrying");
-        tokio::time::sleep(pause).await;
-    }
-}
-
-async fn retry<T, E: Display, F: Future<Output = Result<T, E>>>(
-    backoff: &mut Backoff,
-    what: &str,
-    mut attempt: impl FnMut() -> F,
-) -> T {
-    loop {
-        match attempt().await {
-            Ok(value) => {
-                backoff.reset();
-                return value;
+    // The delivery object goes last: its existence proves the batch complete.
+    let objects = [
+        (
+            failed,
+            delivery::failed_key as fn(DateTime<Utc>, &str, &str, &str) -> String,
+            failed_records,
+        ),
+        (lines, delivery::delivery_key, records),
+    ];
+    let objects: Vec<_> = objects
+        .into_iter()
+        .filter_map(|(body, key, n)| body.map(|b| (b, key, n)))
+        .collect();
+    for (i, (body, key_at, count)) in objects.iter().enumerate() {
+        let is_last = i + 1 == objects.len();
+        let mut written_at = Utc::now();
+        loop {
+            let key = key_at(written_at, shard, &first, &last);
+            if is_last {
+                let pending = PendingDelivery {
+                    key: key.clone(),
+                    first: first.clone(),
+                    last: last.clone(),
+                };
+                if retry!(
+                    backoff,
+                    "announcing a delivery",
+                    subscription.begin_delivery(shard, &pending)
+                )
+                .is_err()
+                {
+                    return Outcome::ShardLost;
+                }
             }
-            Err(e) => {
-                let pause = backoff.next();
-                tracing::warn!(what, error = %e, ?pause, "write failed; retrying");
-                tokio::time::sleep(pause).await;
+            match store.put(&key, body.clone(), "application/gzip").await {
+                Ok(_) => {
+                    tracing::info!(%key, records = count, bytes = body.len(), failed = !is_last || objects.len() == 1 && failed_records > 0, "delivered");
+                    break;
+                }
+                Err(e) => {
+                    let pause = backoff.next();
+                    tracing::warn!(%key, error = %e, ?pause, "writing a delivery object failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    if Utc::now() - written_at > MAX_KEY_AGE {
+                        written_at = Utc::now();
+                    }
+                }
             }
         }
     }
+    // Only now, with every object durable, may the stream forget the batch.
+    match retry!(backoff, "checkpoint", subscription.checkpoint(shard, &last)) {
+        Ok(()) => Outcome::Delivered,
+        Err(LeaseLost) => Outcome::ShardLost,
+    }
+}
+
+/// The shard was taken over while retrying.
+struct LeaseLost;
+
+/// Awaits `$attempt` again (with backoff) until it succeeds, or until the
+/// shard turns out to belong to someone else (`Err(LeaseLost)`). A macro,
+/// not a function: each attempt re-borrows the subscription mutably.
+macro_rules! retry {
+    ($backoff:ident, $what:expr, $attempt:expr) => {
+        loop {
+            match $attempt.await {
+                Ok(value) => {
+                    $backoff.reset();
+                    break Ok::<_, LeaseLost>(value);
+                }
+                Err(e) if is_lease_lost(&e) => break Err(LeaseLost),
+                Err(e) => {
+                    let pause = $backoff.next();
+                    tracing::warn!(what = $what, error = %e, ?pause, "failed; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    };
+}
+use retry;
+
+fn is_lease_lost(e: &dyn std::any::Any) -> bool {
+    matches!(
+        e.downcast_ref::<StreamError>(),
+        Some(StreamError::LeaseLost(_))
+    )
 }

@@ -12,7 +12,9 @@ mod deliver;
 
 use alleycat_core::batcher::{BatchLimits, Batcher};
 use alleycat_runtime::{ServerArgs, parse_millis};
-use alleycat_storage::{ObjectStore, StorageArgs, Stream};
+use alleycat_storage::{
+    ObjectStore, StorageArgs, Stream, StreamRecord, Subscription, compare_sequences,
+};
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -104,35 +106,26 @@ pub async fn run_pipeline(
     args: TransformerArgs,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut subscription = stream.subscribe(CONSUMER).await?;
-    let limits = args.limits();
-    let mut shards: HashMap<String, Batcher<Processed>> = HashMap::new();
+    let subscription = stream.subscribe(CONSUMER).await?;
+    let mut pipeline = Pipeline {
+        store,
+        subscription,
+        limits: args.limits(),
+        shards: HashMap::new(),
+    };
     let mut backoff = Backoff::default();
-    tracing::info!(buffer_bytes = limits.max_bytes, buffer_interval = ?limits.max_age, "transformer started");
+    tracing::info!(buffer_bytes = pipeline.limits.max_bytes, buffer_interval = ?pipeline.limits.max_age, "transformer started");
     loop {
-        let next_due = shards.values().filter_map(Batcher::deadline).min();
-        let wait = next_due.map_or(IDLE_POLL, |due| {
-            due.saturating_duration_since(Instant::now()).min(IDLE_POLL)
-        });
         let polled = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            polled = subscription.poll(POLL_RECORDS, wait) => polled,
+            polled = pipeline.subscription.poll(POLL_RECORDS, pipeline.wait()) => polled,
         };
         match polled {
             Ok(records) => {
                 backoff.reset();
                 for record in records {
-                    let shard = record.shard_id.clone();
-                    let processed = Processed::from_record(record);
-                    let size = processed.size();
-                    let batcher = shards
-                        .entry(shard.clone())
-                        .or_insert_with(|| Batcher::new(limits));
-                    if let Some(batch) = batcher.push(processed, size) {
-                        deliver::deliver(store.as_ref(), subscription.as_mut(), &shard, batch)
-                            .await;
-                    }
+                    pipeline.take(record).await;
                 }
             }
             Err(e) => {
@@ -143,20 +136,113 @@ pub async fn run_pipeline(
                 }
             }
         }
-        for (shard, batcher) in &mut shards {
-            if let Some(batch) = batcher.take_if_due() {
-                deliver::deliver(store.as_ref(), subscription.as_mut(), shard, batch).await;
-            }
-        }
+        pipeline.flush_due().await;
     }
-    for (shard, batcher) in &mut shards {
-        let batch = batcher.take();
-        if !batch.is_empty() {
-            deliver::deliver(store.as_ref(), subscription.as_mut(), shard, batch).await;
-        }
-    }
+    pipeline.flush_all().await;
     tracing::info!("transformer stopped; open batches delivered");
     Ok(())
+}
+
+/// The transformer's state: one buffer per shard it reads.
+struct Pipeline {
+    store: Arc<dyn ObjectStore>,
+    subscription: Box<dyn Subscription>,
+    limits: BatchLimits,
+    shards: HashMap<String, Shard>,
+}
+
+struct Shard {
+    batcher: Batcher<Processed>,
+    /// Records up to here were delivered by a previous reader whose
+    /// checkpoint did not land; they are skipped, not delivered again.
+    delivered_through: Option<String>,
+}
+
+impl Pipeline {
+    /// How long the next poll may wait: until the earliest batch is due.
+    fn wait(&self) -> Duration {
+        let next_due = self
+            .shards
+            .values()
+            .filter_map(|s| s.batcher.deadline())
+            .min();
+        next_due.map_or(IDLE_POLL, |due| {
+            due.saturating_duration_since(Instant::now()).min(IDLE_POLL)
+        })
+    }
+
+    async fn take(&mut self, record: StreamRecord) {
+        if !self.shards.contains_key(&record.shard_id) {
+            let delivered_through = deliver::recover(
+                self.store.as_ref(),
+                self.subscription.as_mut(),
+                &record.shard_id,
+            )
+            .await;
+            let shard = Shard {
+                batcher: Batcher::new(self.limits),
+                delivered_through,
+            };
+            self.shards.insert(record.shard_id.clone(), shard);
+        }
+        let shard = self
+            .shards
+            .get_mut(&record.shard_id)
+            .expect("inserted above");
+        if let Some(through) = &shard.delivered_through {
+            if compare_sequences(&record.sequence, through).is_le() {
+                return;
+            }
+            shard.delivered_through = None;
+        }
+        let shard_id = record.shard_id.clone();
+        let processed = Processed::from_record(record);
+        let size = processed.size();
+        if let Some(batch) = shard.batcher.push(processed, size) {
+            self.deliver(&shard_id, batch).await;
+        }
+    }
+
+    async fn flush_due(&mut self) {
+        let due: Vec<(String, Vec<Processed>)> = self
+            .shards
+            .iter_mut()
+            .filter_map(|(id, shard)| shard.batcher.take_if_due().map(|batch| (id.clone(), batch)))
+            .collect();
+        for (shard, batch) in due {
+            self.deliver(&shard, batch).await;
+        }
+    }
+
+    async fn flush_all(&mut self) {
+        let open: Vec<(String, Vec<Processed>)> = self
+            .shards
+            .iter_mut()
+            .map(|(id, shard)| (id.clone(), shard.batcher.take()))
+            .filter(|(_, batch)| !batch.is_empty())
+            .collect();
+        for (shard, batch) in open {
+            self.deliver(&shard, batch).await;
+        }
+    }
+
+    async fn deliver(&mut self, shard: &str, batch: Vec<Processed>) {
+        let outcome = deliver::deliver(
+            self.store.as_ref(),
+            self.subscription.as_mut(),
+            shard,
+            batch,
+        )
+        .await;
+        if outcome == deliver::Outcome::ShardLost {
+            // Its new owner re-reads it from the last checkpoint.
+            tracing::info!(
+                shard,
+                "shard taken over by another transformer; dropping its buffer"
+            );
+            self.shards.remove(shard);
+        }
+    }
 }
 
 /// Capped exponential backoff with jitter, for retrying a failing backend.

@@ -26,7 +26,7 @@ async fn delivered(store: &FsStore) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for key in store.list("", None).await.unwrap() {
         let body = store.get(&key).await.unwrap().unwrap();
-        out.push((key, codec::gunzip(&body, 1 << 30).unwrap()));
+        out.push((key, codec::gunzip(&body.body, 1 << 30).unwrap()));
     }
     out
 }

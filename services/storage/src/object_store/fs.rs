@@ -2,16 +2,20 @@
 //!
 //! Writes go to a temporary file that is fsynced and renamed into place (and
 //! the directory fsynced), so a crash leaves either the old object or the new
-//! one, never a torn file.
+//! one, never a torn file. Writes hold a lock (in-process and `flock` on
+//! `.lock`, for other processes), so a conditional write's check and rename
+//! are one atomic step. An ETag is the file's inode, modification time and
+//! size: every write renames a new file into place, so it always changes.
 
-use super::{ObjectStore, StoreError};
+use super::{ETag, Object, ObjectStore, Precondition, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read as _, Write};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Where in-flight writes live; ignored by listings, emptied at start.
 const TMP_DIR: &str = ".tmp";
@@ -26,21 +30,26 @@ pub struct FsStore {
 struct Inner {
     root: PathBuf,
     next_tmp: AtomicU64,
+    /// Serializes this process's writers; `.lock` serializes processes.
+    writers: Mutex<File>,
 }
 
 impl FsStore {
     /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: &Path) -> io::Result<FsStore> {
         let tmp = root.join(TMP_DIR);
-        // Leftovers of writes a crash interrupted: never renamed, so never visible.
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp)?;
-        }
         fs::create_dir_all(&tmp)?;
+        remove_stale_temporaries(&tmp)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(".lock"))?;
         Ok(FsStore {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 next_tmp: AtomicU64::new(0),
+                writers: Mutex::new(lock),
             }),
         })
     }
@@ -80,45 +89,95 @@ impl Inner {
         Ok(self.root.join(key))
     }
 
-    fn put(&self, key: &str, body: &[u8]) -> Result<(), StoreError> {
+    fn put(&self, key: &str, body: &[u8], condition: &Precondition) -> Result<ETag, StoreError> {
         let path = self.path_of(key)?;
-        let io_err = |source| StoreError::Io {
+        let io_err = |source: io::Error| StoreError::Io {
             operation: "put",
             key: key.to_owned(),
-            source,
+            source: source.into(),
         };
+        let lock = self
+            .writers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lock.lock().map_err(io_err)?;
+        let result = (|| {
+            let current = match fs::metadata(&path) {
+                Ok(meta) => Some(etag_of(&meta)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err(e)),
+            };
+            let holds = match condition {
+                Precondition::None => true,
+                Precondition::IfAbsent => current.is_none(),
+                Precondition::IfMatch(expected) => current.as_ref() == Some(expected),
+            };
+            if !holds {
+                return Err(StoreError::PreconditionFailed {
+                    key: key.to_owned(),
+                });
+            }
+            self.write_atomically(&path, body).map_err(io_err)
+        })();
+        let _ = lock.unlock();
+        result
+    }
+
+    fn write_atomically(&self, path: &Path, body: &[u8]) -> io::Result<ETag> {
         let parent = path.parent().expect("a key always has a parent");
-        fs::create_dir_all(parent).map_err(io_err)?;
+        fs::create_dir_all(parent)?;
         let tmp = self.root.join(TMP_DIR).join(format!(
             "{}-{}",
             std::process::id(),
             self.next_tmp.fetch_add(1, Ordering::Relaxed)
         ));
-        let write = || -> io::Result<()> {
+        let write = || -> io::Result<ETag> {
             let mut file = File::create(&tmp)?;
             file.write_all(body)?;
             file.sync_all()?;
-            fs::rename(&tmp, &path)?;
+            let etag = etag_of(&file.metadata()?);
+            fs::rename(&tmp, path)?;
             // The rename is durable only once the directory entry is.
-            File::open(parent)?.sync_all()
+            File::open(parent)?.sync_all()?;
+            Ok(etag)
         };
-        write().map_err(|e| {
+        write().inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
-            io_err(e)
         })
     }
 
-    fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+    fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let path = self.path_of(key)?;
-        match fs::read(&path) {
-            Ok(body) => Ok(Some(Bytes::from(body))),
+        let read = || -> io::Result<Object> {
+            let mut file = File::open(&path)?;
+            // Metadata of the open file, not the path: it matches the bytes
+            // read even if a writer renames a new version in meanwhile.
+            let meta = file.metadata()?;
+            let mut body = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+            file.read_to_end(&mut body)?;
+            Ok(Object {
+                body: Bytes::from(body),
+                etag: etag_of(&meta),
+            })
+        };
+        match read() {
+            Ok(object) => Ok(Some(object)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StoreError::Io {
                 operation: "get",
                 key: key.to_owned(),
-                source,
+                source: source.into(),
             }),
         }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path_of(key)?;
+        path.try_exists().map_err(|source| StoreError::Io {
+            operation: "exists",
+            key: key.to_owned(),
+            source: source.into(),
+        })
     }
 
     fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<String>, StoreError> {
@@ -133,7 +192,7 @@ impl Inner {
         walk(&dir, dir_part, &mut keys).map_err(|source| StoreError::Io {
             operation: "list",
             key: prefix.to_owned(),
-            source,
+            source: source.into(),
         })?;
         keys.retain(|k| {
             k.starts_with(prefix) && start_after.is_none_or(|after| k.as_str() > after)
@@ -141,6 +200,30 @@ impl Inner {
         keys.sort_unstable();
         Ok(keys)
     }
+}
+
+/// Temporary files are leftovers of writes a crash interrupted (never
+/// renamed, so never visible) once they are older than any write takes.
+/// Younger ones may belong to another process sharing the store.
+fn remove_stale_temporaries(tmp: &Path) -> io::Result<()> {
+    const STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+    for entry in fs::read_dir(tmp)? {
+        let entry = entry?;
+        let age = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+        if age > STALE {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn etag_of(meta: &fs::Metadata) -> ETag {
+    ETag(format!(
+        "{:x}-{:x}-{:x}",
+        meta.ino(),
+        meta.mtime_nsec() as u64 ^ ((meta.mtime() as u64) << 30),
+        meta.len()
+    ))
 }
 
 /// Collects the keys of every file below `dir`, whose key prefix is `base`.
@@ -173,21 +256,28 @@ fn walk(dir: &Path, base: &str, keys: &mut Vec<String>) -> io::Result<()> {
 
 #[async_trait]
 impl ObjectStore for FsStore {
-    async fn put(
+    async fn put_if(
         &self,
         key: &str,
         body: Bytes,
         _content_type: &'static str,
-    ) -> Result<(), StoreError> {
+        condition: Precondition,
+    ) -> Result<ETag, StoreError> {
         let inner = Arc::clone(&self.inner);
         let key = key.to_owned();
-        blocking(move || inner.put(&key, &body)).await
+        blocking(move || inner.put(&key, &body, &condition)).await
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let inner = Arc::clone(&self.inner);
         let key = key.to_owned();
         blocking(move || inner.get(&key)).await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let key = key.to_owned();
+        blocking(move || inner.exists(&key)).await
     }
 
     async fn list(
@@ -230,7 +320,72 @@ mod tests {
             .put("class-1.gz", Bytes::from_static(b"two"), "application/gzip")
             .await
             .unwrap();
-        assert_eq!(store.get("class-1.gz").await.unwrap().unwrap(), "two");
+        assert_eq!(store.get("class-1.gz").await.unwrap().unwrap().body, "two");
+        assert!(store.exists("class-1.gz").await.unwrap());
+        assert!(!store.exists("class-2.gz").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn conditional_writes_refuse_stale_versions() {
+        let (_dir, store) = store().await;
+        let put = |body: &'static str, condition| {
+            store.put_if("k", Bytes::from_static(body.as_bytes()), "x", condition)
+        };
+        let v1 = put("one", Precondition::IfAbsent).await.unwrap();
+        assert!(matches!(
+            put("dup", Precondition::IfAbsent).await,
+            Err(StoreError::PreconditionFailed { .. })
+        ));
+        assert_eq!(store.get("k").await.unwrap().unwrap().etag, v1);
+        let v2 = put("two", Precondition::IfMatch(v1.clone())).await.unwrap();
+        assert_ne!(v1, v2);
+        assert!(matches!(
+            put("stale", Precondition::IfMatch(v1)).await,
+            Err(StoreError::PreconditionFailed { .. })
+        ));
+        assert_eq!(
+            store.get("k").await.unwrap().unwrap(),
+            Object {
+                body: Bytes::from_static(b"two"),
+                etag: v2
+            }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_read_modify_writes_lose_no_update() {
+        let (_dir, store) = store().await;
+        store
+            .put("counter", Bytes::from_static(b"0"), "x")
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for _ in 0..25 {
+                        loop {
+                            let current = store.get("counter").await.unwrap().unwrap();
+                            let n: u32 =
+                                std::str::from_utf8(&current.body).unwrap().parse().unwrap();
+                            let next = Bytes::from((n + 1).to_string());
+                            match store
+                                .put_if("counter", next, "x", Precondition::IfMatch(current.etag))
+                                .await
+                            {
+                                Ok(_) => break,
+                                Err(StoreError::PreconditionFailed { .. }) => {}
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(store.get("counter").await.unwrap().unwrap().body, "200");
     }
 
     #[tokio::test]
@@ -292,10 +447,21 @@ mod tests {
     #[tokio::test]
     async fn leftover_temporary_files_are_never_listed_and_are_cleared() {
         let (dir, store) = store().await;
-        fs::write(dir.path().join(TMP_DIR).join("123-0"), b"torn").unwrap();
+        let old = dir.path().join(TMP_DIR).join("123-0");
+        fs::write(&old, b"torn").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        let young = dir.path().join(TMP_DIR).join("456-0");
+        fs::write(&young, b"another process is writing this").unwrap();
         assert!(store.list("", None).await.unwrap().is_empty());
         drop(store);
         FsStore::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+        assert!(!old.exists(), "an old leftover is removed");
+        assert!(young.exists(), "a young one may be another writer's");
     }
 }

@@ -7,7 +7,7 @@
 //! acknowledged and is durable. Consumer offsets live in the same database;
 //! records every registered consumer has checkpointed past are deleted.
 
-use super::{PutRecord, Stream, StreamError, StreamRecord, Subscription};
+use super::{PendingDelivery, PutRecord, Stream, StreamError, StreamRecord, Subscription};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
@@ -25,6 +25,8 @@ const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
 /// "next" -> sequence the next appended record gets (survives trimming).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Consumer name -> its pending delivery (JSON), until its next checkpoint.
+const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
 
 /// Most operations folded into one transaction.
 const MAX_GROUP: usize = 4096;
@@ -66,6 +68,20 @@ enum WriteOp {
         next: u64,
         ack: oneshot::Sender<Result<(), StreamError>>,
     },
+    BeginDelivery {
+        consumer: String,
+        delivery: Vec<u8>,
+        ack: oneshot::Sender<Result<(), StreamError>>,
+    },
+}
+
+impl WriteOp {
+    fn ack(self, result: Result<(), StreamError>) {
+        let (WriteOp::Append { ack, .. }
+        | WriteOp::Checkpoint { ack, .. }
+        | WriteOp::BeginDelivery { ack, .. }) = self;
+        let _ = ack.send(result);
+    }
 }
 
 impl EmbeddedStream {
@@ -165,15 +181,13 @@ fn write_loop(
                 // Publish before acking: an acknowledged record is readable.
                 committed.send_replace(next);
                 for op in group.drain(..) {
-                    let (WriteOp::Append { ack, .. } | WriteOp::Checkpoint { ack, .. }) = op;
-                    let _ = ack.send(Ok(()));
+                    op.ack(Ok(()));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "embedded stream commit failed");
                 for op in group.drain(..) {
-                    let (WriteOp::Append { ack, .. } | WriteOp::Checkpoint { ack, .. }) = op;
-                    let _ = ack.send(Err(StreamError::Unavailable(e.to_string())));
+                    op.ack(Err(StreamError::Unavailable(e.to_string())));
                 }
             }
         }
@@ -186,6 +200,7 @@ fn commit_group(db: &Database, group: &[WriteOp], mut next: u64) -> Result<u64, 
     {
         let mut records = txn.open_table(RECORDS)?;
         let mut consumers = txn.open_table(CONSUMERS)?;
+        let mut pending = txn.open_table(PENDING)?;
         let mut trim = false;
         let mut value = Vec::new();
         for op in group {
@@ -208,8 +223,14 @@ fn commit_group(db: &Database, group: &[WriteOp], mut next: u64) -> Result<u64, 
                     // Checkpoints only move forward.
                     if current.is_none_or(|c| c < *position) {
                         consumers.insert(consumer.as_str(), *position)?;
+                        pending.remove(consumer.as_str())?;
                         trim = true;
                     }
+                }
+                WriteOp::BeginDelivery {
+                    consumer, delivery, ..
+                } => {
+                    pending.insert(consumer.as_str(), delivery.as_slice())?;
                 }
             }
         }
@@ -316,6 +337,59 @@ impl Subscription for EmbeddedSubscription {
                 ack,
             })
             .await
+    }
+
+    async fn begin_delivery(
+        &mut self,
+        shard_id: &str,
+        delivery: &PendingDelivery,
+    ) -> Result<(), StreamError> {
+        check_shard(shard_id)?;
+        let consumer = self.consumer.clone();
+        let delivery = serde_json::to_vec(delivery).expect("a pending delivery serializes");
+        self.stream
+            .send(|ack| WriteOp::BeginDelivery {
+                consumer,
+                delivery,
+                ack,
+            })
+            .await
+    }
+
+    async fn pending_delivery(
+        &mut self,
+        shard_id: &str,
+    ) -> Result<Option<PendingDelivery>, StreamError> {
+        check_shard(shard_id)?;
+        let db = Arc::clone(&self.stream.inner.db);
+        let consumer = self.consumer.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, redb::Error> {
+                let txn = db.begin_read()?;
+                Ok(txn
+                    .open_table(PENDING)?
+                    .get(consumer.as_str())?
+                    .map(|v| v.value().to_vec()))
+            })
+            .await
+            .map_err(|e| unavailable("reading", e))?
+            .map_err(|e| unavailable("reading", e))?;
+        stored
+            .map(|json| {
+                serde_json::from_slice(&json)
+                    .map_err(|e| unavailable("decoding a pending delivery", e))
+            })
+            .transpose()
+    }
+}
+
+fn check_shard(shard_id: &str) -> Result<(), StreamError> {
+    if shard_id == SHARD_ID {
+        Ok(())
+    } else {
+        Err(StreamError::InvalidCheckpoint(format!(
+            "unknown shard {shard_id:?}"
+        )))
     }
 }
 
@@ -469,6 +543,37 @@ mod tests {
         let _first = EmbeddedStream::open(dir.path()).unwrap();
         let err = EmbeddedStream::open(dir.path()).err().unwrap();
         assert!(err.to_string().contains("already open"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_pending_delivery_survives_a_reopen_until_the_next_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending = PendingDelivery {
+            key: "2026/11/26/10/x.gz".into(),
+            first: "00000000000000000000".into(),
+            last: "00000000000000000001".into(),
+        };
+        {
+            let stream = EmbeddedStream::open(dir.path()).unwrap();
+            let mut sub = stream.subscribe("t").await.unwrap();
+            assert_eq!(sub.pending_delivery(SHARD_ID).await.unwrap(), None);
+            stream.put_records(vec![put("a"), put("b")]).await.unwrap();
+            sub.begin_delivery(SHARD_ID, &pending).await.unwrap();
+        }
+        let stream = EmbeddedStream::open(dir.path()).unwrap();
+        let mut sub = stream.subscribe("t").await.unwrap();
+        assert_eq!(
+            sub.pending_delivery(SHARD_ID).await.unwrap(),
+            Some(pending.clone())
+        );
+        let mut other = stream.subscribe("other").await.unwrap();
+        assert_eq!(
+            other.pending_delivery(SHARD_ID).await.unwrap(),
+            None,
+            "per consumer"
+        );
+        sub.checkpoint(SHARD_ID, &pending.last).await.unwrap();
+        assert_eq!(sub.pending_delivery(SHARD_ID).await.unwrap(), None);
     }
 
     #[tokio::test]
