@@ -26,7 +26,10 @@ use tokio_util::sync::CancellationToken;
 const PATIENCE: Duration = Duration::from_secs(600);
 
 fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Record `i`: a unique (class, second, racer), so history ends with one
@@ -50,9 +53,7 @@ fn config(dir: &std::path::Path, interval: Duration) -> alleycat::Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             shutdown_timeout: Duration::from_secs(30),
         },
-        storage: StorageArgs {
-            data_dir: dir.to_path_buf(),
-        },
+        storage: StorageArgs::embedded(dir.to_path_buf()),
         transformer: alleycat_transformer::TransformerArgs {
             buffer_bytes: NonZeroUsize::new(1 << 20).unwrap(),
             buffer_interval: interval,
@@ -65,11 +66,21 @@ fn config(dir: &std::path::Path, interval: Duration) -> alleycat::Config {
     }
 }
 
-async fn start(config: alleycat::Config) -> (String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+async fn start(
+    config: alleycat::Config,
+) -> (
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(alleycat::run(listener, config, stop.clone().cancelled_owned()));
+    let task = tokio::spawn(alleycat::run(
+        listener,
+        config,
+        stop.clone().cancelled_owned(),
+    ));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + PATIENCE;
     while client.get(format!("{base}/healthz")).send().await.is_err() {
@@ -80,7 +91,11 @@ async fn start(config: alleycat::Config) -> (String, CancellationToken, tokio::t
 }
 
 async fn class_entries(client: &reqwest::Client, base: &str, class: usize) -> usize {
-    let Ok(response) = client.get(format!("{base}/history/class-{class}.gz")).send().await else {
+    let Ok(response) = client
+        .get(format!("{base}/history/class-{class}.gz"))
+        .send()
+        .await
+    else {
         return 0;
     };
     if response.status() != 200 {
@@ -88,7 +103,9 @@ async fn class_entries(client: &reqwest::Client, base: &str, class: usize) -> us
     }
     let gz = response.bytes().await.unwrap();
     let mut json = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut json).unwrap();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut json)
+        .unwrap();
     let history: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>> =
         serde_json::from_slice(&json).unwrap();
     history.values().map(|racers| racers.len()).sum()
@@ -97,12 +114,14 @@ async fn class_entries(client: &reqwest::Client, base: &str, class: usize) -> us
 /// Appends every batch straight to a fresh embedded stream, `clients` at a time.
 async fn stream_only(batches: &[Vec<u8>], clients: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let stream = StorageArgs {
-        data_dir: dir.path().to_path_buf(),
-    }
-    .open_stream()
-    .unwrap();
-    let records: usize = batches.iter().map(|b| serde_json::from_slice::<Vec<Value>>(b).unwrap().len()).sum();
+    let stream = StorageArgs::embedded(dir.path().to_path_buf())
+        .open_stream()
+        .await
+        .unwrap();
+    let records: usize = batches
+        .iter()
+        .map(|b| serde_json::from_slice::<Vec<Value>>(b).unwrap().len())
+        .sum();
     let puts: Vec<Vec<PutRecord>> = batches
         .iter()
         .map(|b| {
@@ -117,7 +136,9 @@ async fn stream_only(batches: &[Vec<u8>], clients: usize) -> f64 {
         })
         .collect();
     let started = Instant::now();
-    let chunks: Vec<Vec<Vec<PutRecord>>> = (0..clients).map(|c| puts.iter().skip(c).step_by(clients).cloned().collect()).collect();
+    let chunks: Vec<Vec<Vec<PutRecord>>> = (0..clients)
+        .map(|c| puts.iter().skip(c).step_by(clients).cloned().collect())
+        .collect();
     let tasks: Vec<_> = chunks
         .into_iter()
         .map(|mine| {
@@ -187,7 +208,10 @@ async fn main() {
     let started = Instant::now();
     post_all(&base, &batches, clients).await;
     let ingest = records as f64 / started.elapsed().as_secs_f64();
-    println!("  HTTP ingest (202)       {ingest:>10.0} records/s   ({:.2} x baseline)", ingest / baseline);
+    println!(
+        "  HTTP ingest (202)       {ingest:>10.0} records/s   ({:.2} x baseline)",
+        ingest / baseline
+    );
     let deadline = Instant::now() + PATIENCE;
     loop {
         let mut total = 0;
@@ -197,7 +221,10 @@ async fn main() {
         if total >= records {
             break;
         }
-        assert!(Instant::now() < deadline, "history incomplete: {total} of {records}");
+        assert!(
+            Instant::now() < deadline,
+            "history incomplete: {total} of {records}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let end_to_end = records as f64 / started.elapsed().as_secs_f64();
@@ -212,14 +239,28 @@ async fn main() {
         let racer = 1_000_000 + run;
         let body = json!({"event": "update", "deviceTimestamp": 1, "second": 1, "raceId": 1, "name": "Fresh",
                           "racerId": racer, "classId": 6, "cadence": 60.0, "resistance": 60.0});
-        let r = client.post(format!("{base}/v1/telemetry")).json(&body).send().await.unwrap();
+        let r = client
+            .post(format!("{base}/v1/telemetry"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202);
         let accepted = Instant::now();
         let deadline = accepted + PATIENCE;
         loop {
-            let gz = client.get(format!("{base}/history/class-6.gz")).send().await.unwrap().bytes().await.unwrap();
+            let gz = client
+                .get(format!("{base}/history/class-6.gz"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             let mut json = Vec::new();
-            flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut json).unwrap();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_end(&mut json)
+                .unwrap();
             let history: Value = serde_json::from_slice(&json).unwrap();
             if history["1"].get(racer.to_string()).is_some() {
                 break;

@@ -40,9 +40,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let stream = config.storage.open_stream()?;
-    let delivery = config.storage.open_delivery_store()?;
-    let history_store = config.storage.open_history_store()?;
+    let stream = config.storage.open_stream().await?;
+    let delivery = config.storage.open_delivery_store().await?;
+    let history_store = config.storage.open_history_store().await?;
     let merger = Merger::load(delivery.clone(), history_store.clone(), &config.history)
         .await
         .context("loading the class histories")?;

@@ -190,11 +190,9 @@ async fn records_that_fail_processing_go_to_processing_failed_in_the_contract_sh
     // A producer other than our ingest (on Kinesis, anyone with access) can
     // put anything on the stream; the transformer must set it aside.
     let dir = tempfile::tempdir().unwrap();
-    let storage = alleycat_storage::StorageArgs {
-        data_dir: dir.path().to_path_buf(),
-    };
-    let stream = storage.open_stream().unwrap();
-    let store = storage.open_delivery_store().unwrap();
+    let storage = alleycat_storage::StorageArgs::embedded(dir.path().to_path_buf());
+    let stream = storage.open_stream().await.unwrap();
+    let store = storage.open_delivery_store().await.unwrap();
     let good = race(5, 3, 1, 1, 1)[0][0].json().to_string();
     let raw = [
         good.as_str(),

@@ -6,38 +6,14 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-/// The `alleycat` binary, all-in-one, on a random port.
 async fn spawn(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alleycat"))
-        .env("ALLEYCAT_LISTEN", "127.0.0.1:0")
-        .env("ALLEYCAT_DATA_DIR", data_dir)
-        .env("ALLEYCAT_BUFFER_INTERVAL_MS", "200")
-        .env("ALLEYCAT_HISTORY_POLL_MS", "50")
-        .env("ALLEYCAT_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-        panic!("alleycat exited before listening");
-    })
-    .await
-    .expect("alleycat starts listening in time");
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{addr}"))
+    let data_dir = data_dir.to_str().unwrap().to_owned();
+    let service = spawn_alleycat(&[], &[("ALLEYCAT_DATA_DIR".into(), data_dir)]).await;
+    (service.child, service.base)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

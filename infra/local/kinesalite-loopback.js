@@ -1,11 +1,11 @@
 #!/usr/bin/env node
-// Starts kinesalite bound to 127.0.0.1 only (its own CLI listens on every
-// interface). Usage: node kinesalite-loopback.js <port> [createStreamMs] [updateStreamMs]
-// NODE_PATH must point at the node_modules folder holding kinesalite.
+// Runs kinesalite (in-memory) bound to 127.0.0.1 only: its own CLI always
+// listens on every interface. Started by infra/local/up.
+// Usage: NODE_PATH=<dir holding kinesalite> node kinesalite-loopback.js <port> [createStreamMs] [updateStreamMs]
 'use strict'
 const port = parseInt(process.argv[2] || '4567', 10)
 const createStreamMs = parseInt(process.argv[3] || '0', 10)
-const updateStreamMs = parseInt(process.argv[4] || '0', 10)
+const updateStreamMs = parseInt(process.argv[4] || '500', 10)
 const kinesalite = require('kinesalite')
 const server = kinesalite({
   createStreamMs,
@@ -13,10 +13,14 @@ const server = kinesalite({
   updateStreamMs,
   shardLimit: 100,
 })
+server.on('error', (err) => {
+  console.error('kinesalite: ' + (err.stack || err))
+  process.exit(1)
+})
 server.listen(port, '127.0.0.1', () => {
   const a = server.address()
-  console.log('kinesalite listening at http://%s:%s', a.address, a.port)
+  console.log('kinesalite listening at http://%s:%s (createStreamMs=%d updateStreamMs=%d)', a.address, a.port, createStreamMs, updateStreamMs)
 })
-const stop = () => server.close(() => process.exit(0))
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
+// Everything is in memory: nothing to flush, so stop at once.
+process.on('SIGTERM', () => process.exit(0))
+process.on('SIGINT', () => process.exit(0))

@@ -3,6 +3,8 @@
 //! personal bests the class files must hold.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod aws;
+
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -29,9 +31,7 @@ pub fn test_config(data_dir: &Path) -> alleycat::Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             shutdown_timeout: Duration::from_secs(10),
         },
-        storage: alleycat_storage::StorageArgs {
-            data_dir: data_dir.to_path_buf(),
-        },
+        storage: alleycat_storage::StorageArgs::embedded(data_dir.to_path_buf()),
         transformer: alleycat_transformer::TransformerArgs {
             buffer_bytes: NonZeroUsize::new(1 << 20).unwrap(),
             buffer_interval: Duration::from_millis(200),
@@ -253,4 +253,81 @@ pub async fn post_raw(
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
+}
+
+/// A service process of the real `alleycat` binary.
+pub struct Service {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl Service {
+    /// SIGKILL: no flush, no goodbye.
+    pub async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// SIGTERM, then wait for a graceful exit.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().expect("running") as i32;
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("exits in time")
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
+/// Starts `alleycat <args>` on a random loopback port with `env` added (and
+/// short buffers, as in [`test_config`]); returns once it listens.
+pub async fn spawn_alleycat(args: &[&str], env: &[(String, String)]) -> Service {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"));
+    command
+        .args(args)
+        // Only what this test sets: a developer's shell may export others.
+        .env_remove("ALLEYCAT_STREAM")
+        .env_remove("ALLEYCAT_STORE")
+        .env_remove("ALLEYCAT_DATA_DIR")
+        .env("ALLEYCAT_LISTEN", "127.0.0.1:0")
+        .env("ALLEYCAT_BUFFER_INTERVAL_MS", "200")
+        .env("ALLEYCAT_HISTORY_POLL_MS", "50")
+        .env("ALLEYCAT_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let name = args.first().copied().unwrap_or("all-in-one").to_owned();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if std::env::var_os("ALLEYCAT_TEST_LOGS").is_some() {
+                eprintln!("[{name}] {line}");
+            }
+            if let Some(rest) = line.split("listening addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("alleycat {name} exited before listening");
+    })
+    .await
+    .expect("alleycat starts listening in time");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if std::env::var_os("ALLEYCAT_TEST_LOGS").is_some() {
+                eprintln!("[{name}] {line}");
+            }
+        }
+    });
+    Service {
+        child,
+        base: format!("http://{addr}"),
+    }
 }

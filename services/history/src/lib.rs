@@ -52,8 +52,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let delivery = config.storage.open_delivery_store()?;
-    let history = config.storage.open_history_store()?;
+    let delivery = config.storage.open_delivery_store().await?;
+    let history = config.storage.open_history_store().await?;
     let merger = Merger::load(delivery, history.clone(), &config.history).await?;
     let token = alleycat_runtime::cancel_on(shutdown);
     let merge_stop = CancellationToken::new();

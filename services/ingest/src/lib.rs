@@ -62,7 +62,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let stream = config.storage.open_stream()?;
+    let stream = config.storage.open_stream().await?;
     let token = alleycat_runtime::cancel_on(shutdown);
     let state = AppState {
         stream,

@@ -22,13 +22,7 @@ pub struct ServerArgs {
     pub shutdown_timeout: Duration,
 }
 
-/// Parses a whole number of milliseconds, for `value_parser`.
-pub fn parse_millis(text: &str) -> Result<Duration, String> {
-    text.trim()
-        .parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|_| format!("expected a whole number of milliseconds, got {text:?}"))
-}
+pub use alleycat_core::parse_millis;
 
 /// Logs to stderr, filtered by `ALLEYCAT_LOG` (or `RUST_LOG`), `info` by default.
 pub fn init_tracing() {
@@ -119,17 +113,5 @@ pub async fn with_timeout<T>(
             tracing::warn!(what, ?timeout, "shutdown timed out");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_milliseconds() {
-        assert_eq!(parse_millis("5000"), Ok(Duration::from_secs(5)));
-        assert!(parse_millis("5s").unwrap_err().contains("milliseconds"));
-        assert!(parse_millis("-1").is_err());
     }
 }

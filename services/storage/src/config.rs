@@ -1,42 +1,194 @@
 //! Choosing and opening the backends.
+//!
+//! Embedded (the default): the stream is a redb database and the stores are
+//! directories, all under `ALLEYCAT_DATA_DIR`. AWS: `ALLEYCAT_STREAM=kinesis`
+//! and `ALLEYCAT_STORE=s3`, configured by the SDK's standard chain
+//! (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_KINESIS`,
+//! `AWS_ENDPOINT_URL_S3`).
 
-use crate::object_store::{ObjectStore, fs::FsStore};
+use crate::object_store::{ObjectStore, fs::FsStore, s3::S3Store};
+use crate::stream::kinesis::{KinesisSettings, KinesisStream};
 use crate::stream::{Stream, embedded::EmbeddedStream};
+use alleycat_core::parse_millis;
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Which stream implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamKind {
+    /// A durable stream on local disk.
+    Embedded,
+    /// Kinesis Data Streams.
+    Kinesis,
+}
+
+/// Which object-store implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Directories on local disk.
+    Embedded,
+    /// Amazon S3 (or a server speaking its protocol).
+    S3,
+}
 
 /// Storage settings shared by every service.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StorageArgs {
+    /// The record stream.
+    #[arg(
+        long = "stream",
+        env = "ALLEYCAT_STREAM",
+        value_enum,
+        default_value = "embedded"
+    )]
+    pub stream_kind: StreamKind,
+
+    /// The object stores (delivery and history).
+    #[arg(
+        long = "store",
+        env = "ALLEYCAT_STORE",
+        value_enum,
+        default_value = "embedded"
+    )]
+    pub store_kind: StoreKind,
+
     /// Directory of the embedded stream and object stores.
     #[arg(long, env = "ALLEYCAT_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// Kinesis stream name.
+    #[arg(long, env = "ALLEYCAT_STREAM_NAME", default_value = "alleycat")]
+    pub stream_name: String,
+
+    /// S3 bucket of delivery objects (and the transformer's shard leases).
+    #[arg(
+        long,
+        env = "ALLEYCAT_DELIVERY_BUCKET",
+        default_value = "alleycat-delivery"
+    )]
+    pub delivery_bucket: String,
+
+    /// S3 bucket of the published class files.
+    #[arg(
+        long,
+        env = "ALLEYCAT_HISTORY_BUCKET",
+        default_value = "alleycat-history"
+    )]
+    pub history_bucket: String,
+
+    /// How long a put to Kinesis retries before the request gets a 503, in ms.
+    #[arg(long, env = "ALLEYCAT_PUT_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    pub put_timeout: Duration,
+
+    /// How long a Kinesis shard lease lasts without renewal, in ms: how soon
+    /// a live process takes over the shards of a dead one.
+    #[arg(long, env = "ALLEYCAT_LEASE_MS", default_value = "10000", value_parser = parse_millis)]
+    pub lease_duration: Duration,
+
+    /// Pause after a GetRecords that returned nothing, in ms (a shard allows
+    /// 5 GetRecords calls a second across all of its consumers).
+    #[arg(long, env = "ALLEYCAT_KINESIS_IDLE_POLL_MS", default_value = "1000", value_parser = parse_millis)]
+    pub idle_poll: Duration,
+
+    #[arg(skip)]
+    aws: Arc<OnceCell<aws_config::SdkConfig>>,
 }
 
 impl StorageArgs {
+    /// Embedded backends under `data_dir`, every other setting at its default.
+    #[must_use]
+    pub fn embedded(data_dir: PathBuf) -> StorageArgs {
+        StorageArgs {
+            stream_kind: StreamKind::Embedded,
+            store_kind: StoreKind::Embedded,
+            data_dir,
+            stream_name: "alleycat".into(),
+            delivery_bucket: "alleycat-delivery".into(),
+            history_bucket: "alleycat-history".into(),
+            put_timeout: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(10),
+            idle_poll: Duration::from_secs(1),
+            aws: Arc::default(),
+        }
+    }
+
     /// The record stream.
-    pub fn open_stream(&self) -> anyhow::Result<Arc<dyn Stream>> {
-        let dir = self.data_dir.join("stream");
-        let stream = EmbeddedStream::open(&dir)
-            .with_context(|| format!("opening the embedded stream in {}", dir.display()))?;
-        Ok(Arc::new(stream))
+    pub async fn open_stream(&self) -> anyhow::Result<Arc<dyn Stream>> {
+        match self.stream_kind {
+            StreamKind::Embedded => {
+                let dir = self.data_dir.join("stream");
+                let stream = EmbeddedStream::open(&dir)
+                    .with_context(|| format!("opening the embedded stream in {}", dir.display()))?;
+                Ok(Arc::new(stream))
+            }
+            StreamKind::Kinesis => {
+                let client = aws_sdk_kinesis::Client::new(self.aws().await);
+                let settings = KinesisSettings {
+                    stream_name: self.stream_name.clone(),
+                    put_timeout: self.put_timeout,
+                    lease_duration: self.lease_duration,
+                    idle_poll: self.idle_poll,
+                };
+                // Shard leases and checkpoints live beside the deliveries
+                // they describe.
+                let leases = self.open_delivery_store().await?;
+                Ok(Arc::new(KinesisStream::new(client, settings, leases)))
+            }
+        }
     }
 
     /// The store delivery objects are written to.
-    pub fn open_delivery_store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        self.open_fs_store("delivery")
+    pub async fn open_delivery_store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        self.open_store("delivery", &self.delivery_bucket).await
     }
 
     /// The store class files are published to.
-    pub fn open_history_store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        self.open_fs_store("history")
+    pub async fn open_history_store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        self.open_store("history", &self.history_bucket).await
     }
 
-    fn open_fs_store(&self, name: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        let dir = self.data_dir.join(name);
-        let store = FsStore::open(&dir)
-            .with_context(|| format!("opening the {name} store in {}", dir.display()))?;
-        Ok(Arc::new(store))
+    async fn open_store(&self, name: &str, bucket: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        match self.store_kind {
+            StoreKind::Embedded => {
+                let dir = self.data_dir.join(name);
+                let store = FsStore::open(&dir)
+                    .with_context(|| format!("opening the {name} store in {}", dir.display()))?;
+                Ok(Arc::new(store))
+            }
+            StoreKind::S3 => {
+                let mut config = aws_sdk_s3::config::Builder::from(self.aws().await);
+                // A custom endpoint (a local S3-protocol server) rarely
+                // resolves bucket subdomains: address buckets by path.
+                if ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+                    .iter()
+                    .any(|v| std::env::var_os(v).is_some())
+                {
+                    config = config.force_path_style(true);
+                }
+                let client = aws_sdk_s3::Client::from_conf(config.build());
+                Ok(Arc::new(S3Store::new(client, bucket)))
+            }
+        }
     }
+
+    /// The AWS settings from the SDK's standard chain, loaded once.
+    async fn aws(&self) -> &aws_config::SdkConfig {
+        self.aws.get_or_init(load_aws_config).await
+    }
+}
+
+/// AWS settings from the SDK's standard chain (region, credentials,
+/// `AWS_ENDPOINT_URL*`), with an HTTPS client on rustls and ring.
+pub async fn load_aws_config() -> aws_config::SdkConfig {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .load()
+        .await
 }

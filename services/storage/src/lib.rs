@@ -8,7 +8,7 @@ pub mod config;
 pub mod object_store;
 pub mod stream;
 
-pub use config::StorageArgs;
+pub use config::{StorageArgs, load_aws_config};
 pub use object_store::{ETag, Object, ObjectStore, Precondition, StoreError};
 pub use stream::{
     PendingDelivery, PutRecord, Stream, StreamError, StreamRecord, Subscription, compare_sequences,

@@ -5,6 +5,8 @@
 //! there after a restart, so a consumer sees every record at least once.
 
 pub mod embedded;
+pub mod kinesis;
+mod lease;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -77,6 +79,10 @@ pub trait Subscription: Send {
         &mut self,
         shard_id: &str,
     ) -> Result<Option<PendingDelivery>, StreamError>;
+
+    /// Stops reading and hands the shards over at once (rather than when
+    /// their leases expire). Call after the last checkpoint.
+    async fn close(&mut self) {}
 }
 
 /// A delivery that was begun but not yet checkpointed.

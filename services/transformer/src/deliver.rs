@@ -5,7 +5,7 @@
 //! delivery that completed from one that did not: completed ones are
 //! skipped ([`recover`]), never written twice.
 
-use crate::Backoff;
+use alleycat_core::backoff::Backoff;
 use alleycat_core::codec;
 use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord};
 use alleycat_core::validate::parse_record;

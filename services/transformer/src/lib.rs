@@ -10,6 +10,7 @@
 
 mod deliver;
 
+use alleycat_core::backoff::Backoff;
 use alleycat_core::batcher::{BatchLimits, Batcher};
 use alleycat_runtime::{ServerArgs, parse_millis};
 use alleycat_storage::{
@@ -76,8 +77,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let stream = config.storage.open_stream()?;
-    let delivery = config.storage.open_delivery_store()?;
+    let stream = config.storage.open_stream().await?;
+    let delivery = config.storage.open_delivery_store().await?;
     let token = alleycat_runtime::cancel_on(shutdown);
     let pipeline_stop = CancellationToken::new();
     let pipeline = tokio::spawn(run_pipeline(
@@ -139,6 +140,7 @@ pub async fn run_pipeline(
         pipeline.flush_due().await;
     }
     pipeline.flush_all().await;
+    pipeline.subscription.close().await;
     tracing::info!("transformer stopped; open batches delivered");
     Ok(())
 }
@@ -242,31 +244,5 @@ impl Pipeline {
             );
             self.shards.remove(shard);
         }
-    }
-}
-
-/// Capped exponential backoff with jitter, for retrying a failing backend.
-#[derive(Debug, Default)]
-pub(crate) struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    const BASE: Duration = Duration::from_millis(100);
-    const CAP: Duration = Duration::from_secs(5);
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let exp = Self::BASE
-            .saturating_mul(1 << self.attempt.min(10))
-            .min(Self::CAP);
-        self.attempt += 1;
-        // "Equal jitter": half fixed, half random, so retries spread out.
-        let nanos = u64::try_from(exp.as_nanos()).unwrap_or(u64::MAX);
-        let random = u64::from(chrono::Utc::now().timestamp_subsec_nanos()) % (nanos / 2 + 1);
-        Duration::from_nanos(nanos / 2 + random)
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
     }
 }

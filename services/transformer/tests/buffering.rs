@@ -110,3 +110,125 @@ async fn objects_respect_the_buffer_size_and_hold_every_record_once() {
     task.await.unwrap().unwrap();
     assert_eq!(delivered(&store).await.len(), objects.len());
 }
+
+/// A store whose writes land, then never return: a process dying right
+/// after its delivery object became durable, before the checkpoint.
+struct DiesAfterWrite {
+    inner: FsStore,
+    written: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for DiesAfterWrite {
+    async fn put_if(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        content_type: &'static str,
+        condition: alleycat_storage::Precondition,
+    ) -> Result<alleycat_storage::ETag, alleycat_storage::StoreError> {
+        self.inner
+            .put_if(key, body, content_type, condition)
+            .await?;
+        self.written.notify_one();
+        std::future::pending().await
+    }
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<alleycat_storage::Object>, alleycat_storage::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool, alleycat_storage::StoreError> {
+        self.inner.exists(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, alleycat_storage::StoreError> {
+        self.inner.list(prefix, start_after).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_completed_before_a_crash_is_not_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+    let args = TransformerArgs {
+        buffer_bytes: NonZeroUsize::new(1 << 20).unwrap(),
+        buffer_interval: Duration::from_millis(50),
+    };
+    {
+        let stream: Arc<dyn Stream> =
+            Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
+        stream
+            .put_records((0..10).map(record).collect())
+            .await
+            .unwrap();
+        let dying = Arc::new(DiesAfterWrite {
+            inner: store.clone(),
+            written: tokio::sync::Notify::new(),
+        });
+        let task = tokio::spawn(run_pipeline(
+            stream,
+            dying.clone(),
+            args.clone(),
+            CancellationToken::new(),
+        ));
+        tokio::time::timeout(Duration::from_secs(30), dying.written.notified())
+            .await
+            .unwrap();
+        task.abort();
+        let _ = task.await;
+    }
+    assert_eq!(
+        delivered(&store).await.len(),
+        1,
+        "the object was written, the checkpoint was not"
+    );
+
+    let stream: Arc<dyn Stream> =
+        Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
+    stream
+        .put_records((10..20).map(record).collect())
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_pipeline(
+        stream,
+        Arc::new(store.clone()),
+        args,
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while delivered(&store).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new records were not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let mut racers: Vec<u64> = delivered(&store)
+        .await
+        .iter()
+        .flat_map(|(_, body)| {
+            body.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    serde_json::from_slice::<serde_json::Value>(l).unwrap()["racerId"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    racers.sort_unstable();
+    assert_eq!(
+        racers,
+        (0..20).collect::<Vec<_>>(),
+        "each record once: the first batch was not re-delivered"
+    );
+}

@@ -59,6 +59,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .content_type(content_type)
             .body(ByteStream::from(body));
+        let if_match = matches!(condition, Precondition::IfMatch(_));
         request = match condition {
             Precondition::None => request,
             Precondition::IfMatch(etag) => request.if_match(etag.0),
@@ -67,8 +68,12 @@ impl ObjectStore for S3Store {
         match request.send().await {
             Ok(output) => Ok(ETag(output.e_tag.unwrap_or_default())),
             // 409 ConditionalRequestConflict: a concurrent conditional write
-            // is in flight; like 412, the caller re-reads and retries.
-            Err(e) if matches!(status(&e), Some(412 | 409)) => {
+            // is in flight; 404 on If-Match: the object is gone. Like 412,
+            // the caller re-reads and decides again.
+            Err(e)
+                if matches!(status(&e), Some(412 | 409))
+                    || (if_match && status(&e) == Some(404)) =>
+            {
                 Err(StoreError::PreconditionFailed {
                     key: key.to_owned(),
                 })

@@ -1,0 +1,303 @@
+//! The production backends end to end: Kinesis Data Streams and S3 (real
+//! servers speaking their protocols on loopback, started by
+//! `infra/local/up`), each service its own process of the real binary.
+//!
+//! Run by `./scripts/test`, which starts the servers; alone:
+//! `eval "$(infra/local/up)"; cargo test --test aws -- --include-ignored`.
+
+mod common;
+
+use aws_sdk_kinesis::primitives::Blob;
+use common::aws::{Aws, occurrences};
+use common::*;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+async fn post_all(base: &str, races: &[Vec<Vec<Sample>>]) {
+    let client = reqwest::Client::new();
+    for seconds in races {
+        for samples in seconds {
+            let body = Value::Array(samples.iter().map(Sample::json).collect());
+            let (status, answer) = post_json(&client, base, &body).await;
+            assert_eq!(status, 202, "{answer}");
+        }
+    }
+}
+
+/// Posts `seconds` of a race per poster, concurrently, until done or the
+/// ingest goes away; returns (sent, acknowledged).
+fn start_posters(
+    base: &str,
+    posters: u64,
+    racers: u64,
+    seconds: u16,
+) -> (
+    Arc<Mutex<Vec<Sample>>>,
+    Arc<Mutex<Vec<Sample>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let tasks = (0..posters)
+        .map(|p| {
+            let (base, sent, acked) = (base.to_owned(), sent.clone(), acked.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for batch in race(100 + p, (p % 6 + 1) as u8, p * 1000, racers, seconds) {
+                    sent.lock().unwrap().extend(&batch);
+                    let body = Value::Array(batch.iter().map(Sample::json).collect());
+                    let response = client
+                        .post(format!("{base}/v1/telemetry"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 202);
+                    acked.lock().unwrap().extend(&batch);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    (sent, acked, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local Kinesis and S3 servers (./scripts/test starts them)"]
+async fn each_service_in_its_own_process_on_kinesis_and_s3() {
+    let aws = Aws::fresh("e2e", 2).await;
+    let env = aws.env();
+    let ingest = spawn_alleycat(&["ingest"], &env).await;
+    let _transformer = spawn_alleycat(&["transformer"], &env).await;
+    let history = spawn_alleycat(&["history"], &env).await;
+
+    let races = [
+        race(1, 1, 1, 6, 15),
+        race(2, 1, 4, 6, 15),
+        race(1, 3, 50, 5, 20),
+    ];
+    post_all(&ingest.base, &races).await;
+
+    // An existing producer putting the original format straight on the
+    // stream: float sensors, no uuid, random partition keys.
+    let originals: Vec<Sample> = race(7, 4, 900, 4, 10).into_iter().flatten().collect();
+    let entries = originals
+        .iter()
+        .map(|s| {
+            let mut message = s.json();
+            message["cadence"] = json!(f64::from(s.cadence_q) / 4.0);
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key(format!("{:016x}", fastrand::u64(..)))
+                .data(Blob::new(serde_json::to_vec(&message).unwrap()))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let put = aws
+        .kinesis
+        .put_records()
+        .stream_name(&aws.stream)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.failed_record_count, Some(0));
+
+    let expected = bests(races.iter().flatten().flatten().chain(&originals));
+    aws.wait_for_bests(&expected).await;
+    // The same file through the history service's HTTP API.
+    assert_eq!(
+        fetch_class(&history.base, 4).await.as_ref(),
+        expected.get(&4)
+    );
+
+    let lines = aws.delivered_lines().await;
+    let seen = occurrences(&lines);
+    assert_eq!(
+        seen.len(),
+        races.iter().flatten().flatten().count() + originals.len()
+    );
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "every record delivered exactly once"
+    );
+    let keys = aws.delivery_keys().await;
+    assert!(
+        keys.iter().any(|k| k.starts_with("_leases/transformer/")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.contains("/alleycat-delivery-")),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local Kinesis and S3 servers (./scripts/test starts them)"]
+async fn transformer_and_history_killed_mid_stream_lose_and_duplicate_nothing() {
+    let aws = Aws::fresh("crash", 2).await;
+    let env = aws.env();
+    let ingest = spawn_alleycat(&["ingest"], &env).await;
+    let transformer = spawn_alleycat(&["transformer"], &env).await;
+    let history = spawn_alleycat(&["history"], &env).await;
+
+    let (sent, acked, posters) = start_posters(&ingest.base, 4, 10, 150);
+    eventually("a first class file", || async {
+        aws.class_file(1).await.map(|_| ())
+    })
+    .await;
+    transformer.kill().await;
+    history.kill().await;
+    let at_kill = acked.lock().unwrap().len();
+    assert!(
+        at_kill < 4 * 10 * 150,
+        "killed mid-stream ({at_kill} records acknowledged)"
+    );
+    eprintln!("killed the transformer and history after {at_kill} acknowledged records");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _transformer = spawn_alleycat(&["transformer"], &env).await;
+    let _history = spawn_alleycat(&["history"], &env).await;
+    for poster in posters {
+        tokio::time::timeout(PATIENCE, poster)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), sent.lock().unwrap().len());
+    aws.wait_for_bests(&bests(&acked)).await;
+
+    let seen = occurrences(&aws.delivered_lines().await);
+    assert_eq!(
+        seen.len(),
+        acked.len(),
+        "every acknowledged record delivered"
+    );
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local Kinesis and S3 servers (./scripts/test starts them)"]
+async fn two_transformers_and_two_history_processes_share_the_work_and_survive_a_death() {
+    let aws = Aws::fresh("pair", 2).await;
+    let env = aws.env();
+    let ingest = spawn_alleycat(&["ingest"], &env).await;
+    let first = spawn_alleycat(&["transformer"], &env).await;
+    let _second = spawn_alleycat(&["transformer"], &env).await;
+    let _history_a = spawn_alleycat(&["history"], &env).await;
+    let _history_b = spawn_alleycat(&["history"], &env).await;
+
+    let (_, acked, posters) = start_posters(&ingest.base, 6, 8, 150);
+    eventually("a first class file", || async {
+        aws.class_file(1).await.map(|_| ())
+    })
+    .await;
+    // The survivor takes over the dead one's shards once their leases expire.
+    first.kill().await;
+    let at_kill = acked.lock().unwrap().len();
+    assert!(
+        at_kill < 6 * 8 * 150,
+        "killed mid-stream ({at_kill} records acknowledged)"
+    );
+    for poster in posters {
+        tokio::time::timeout(PATIENCE, poster)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    aws.wait_for_bests(&bests(&acked)).await;
+    let seen = occurrences(&aws.delivered_lines().await);
+    assert_eq!(seen.len(), acked.len());
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local Kinesis and S3 servers (./scripts/test starts them)"]
+async fn resharding_mid_run_loses_nothing_and_reads_children_after_parents() {
+    let aws = Aws::fresh("reshard", 2).await;
+    let env = aws.env();
+    let ingest = spawn_alleycat(&["ingest"], &env).await;
+    let _transformer = spawn_alleycat(&["transformer"], &env).await;
+    let _history = spawn_alleycat(&["history"], &env).await;
+
+    let (_, acked, posters) = start_posters(&ingest.base, 4, 10, 150);
+    eventually("a first class file", || async {
+        aws.class_file(1).await.map(|_| ())
+    })
+    .await;
+    let shards = aws
+        .kinesis
+        .list_shards()
+        .stream_name(&aws.stream)
+        .send()
+        .await
+        .unwrap()
+        .shards
+        .unwrap();
+    let parent = &shards[0];
+    let range = parent.hash_key_range.as_ref().unwrap();
+    let (low, high): (u128, u128) = (
+        range.starting_hash_key.parse().unwrap(),
+        range.ending_hash_key.parse().unwrap(),
+    );
+    aws.kinesis
+        .split_shard()
+        .stream_name(&aws.stream)
+        .shard_to_split(&parent.shard_id)
+        .new_starting_hash_key((low + (high - low) / 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    aws.wait_active().await;
+    for poster in posters {
+        tokio::time::timeout(PATIENCE, poster)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    aws.wait_for_bests(&bests(&acked)).await;
+    let seen = occurrences(&aws.delivered_lines().await);
+    assert_eq!(seen.len(), acked.len());
+    assert!(seen.values().all(|n| *n == 1));
+
+    let shards_now = aws
+        .kinesis
+        .list_shards()
+        .stream_name(&aws.stream)
+        .send()
+        .await
+        .unwrap()
+        .shards
+        .unwrap();
+    let children: Vec<&str> = shards_now
+        .iter()
+        .filter(|s| s.parent_shard_id.as_deref() == Some(parent.shard_id.as_str()))
+        .map(|s| s.shard_id.as_str())
+        .collect();
+    assert_eq!(children.len(), 2);
+    let keys = aws.delivery_keys().await;
+    assert!(
+        keys.iter()
+            .any(|k| children.iter().any(|c| k.contains(&format!("-{c}-")))),
+        "records of the child shards were delivered: {keys:?}"
+    );
+    let lease = aws
+        .s3
+        .get_object()
+        .bucket(&aws.delivery)
+        .key(format!("_leases/transformer/{}.json", parent.shard_id))
+        .send()
+        .await
+        .unwrap();
+    let lease: Value =
+        serde_json::from_slice(&lease.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(
+        lease["finished"], true,
+        "the parent was finished before its children were read: {lease}"
+    );
+}
