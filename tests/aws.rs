@@ -25,18 +25,17 @@ async fn post_all(base: &str, races: &[Vec<Vec<Sample>>]) {
     }
 }
 
-/// Posts `seconds` of a race per poster, concurrently, until done or the
-/// ingest goes away; returns (sent, acknowledged).
+/// Samples shared between the posting tasks and the test.
+type Shared = Arc<Mutex<Vec<Sample>>>;
+
+/// Posts `seconds` of a race per poster, concurrently; returns the samples
+/// sent, those acknowledged, and the posting tasks.
 fn start_posters(
     base: &str,
     posters: u64,
     racers: u64,
     seconds: u16,
-) -> (
-    Arc<Mutex<Vec<Sample>>>,
-    Arc<Mutex<Vec<Sample>>>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
+) -> (Shared, Shared, Vec<tokio::task::JoinHandle<()>>) {
     let sent = Arc::new(Mutex::new(Vec::new()));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let tasks = (0..posters)

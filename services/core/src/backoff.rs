@@ -30,7 +30,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let ceiling = self
             .base
             .saturating_mul(1 << self.attempt.min(20))
@@ -54,7 +54,7 @@ mod tests {
     fn doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
         for ceiling in [100, 200, 400, 800, 1000, 1000, 1000] {
-            let d = b.next().as_millis();
+            let d = b.next_delay().as_millis();
             assert!(
                 (ceiling / 2..=ceiling).contains(&d),
                 "{d} ms not in {}..={ceiling}",
@@ -62,6 +62,6 @@ mod tests {
             );
         }
         b.reset();
-        assert!(b.next() <= Duration::from_millis(100));
+        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

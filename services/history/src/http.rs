@@ -83,10 +83,10 @@ async fn class_file(
         .map_err(AppError::Store)?
         .ok_or(AppError::NoHistoryYet(class))?;
     let etag = HeaderValue::from_str(&format!("\"{}\"", object.etag.0.trim_matches('"'))).ok();
-    if let (Some(etag), Some(seen)) = (&etag, headers.get(header::IF_NONE_MATCH)) {
-        if seen == etag {
-            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag.clone())]).into_response());
-        }
+    if let (Some(etag), Some(seen)) = (&etag, headers.get(header::IF_NONE_MATCH))
+        && seen == etag
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag.clone())]).into_response());
     }
     let mut response = (
         [

@@ -192,7 +192,7 @@ pub(crate) async fn deliver(
                     break;
                 }
                 Err(e) => {
-                    let pause = backoff.next();
+                    let pause = backoff.next_delay();
                     tracing::warn!(%key, error = %e, ?pause, "writing a delivery object failed; retrying");
                     tokio::time::sleep(pause).await;
                     if Utc::now() - written_at > MAX_KEY_AGE {
@@ -225,7 +225,7 @@ macro_rules! retry {
                 }
                 Err(e) if is_lease_lost(&e) => break Err(LeaseLost),
                 Err(e) => {
-                    let pause = $backoff.next();
+                    let pause = $backoff.next_delay();
                     tracing::warn!(what = $what, error = %e, ?pause, "failed; retrying");
                     tokio::time::sleep(pause).await;
                 }

@@ -133,7 +133,7 @@ pub async fn run_pipeline(
                 tracing::warn!(error = %e, "reading the stream failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff.next()) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
         }

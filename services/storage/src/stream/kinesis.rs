@@ -147,7 +147,7 @@ impl Stream for KinesisStream {
             if failed.is_empty() {
                 return Ok(());
             }
-            let pause = backoff.next();
+            let pause = backoff.next_delay();
             if tokio::time::Instant::now() + pause > deadline {
                 return Err(unavailable(
                     "PutRecords kept failing",
@@ -462,7 +462,7 @@ impl Shared {
                     Ok(it) => it,
                     Err(e) => {
                         tracing::warn!(%shard, error = %e, "GetShardIterator failed; retrying");
-                        sleep_or_stop(&stop, backoff.next()).await;
+                        sleep_or_stop(&stop, backoff.next_delay()).await;
                         continue;
                     }
                 },
@@ -484,7 +484,7 @@ impl Shared {
                         .is_some_and(|s| s.is_expired_iterator_exception())
                     {
                         tracing::warn!(%shard, error = %describe(&e), code = ?e.code(), "GetRecords failed; retrying");
-                        sleep_or_stop(&stop, backoff.next()).await;
+                        sleep_or_stop(&stop, backoff.next_delay()).await;
                     }
                     continue;
                 }
