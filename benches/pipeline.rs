@@ -1,43 +1,48 @@
-//! Throughput and freshness of the embedded pipeline, end to end through
-//! real sockets: `cargo bench --bench pipeline`.
+//! Throughput and freshness of the whole pipeline, end to end through real
+//! sockets: `cargo bench --bench pipeline`.
 //!
-//! Three rates are measured in the same run, on the same generated records,
-//! so their ratios are comparable across noisy machines:
-//! 1. the embedded stream alone (group-committed appends, no HTTP): the
-//!    baseline;
-//! 2. HTTP ingest (POST /v1/telemetry, batches of `BENCH_BATCH`);
-//! 3. end to end: from the first POST until every record is in its
-//!    `class-N.gz`.
+//! The backends come from the same settings as the service (`ALLEYCAT_STREAM`,
+//! `ALLEYCAT_STORE`, ...): embedded by default; after
+//! `eval "$(infra/local/up)"`, Kinesis and S3 on the local servers.
 //!
-//! Then freshness at the default settings (5 s delivery buffer): seconds from
-//! a POST's 202 to the class file reflecting it, over `BENCH_FRESHNESS_RUNS`.
-//!
-//! Knobs (environment): `BENCH_RECORDS` (default 200000), `BENCH_CLIENTS`
-//! (16), `BENCH_BATCH` (100), `BENCH_FRESHNESS_RUNS` (5).
+//! 1. Baseline: appending the same records straight to the stream, no HTTP.
+//! 2. Throughput: `BENCH_RECORDS` records posted by `BENCH_CLIENTS` clients
+//!    in batches of `BENCH_BATCH`; the HTTP ingest rate (until the last 202)
+//!    and the end-to-end rate (until every record is in its `class-N.gz`),
+//!    each also as a ratio of the baseline.
+//! 3. Freshness: `BENCH_RATE` records/s for `BENCH_SECONDS` s at the default
+//!    delivery settings; for every batch, the time from its 202 to the class
+//!    files holding all of its records; p50, p99, max.
 
 use alleycat_storage::{PutRecord, StorageArgs};
+use clap::Parser as _;
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read as _;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-const PATIENCE: Duration = Duration::from_secs(600);
+const PATIENCE: Duration = Duration::from_secs(900);
 
 fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Record `i`: a unique (class, second, racer), so history ends with one
-/// entry per record.
-fn record(i: usize) -> Value {
+#[derive(clap::Parser)]
+struct FromEnv {
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+/// Record `i` of a run: a unique (class, second, racer), so that history
+/// holds exactly one entry per record and its arrival can be seen.
+fn record(run: u64, i: usize) -> Value {
     let class = i % 6 + 1;
     let second = (i / 6) % 300 + 1;
-    let racer = i / 1800;
+    let racer = run * 10_000_000 + (i / 1800) as u64;
     json!({
         "event": if second == 300 { "final" } else { "update" },
         "deviceTimestamp": 1_700_000_000_000_u64 + i as u64,
@@ -47,40 +52,32 @@ fn record(i: usize) -> Value {
     })
 }
 
-fn config(dir: &std::path::Path, interval: Duration) -> alleycat::Config {
-    alleycat::Config {
+fn key_of(record: &Value) -> (u64, u64, u64) {
+    let n = |f: &str| record[f].as_u64().unwrap();
+    (n("classId"), n("second"), n("racerId"))
+}
+
+async fn start(storage: StorageArgs) -> (String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let config = alleycat::Config {
         server: alleycat_runtime::ServerArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             shutdown_timeout: Duration::from_secs(30),
         },
-        storage: StorageArgs::embedded(dir.to_path_buf()),
+        storage,
         transformer: alleycat_transformer::TransformerArgs {
             buffer_bytes: NonZeroUsize::new(1 << 20).unwrap(),
-            buffer_interval: interval,
+            buffer_interval: Duration::from_secs(5),
         },
         history: alleycat_history::HistoryArgs {
             poll_interval: Duration::from_millis(500),
             listing_grace: Duration::from_secs(60),
             gzip_level: 6,
         },
-    }
-}
-
-async fn start(
-    config: alleycat::Config,
-) -> (
-    String,
-    CancellationToken,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(alleycat::run(
-        listener,
-        config,
-        stop.clone().cancelled_owned(),
-    ));
+    let task = tokio::spawn(alleycat::run(listener, config, stop.clone().cancelled_owned()));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + PATIENCE;
     while client.get(format!("{base}/healthz")).send().await.is_err() {
@@ -90,191 +87,179 @@ async fn start(
     (base, stop, task)
 }
 
-async fn class_entries(client: &reqwest::Client, base: &str, class: usize) -> usize {
-    let Ok(response) = client
-        .get(format!("{base}/history/class-{class}.gz"))
+/// Every (class, second, racer) present in the published class files.
+async fn visible(client: &reqwest::Client, base: &str) -> HashSet<(u64, u64, u64)> {
+    let mut keys = HashSet::new();
+    for class in 1..=6u64 {
+        let Ok(response) = client.get(format!("{base}/history/class-{class}.gz")).send().await else { continue };
+        if response.status() != 200 {
+            continue;
+        }
+        let gz = response.bytes().await.unwrap();
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut json).unwrap();
+        let history: BTreeMap<u64, BTreeMap<u64, f64>> = serde_json::from_slice(&json).unwrap();
+        for (second, racers) in history {
+            keys.extend(racers.into_keys().map(|racer| (class, second, racer)));
+        }
+    }
+    keys
+}
+
+async fn post(client: &reqwest::Client, base: &str, body: Vec<u8>) {
+    let r = client
+        .post(format!("{base}/v1/telemetry"))
+        .header("content-type", "application/json")
+        .body(body)
         .send()
         .await
-    else {
-        return 0;
-    };
-    if response.status() != 200 {
-        return 0;
-    }
-    let gz = response.bytes().await.unwrap();
-    let mut json = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_end(&mut json)
         .unwrap();
-    let history: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>> =
-        serde_json::from_slice(&json).unwrap();
-    history.values().map(|racers| racers.len()).sum()
+    assert_eq!(r.status(), 202);
 }
 
-/// Appends every batch straight to a fresh embedded stream, `clients` at a time.
-async fn stream_only(batches: &[Vec<u8>], clients: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let stream = StorageArgs::embedded(dir.path().to_path_buf())
-        .open_stream()
-        .await
-        .unwrap();
-    let records: usize = batches
-        .iter()
-        .map(|b| serde_json::from_slice::<Vec<Value>>(b).unwrap().len())
-        .sum();
-    let puts: Vec<Vec<PutRecord>> = batches
-        .iter()
-        .map(|b| {
-            serde_json::from_slice::<Vec<Value>>(b)
-                .unwrap()
-                .iter()
-                .map(|r| PutRecord {
-                    partition_key: r["racerId"].to_string(),
-                    data: serde_json::to_vec(r).unwrap().into(),
-                })
-                .collect()
-        })
-        .collect();
-    let started = Instant::now();
-    let chunks: Vec<Vec<Vec<PutRecord>>> = (0..clients)
-        .map(|c| puts.iter().skip(c).step_by(clients).cloned().collect())
-        .collect();
-    let tasks: Vec<_> = chunks
-        .into_iter()
-        .map(|mine| {
-            let stream = stream.clone();
-            tokio::spawn(async move {
-                for batch in mine {
-                    stream.put_records(batch).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    records as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn post_all(base: &str, batches: &[Vec<u8>], clients: usize) {
-    let batches = std::sync::Arc::new(batches.to_vec());
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (base, batches) = (base.to_owned(), batches.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                for body in batches.iter().skip(c).step_by(clients) {
-                    let r = client
-                        .post(format!("{base}/v1/telemetry"))
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(r.status(), 202);
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 #[tokio::main]
 async fn main() {
+    let storage = FromEnv::parse_from(["bench"]).storage;
     let records = knob("BENCH_RECORDS", 200_000);
     let clients = knob("BENCH_CLIENTS", 16);
     let batch = knob("BENCH_BATCH", 100);
-    let runs = knob("BENCH_FRESHNESS_RUNS", 5);
-    let batches: Vec<Vec<u8>> = (0..records)
+    let rate = knob("BENCH_RATE", 1_000);
+    let seconds = knob("BENCH_SECONDS", 30);
+    println!(
+        "pipeline bench on {:?} stream / {:?} store: {records} records, {clients} clients, batches of {batch}",
+        storage.stream_kind, storage.store_kind
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = storage;
+    storage.data_dir = dir.path().to_path_buf();
+
+    let bodies: Vec<Vec<u8>> = (0..records)
         .collect::<Vec<_>>()
         .chunks(batch)
-        .map(|ids| serde_json::to_vec(&ids.iter().map(|&i| record(i)).collect::<Vec<_>>()).unwrap())
+        .map(|ids| serde_json::to_vec(&ids.iter().map(|&i| record(1, i)).collect::<Vec<_>>()).unwrap())
         .collect();
-    println!("pipeline bench: {records} records, {clients} clients, batches of {batch}");
 
-    let baseline = stream_only(&batches, clients).await;
-    println!("  embedded stream alone   {baseline:>10.0} records/s   (baseline, 1.00)");
+    // 1. Baseline: the stream alone (a separate data dir / stream consumer-free).
+    let baseline = {
+        let mut alone = storage.clone();
+        let alone_dir = tempfile::tempdir().unwrap();
+        alone.data_dir = alone_dir.path().to_path_buf();
+        let stream = alone.open_stream().await.unwrap();
+        let puts: Vec<Vec<PutRecord>> = (0..records)
+            .collect::<Vec<_>>()
+            .chunks(batch)
+            .map(|ids| {
+                ids.iter()
+                    .map(|&i| {
+                        let r = record(0, i);
+                        PutRecord { partition_key: r["racerId"].to_string(), data: serde_json::to_vec(&r).unwrap().into() }
+                    })
+                    .collect()
+            })
+            .collect();
+        let puts = Arc::new(puts);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let (stream, puts) = (stream.clone(), puts.clone());
+                tokio::spawn(async move {
+                    for put in puts.iter().skip(c).step_by(clients) {
+                        stream.put_records(put.clone()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        records as f64 / started.elapsed().as_secs_f64()
+    };
+    println!("  stream alone (baseline)   {baseline:>9.0} records/s   1.00");
 
-    let dir = tempfile::tempdir().unwrap();
-    let (base, stop, task) = start(config(dir.path(), Duration::from_secs(5))).await;
+    // 2. Throughput.
+    let (base, stop, task) = start(storage).await;
     let client = reqwest::Client::new();
     let started = Instant::now();
-    post_all(&base, &batches, clients).await;
+    let bodies = Arc::new(bodies);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (base, bodies, client) = (base.clone(), bodies.clone(), client.clone());
+            tokio::spawn(async move {
+                for body in bodies.iter().skip(c).step_by(clients) {
+                    post(&client, &base, body.clone()).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
     let ingest = records as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "  HTTP ingest (202)       {ingest:>10.0} records/s   ({:.2} x baseline)",
-        ingest / baseline
-    );
+    println!("  HTTP ingest (202)         {ingest:>9.0} records/s   {:.2}", ingest / baseline);
     let deadline = Instant::now() + PATIENCE;
-    loop {
-        let mut total = 0;
-        for class in 1..=6 {
-            total += class_entries(&client, &base, class).await;
-        }
-        if total >= records {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "history incomplete: {total} of {records}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while visible(&client, &base).await.len() < records {
+        assert!(Instant::now() < deadline, "history incomplete");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let end_to_end = records as f64 / started.elapsed().as_secs_f64();
     println!(
-        "  end to end (class files) {end_to_end:>9.0} records/s   ({:.2} x baseline; includes one 5 s buffer interval)",
+        "  end to end (class files)  {end_to_end:>9.0} records/s   {:.2}   (includes the last 5 s buffer interval)",
         end_to_end / baseline
     );
 
-    // Freshness: one record at a time, a new racer each, default settings.
-    let mut fresh = Vec::new();
-    for run in 0..runs {
-        let racer = 1_000_000 + run;
-        let body = json!({"event": "update", "deviceTimestamp": 1, "second": 1, "raceId": 1, "name": "Fresh",
-                          "racerId": racer, "classId": 6, "cadence": 60.0, "resistance": 60.0});
-        let r = client
-            .post(format!("{base}/v1/telemetry"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let accepted = Instant::now();
-        let deadline = accepted + PATIENCE;
-        loop {
-            let gz = client
-                .get(format!("{base}/history/class-6.gz"))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let mut json = Vec::new();
-            flate2::read::GzDecoder::new(&gz[..])
-                .read_to_end(&mut json)
-                .unwrap();
-            let history: Value = serde_json::from_slice(&json).unwrap();
-            if history["1"].get(racer.to_string()).is_some() {
-                break;
+    // 3. Freshness at a steady rate.
+    let per_tick = batch.min(rate).max(1);
+    let tick = Duration::from_secs_f64(per_tick as f64 / rate as f64);
+    let total = rate * seconds;
+    let mut acked: Vec<(Instant, Vec<(u64, u64, u64)>)> = Vec::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sender = {
+        let (base, client) = (base.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(tick);
+            for start in (0..total).step_by(per_tick) {
+                ticker.tick().await;
+                let batch: Vec<Value> = (start..(start + per_tick).min(total)).map(|i| record(2, i)).collect();
+                let keys = batch.iter().map(key_of).collect::<Vec<_>>();
+                let body = serde_json::to_vec(&batch).unwrap();
+                let (base, client, done_tx) = (base.clone(), client.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    post(&client, &base, body).await;
+                    let _ = done_tx.send((Instant::now(), keys));
+                });
             }
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        })
+    };
+    let mut fresh: Vec<f64> = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while fresh.len() < total.div_ceil(per_tick) {
+        assert!(Instant::now() < deadline, "freshness run incomplete");
+        while let Ok(item) = done_rx.try_recv() {
+            acked.push(item);
         }
-        fresh.push(accepted.elapsed().as_secs_f64());
+        let seen = visible(&client, &base).await;
+        let now = Instant::now();
+        acked.retain(|(at, keys)| {
+            if keys.iter().all(|k| seen.contains(k)) {
+                fresh.push(now.duration_since(*at).as_secs_f64());
+                false
+            } else {
+                true
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    sender.await.unwrap();
     fresh.sort_by(f64::total_cmp);
     println!(
-        "  freshness (202 -> class file, defaults): median {:.2} s, min {:.2} s, max {:.2} s over {runs} runs",
-        median(fresh.clone()),
-        fresh[0],
+        "  freshness at {rate} records/s for {seconds} s (202 -> class file, default settings, {} batches): p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        fresh.len(),
+        percentile(&fresh, 0.5),
+        percentile(&fresh, 0.99),
         fresh[fresh.len() - 1]
     );
     stop.cancel();
