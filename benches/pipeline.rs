@@ -28,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 const PATIENCE: Duration = Duration::from_secs(900);
 
 fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[derive(clap::Parser)]
@@ -57,7 +60,13 @@ fn key_of(record: &Value) -> (u64, u64, u64) {
     (n("classId"), n("second"), n("racerId"))
 }
 
-async fn start(storage: StorageArgs) -> (String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+async fn start(
+    storage: StorageArgs,
+) -> (
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let config = alleycat::Config {
         server: alleycat_runtime::ServerArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -77,7 +86,11 @@ async fn start(storage: StorageArgs) -> (String, CancellationToken, tokio::task:
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(alleycat::run(listener, config, stop.clone().cancelled_owned()));
+    let task = tokio::spawn(alleycat::run(
+        listener,
+        config,
+        stop.clone().cancelled_owned(),
+    ));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + PATIENCE;
     while client.get(format!("{base}/healthz")).send().await.is_err() {
@@ -91,13 +104,21 @@ async fn start(storage: StorageArgs) -> (String, CancellationToken, tokio::task:
 async fn visible(client: &reqwest::Client, base: &str) -> HashSet<(u64, u64, u64)> {
     let mut keys = HashSet::new();
     for class in 1..=6u64 {
-        let Ok(response) = client.get(format!("{base}/history/class-{class}.gz")).send().await else { continue };
+        let Ok(response) = client
+            .get(format!("{base}/history/class-{class}.gz"))
+            .send()
+            .await
+        else {
+            continue;
+        };
         if response.status() != 200 {
             continue;
         }
         let gz = response.bytes().await.unwrap();
         let mut json = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut json).unwrap();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut json)
+            .unwrap();
         let history: BTreeMap<u64, BTreeMap<u64, f64>> = serde_json::from_slice(&json).unwrap();
         for (second, racers) in history {
             keys.extend(racers.into_keys().map(|racer| (class, second, racer)));
@@ -140,7 +161,9 @@ async fn main() {
     let bodies: Vec<Vec<u8>> = (0..records)
         .collect::<Vec<_>>()
         .chunks(batch)
-        .map(|ids| serde_json::to_vec(&ids.iter().map(|&i| record(1, i)).collect::<Vec<_>>()).unwrap())
+        .map(|ids| {
+            serde_json::to_vec(&ids.iter().map(|&i| record(1, i)).collect::<Vec<_>>()).unwrap()
+        })
         .collect();
 
     // 1. Baseline: the stream alone (a separate data dir / stream consumer-free).
@@ -156,7 +179,10 @@ async fn main() {
                 ids.iter()
                     .map(|&i| {
                         let r = record(0, i);
-                        PutRecord { partition_key: r["racerId"].to_string(), data: serde_json::to_vec(&r).unwrap().into() }
+                        PutRecord {
+                            partition_key: r["racerId"].to_string(),
+                            data: serde_json::to_vec(&r).unwrap().into(),
+                        }
                     })
                     .collect()
             })
@@ -199,7 +225,10 @@ async fn main() {
         t.await.unwrap();
     }
     let ingest = records as f64 / started.elapsed().as_secs_f64();
-    println!("  HTTP ingest (202)         {ingest:>9.0} records/s   {:.2}", ingest / baseline);
+    println!(
+        "  HTTP ingest (202)         {ingest:>9.0} records/s   {:.2}",
+        ingest / baseline
+    );
     let deadline = Instant::now() + PATIENCE;
     while visible(&client, &base).await.len() < records {
         assert!(Instant::now() < deadline, "history incomplete");
@@ -223,7 +252,9 @@ async fn main() {
             let mut ticker = tokio::time::interval(tick);
             for start in (0..total).step_by(per_tick) {
                 ticker.tick().await;
-                let batch: Vec<Value> = (start..(start + per_tick).min(total)).map(|i| record(2, i)).collect();
+                let batch: Vec<Value> = (start..(start + per_tick).min(total))
+                    .map(|i| record(2, i))
+                    .collect();
                 let keys = batch.iter().map(key_of).collect::<Vec<_>>();
                 let body = serde_json::to_vec(&batch).unwrap();
                 let (base, client, done_tx) = (base.clone(), client.clone(), done_tx.clone());

@@ -68,6 +68,11 @@ impl ClassHistory {
         self.seconds.get(&second)?.get(&racer).copied()
     }
 
+    /// Every second with its bests, by racer, in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = (Second, &BTreeMap<RacerId, f64>)> {
+        self.seconds.iter().map(|(s, r)| (*s, r))
+    }
+
     /// The bests at `second`, by racer.
     #[must_use]
     pub fn at(&self, second: Second) -> Option<&BTreeMap<RacerId, f64>> {

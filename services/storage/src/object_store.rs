@@ -62,8 +62,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// The object under `key`, or `None` if there is none.
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError>;
 
-    /// Whether there is an object under `key`.
-    async fn exists(&self, key: &str) -> Result<bool, StoreError>;
+    /// The version of the object under `key`, without its bytes.
+    async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError>;
 
     /// Every key that starts with `prefix` and sorts after `start_after`, in
     /// ascending order.
@@ -72,6 +72,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         prefix: &str,
         start_after: Option<&str>,
     ) -> Result<Vec<String>, StoreError>;
+
+    /// Whether there is an object under `key`.
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.head(key).await?.is_some())
+    }
 
     /// Writes `body` under `key` unconditionally.
     async fn put(

@@ -139,8 +139,11 @@ impl ObjectStore for DiesAfterWrite {
     ) -> Result<Option<alleycat_storage::Object>, alleycat_storage::StoreError> {
         self.inner.get(key).await
     }
-    async fn exists(&self, key: &str) -> Result<bool, alleycat_storage::StoreError> {
-        self.inner.exists(key).await
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<alleycat_storage::ETag>, alleycat_storage::StoreError> {
+        self.inner.head(key).await
     }
     async fn list(
         &self,

@@ -171,13 +171,17 @@ impl Inner {
         }
     }
 
-    fn exists(&self, key: &str) -> Result<bool, StoreError> {
+    fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         let path = self.path_of(key)?;
-        path.try_exists().map_err(|source| StoreError::Io {
-            operation: "exists",
-            key: key.to_owned(),
-            source: source.into(),
-        })
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(Some(etag_of(&meta))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io {
+                operation: "head",
+                key: key.to_owned(),
+                source: source.into(),
+            }),
+        }
     }
 
     fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<String>, StoreError> {
@@ -274,10 +278,10 @@ impl ObjectStore for FsStore {
         blocking(move || inner.get(&key)).await
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+    async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         let inner = Arc::clone(&self.inner);
         let key = key.to_owned();
-        blocking(move || inner.exists(&key)).await
+        blocking(move || inner.head(&key)).await
     }
 
     async fn list(
@@ -323,6 +327,8 @@ mod tests {
         assert_eq!(store.get("class-1.gz").await.unwrap().unwrap().body, "two");
         assert!(store.exists("class-1.gz").await.unwrap());
         assert!(!store.exists("class-2.gz").await.unwrap());
+        let object = store.get("class-1.gz").await.unwrap().unwrap();
+        assert_eq!(store.head("class-1.gz").await.unwrap(), Some(object.etag));
     }
 
     #[tokio::test]

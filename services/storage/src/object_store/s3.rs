@@ -112,7 +112,7 @@ impl ObjectStore for S3Store {
         }))
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+    async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         match self
             .client
             .head_object()
@@ -121,9 +121,9 @@ impl ObjectStore for S3Store {
             .send()
             .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if status(&e) == Some(404) || e.code() == Some("NotFound") => Ok(false),
-            Err(e) => Err(io_error("exists", key, e)),
+            Ok(output) => Ok(Some(ETag(output.e_tag.unwrap_or_default()))),
+            Err(e) if status(&e) == Some(404) || e.code() == Some("NotFound") => Ok(None),
+            Err(e) => Err(io_error("head", key, e)),
         }
     }
 

@@ -1,0 +1,222 @@
+//! The WebSocket push message: "Here now" and "All time" for one race at one
+//! second, cut to what a viewer needs (the top N, plus its own racer and
+//! neighbours).
+//!
+//! Entries are serialized once per push and spliced into each viewer's
+//! message, so a thousand viewers cost a thousand string joins, not a
+//! thousand serializations.
+
+use crate::all_time::{AllTime, AllTimeRank};
+use crate::race::{Race, Standing};
+use alleycat_core::{RacerId, Second};
+use serde::Serialize;
+
+/// Neighbours shown on each side of a viewer's own racer.
+pub const NEIGHBOURS: usize = 2;
+
+/// One racer's line in `allTime`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AllTimeEntry {
+    racer_id: RacerId,
+    output: f64,
+    #[serde(flatten)]
+    rank: AllTimeRank,
+}
+
+/// A race's standings at its latest second, ready to be cut per viewer.
+pub struct Snapshot {
+    header: String,
+    standings: Vec<Standing>,
+    here_now: Vec<String>,
+    all_time: Vec<String>,
+    top: usize,
+    shared: String,
+}
+
+impl Snapshot {
+    /// The standings of `race` at its latest second, ranked against `all_time`.
+    #[must_use]
+    pub fn new(race: &Race, all_time: Option<&AllTime>, top: usize, ts_ms: i64) -> Snapshot {
+        let second: Second = race.latest();
+        let standings = race.standings(second);
+        let here_now: Vec<String> = standings
+            .iter()
+            .map(|s| serde_json::to_string(s).expect("a standing serializes"))
+            .collect();
+        let empty = AllTime::default();
+        let all_time_index = all_time.unwrap_or(&empty);
+        let all_time: Vec<String> = standings
+            .iter()
+            .map(|s| {
+                let entry = AllTimeEntry {
+                    racer_id: s.racer_id,
+                    output: s.output,
+                    rank: all_time_index.rank(second, s.racer_id, s.output),
+                };
+                serde_json::to_string(&entry).expect("an entry serializes")
+            })
+            .collect();
+        let header = format!(
+            r#"{{"type":"race","classId":{},"raceId":{},"second":{},"ts":{ts_ms},"racers":{}"#,
+            race.class_id(),
+            race.race_id(),
+            second,
+            standings.len()
+        );
+        let top = top.min(standings.len());
+        let mut snapshot = Snapshot {
+            header,
+            standings,
+            here_now,
+            all_time,
+            top,
+            shared: String::new(),
+        };
+        snapshot.shared = snapshot.message((0..top).collect());
+        snapshot
+    }
+
+    /// The message for viewers who follow no racer.
+    #[must_use]
+    pub fn shared(&self) -> &str {
+        &self.shared
+    }
+
+    /// The message for a viewer following `racer`: the top N plus `racer`
+    /// and its neighbours, if it is racing at this second.
+    #[must_use]
+    pub fn for_racer(&self, racer: RacerId) -> Option<String> {
+        let at = self.standings.iter().position(|s| s.racer_id == racer)?;
+        let from = at.saturating_sub(NEIGHBOURS);
+        let to = (at + NEIGHBOURS + 1).min(self.standings.len());
+        if to <= self.top {
+            return None; // the shared message already shows them
+        }
+        let rows = (0..self.top).chain(from.max(self.top)..to).collect();
+        Some(self.message(rows))
+    }
+
+    fn message(&self, rows: Vec<usize>) -> String {
+        let join = |entries: &[String]| {
+            let mut out = String::with_capacity(rows.len() * 96);
+            for (n, &i) in rows.iter().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                out.push_str(&entries[i]);
+            }
+            out
+        };
+        format!(
+            r#"{},"hereNow":[{}],"allTime":[{}]}}"#,
+            self.header,
+            join(&self.here_now),
+            join(&self.all_time)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alleycat_core::history::ClassHistory;
+    use alleycat_core::{ClassId, Event, RaceId, Telemetry};
+    use serde_json::Value;
+
+    fn race(racers: u64) -> Race {
+        let mut race = Race::new(ClassId(2), RaceId(7));
+        for r in 1..=racers {
+            let t = Telemetry {
+                uuid: None,
+                event: Event::Update,
+                device_timestamp: 0,
+                second: Second(5),
+                race_id: RaceId(7),
+                name: format!("R{r}"),
+                racer_id: RacerId(r),
+                class_id: ClassId(2),
+                // Racer 1 fastest, racer N slowest.
+                cadence: 100.0 - r as f64,
+                resistance: 50.0,
+            };
+            race.apply(&t, r);
+        }
+        race
+    }
+
+    fn ids(message: &str, list: &str) -> Vec<u64> {
+        let v: Value = serde_json::from_str(message).unwrap();
+        v[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["racerId"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_shared_message_holds_the_top_n() {
+        let snapshot = Snapshot::new(&race(10), None, 3, 1);
+        let v: Value = serde_json::from_str(snapshot.shared()).unwrap();
+        assert_eq!(
+            (
+                v["type"].as_str(),
+                v["classId"].as_u64(),
+                v["raceId"].as_u64(),
+                v["second"].as_u64()
+            ),
+            (Some("race"), Some(2), Some(7), Some(5))
+        );
+        assert_eq!(v["racers"], 10);
+        assert_eq!(ids(snapshot.shared(), "hereNow"), [1, 2, 3]);
+        assert_eq!(ids(snapshot.shared(), "allTime"), [1, 2, 3]);
+        assert_eq!(v["hereNow"][0]["rank"], 1);
+        assert_eq!(v["hereNow"][0]["name"], "R1");
+    }
+
+    #[test]
+    fn a_viewer_following_a_racer_gets_it_and_its_neighbours() {
+        let snapshot = Snapshot::new(&race(10), None, 3, 1);
+        let mine = snapshot.for_racer(RacerId(8)).unwrap();
+        assert_eq!(ids(&mine, "hereNow"), [1, 2, 3, 6, 7, 8, 9, 10]);
+        let mine = snapshot.for_racer(RacerId(4)).unwrap();
+        assert_eq!(
+            ids(&mine, "hereNow"),
+            [1, 2, 3, 4, 5, 6],
+            "no duplicates at the seam"
+        );
+        assert_eq!(
+            snapshot.for_racer(RacerId(1)),
+            None,
+            "already in the shared message"
+        );
+        assert_eq!(snapshot.for_racer(RacerId(99)), None, "not racing");
+    }
+
+    #[test]
+    fn all_time_ranks_against_the_class_history() {
+        let mut history = ClassHistory::default();
+        history.merge(Second(5), RacerId(2), 1_000.0); // far above everyone
+        history.merge(Second(5), RacerId(1), 1.0);
+        let all_time = AllTime::from_history(&history);
+        let snapshot = Snapshot::new(&race(3), Some(&all_time), 3, 1);
+        let v: Value = serde_json::from_str(snapshot.shared()).unwrap();
+        let first = &v["allTime"][0];
+        assert_eq!(
+            (
+                first["racerId"].as_u64(),
+                first["rank"].as_u64(),
+                first["newRecord"].as_bool()
+            ),
+            (Some(1), Some(2), Some(true))
+        );
+        assert_eq!(first["personalBest"], 1.0);
+        let second = &v["allTime"][1];
+        assert_eq!(
+            (second["rank"].as_u64(), second["newRecord"].as_bool()),
+            (Some(1), Some(false))
+        );
+        assert_eq!(v["allTime"][2]["personalBest"], Value::Null);
+    }
+}

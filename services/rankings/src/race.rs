@@ -1,0 +1,263 @@
+//! A live race: every racer's output at every second, and the "Here now"
+//! standings at a second.
+
+use alleycat_core::{ClassId, Event, RaceId, RacerId, Second, Telemetry};
+use serde::Serialize;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// One reading: a racer's output at a second, and when it arrived.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reading {
+    output: f64,
+    /// Arrival order across the whole stream: on equal outputs, whoever
+    /// reached it first ranks higher.
+    order: u64,
+}
+
+/// A racer in a race.
+#[derive(Debug, Clone)]
+struct Racer {
+    name: Arc<str>,
+    readings: BTreeMap<Second, Reading>,
+    best: f64,
+    sum: f64,
+    final_output: Option<f64>,
+}
+
+/// A racer's result, set by its `final` message.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RaceResult {
+    /// The racer.
+    pub racer_id: RacerId,
+    /// Its name.
+    pub name: String,
+    /// Output of the final message (the original's race result).
+    pub output: f64,
+    /// Average output over the seconds recorded.
+    pub average: f64,
+    /// Best output of the race.
+    pub best: f64,
+    /// Seconds recorded.
+    pub seconds: u32,
+}
+
+/// One line of the "Here now" standings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Standing {
+    /// 1 for the leader.
+    pub rank: u32,
+    /// The racer.
+    pub racer_id: RacerId,
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its output at the standings' second.
+    pub output: f64,
+    /// Its best output so far in this race.
+    pub best: f64,
+}
+
+/// A live race of one class.
+#[derive(Debug, Clone)]
+pub struct Race {
+    class_id: ClassId,
+    race_id: RaceId,
+    racers: HashMap<RacerId, Racer>,
+    latest: Second,
+}
+
+impl Race {
+    /// An empty race.
+    #[must_use]
+    pub fn new(class_id: ClassId, race_id: RaceId) -> Race {
+        Race {
+            class_id,
+            race_id,
+            racers: HashMap::new(),
+            latest: Second(1),
+        }
+    }
+
+    /// The race's class.
+    #[must_use]
+    pub fn class_id(&self) -> ClassId {
+        self.class_id
+    }
+
+    /// The race.
+    #[must_use]
+    pub fn race_id(&self) -> RaceId {
+        self.race_id
+    }
+
+    /// The latest second any racer reported.
+    #[must_use]
+    pub fn latest(&self) -> Second {
+        self.latest
+    }
+
+    /// Records a message (arrival `order`). A second already recorded for
+    /// the racer is kept as first seen, so a re-read stream changes nothing.
+    /// Returns whether anything changed, and the racer's result when this
+    /// was its `final` message.
+    pub fn apply(&mut self, t: &Telemetry, order: u64) -> (bool, Option<RaceResult>) {
+        let output = t.output();
+        let racer = self.racers.entry(t.racer_id).or_insert_with(|| Racer {
+            name: Arc::from(t.name.as_str()),
+            readings: BTreeMap::new(),
+            best: f64::NEG_INFINITY,
+            sum: 0.0,
+            final_output: None,
+        });
+        if racer.readings.contains_key(&t.second) {
+            return (false, None);
+        }
+        racer.readings.insert(t.second, Reading { output, order });
+        racer.best = racer.best.max(output);
+        racer.sum += output;
+        self.latest = self.latest.max(t.second);
+        let result = (t.event == Event::Final).then(|| {
+            racer.final_output = Some(output);
+            RaceResult {
+                racer_id: t.racer_id,
+                name: racer.name.to_string(),
+                output,
+                average: round4(racer.sum / racer.readings.len() as f64),
+                best: racer.best,
+                seconds: u32::try_from(racer.readings.len()).unwrap_or(u32::MAX),
+            }
+        });
+        (true, result)
+    }
+
+    /// Outputs of every racer who reported `second`, by racer.
+    pub fn outputs_at(&self, second: Second) -> impl Iterator<Item = (RacerId, f64)> + '_ {
+        self.racers
+            .iter()
+            .filter_map(move |(id, r)| r.readings.get(&second).map(|reading| (*id, reading.output)))
+    }
+
+    /// The standings at `second`: every racer who reported it, by output
+    /// (ties: whoever reached it first, then the lower racer id).
+    #[must_use]
+    pub fn standings(&self, second: Second) -> Vec<Standing> {
+        let mut at: Vec<(RacerId, &Racer, Reading)> = self
+            .racers
+            .iter()
+            .filter_map(|(id, r)| r.readings.get(&second).map(|reading| (*id, r, *reading)))
+            .collect();
+        at.sort_by(|a, b| by_standing((a.0, a.2), (b.0, b.2)));
+        at.into_iter()
+            .enumerate()
+            .map(|(i, (racer_id, racer, reading))| Standing {
+                rank: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                racer_id,
+                name: Arc::clone(&racer.name),
+                output: reading.output,
+                best: racer.best,
+            })
+            .collect()
+    }
+}
+
+fn by_standing(a: (RacerId, Reading), b: (RacerId, Reading)) -> Ordering {
+    b.1.output
+        .total_cmp(&a.1.output)
+        .then(a.1.order.cmp(&b.1.order))
+        .then(a.0.cmp(&b.0))
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(racer: u64, second: u16, cadence: f64, last: bool) -> Telemetry {
+        Telemetry {
+            uuid: None,
+            event: if last { Event::Final } else { Event::Update },
+            device_timestamp: 0,
+            second: Second(second),
+            race_id: RaceId(9),
+            name: format!("R{racer}"),
+            racer_id: RacerId(racer),
+            class_id: ClassId(1),
+            cadence,
+            resistance: 65.0,
+        }
+    }
+
+    fn order(standings: &[Standing]) -> Vec<u64> {
+        standings.iter().map(|s| s.racer_id.0).collect()
+    }
+
+    #[test]
+    fn ranks_by_output_at_the_second() {
+        let mut race = Race::new(ClassId(1), RaceId(9));
+        race.apply(&msg(1, 1, 50.0, false), 1);
+        race.apply(&msg(2, 1, 70.0, false), 2);
+        race.apply(&msg(3, 1, 60.0, false), 3);
+        race.apply(&msg(1, 2, 90.0, false), 4);
+        assert_eq!(order(&race.standings(Second(1))), [2, 3, 1]);
+        assert_eq!(race.standings(Second(1))[0].rank, 1);
+        assert_eq!(
+            order(&race.standings(Second(2))),
+            [1],
+            "only who reported that second"
+        );
+        assert_eq!(race.latest(), Second(2));
+        // best is the racer's best so far in the race.
+        assert_eq!(
+            race.standings(Second(1))[2].best,
+            msg(1, 2, 90.0, false).output()
+        );
+    }
+
+    #[test]
+    fn ties_go_to_who_reached_the_output_first_then_the_lower_id() {
+        let mut race = Race::new(ClassId(1), RaceId(9));
+        race.apply(&msg(5, 1, 60.0, false), 10);
+        race.apply(&msg(3, 1, 60.0, false), 11);
+        race.apply(&msg(4, 1, 60.0, false), 10);
+        assert_eq!(order(&race.standings(Second(1))), [4, 5, 3]);
+        let ranks: Vec<u32> = race.standings(Second(1)).iter().map(|s| s.rank).collect();
+        assert_eq!(ranks, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_reread_message_changes_nothing() {
+        let mut race = Race::new(ClassId(1), RaceId(9));
+        assert!(race.apply(&msg(1, 1, 50.0, false), 1).0);
+        assert!(!race.apply(&msg(1, 1, 99.0, false), 2).0);
+        assert_eq!(
+            race.standings(Second(1))[0].output,
+            msg(1, 1, 50.0, false).output()
+        );
+    }
+
+    #[test]
+    fn the_final_message_yields_the_result() {
+        let mut race = Race::new(ClassId(1), RaceId(9));
+        race.apply(&msg(1, 1, 40.0, false), 1);
+        race.apply(&msg(1, 2, 80.0, false), 2);
+        let (_, result) = race.apply(&msg(1, 3, 60.0, true), 3);
+        let outputs = [40.0, 80.0, 60.0].map(|c| msg(1, 1, c, false).output());
+        assert_eq!(
+            result.unwrap(),
+            RaceResult {
+                racer_id: RacerId(1),
+                name: "R1".into(),
+                output: outputs[2],
+                average: round4(outputs.iter().sum::<f64>() / 3.0),
+                best: outputs[1],
+                seconds: 3,
+            }
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! Race results and class leaderboards: pure merge and ranking logic.
+//!
+//! Both are stored as documents that several rankings processes update with
+//! conditional writes; their merges are deterministic and idempotent, so
+//! when a write conflicts, the writer re-reads, merges and writes again, and
+//! re-reading the stream after a restart changes nothing.
+
+use crate::race::RaceResult;
+use alleycat_core::{ClassId, RaceId, RacerId};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Races kept in a class's index of recent races.
+pub const RECENT_RACES: usize = 200;
+
+/// The results of one race, per class (a race id is shared by every class
+/// racing in that slot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RaceResults {
+    /// The race.
+    pub race_id: RaceId,
+    /// Per class, per racer.
+    pub classes: BTreeMap<ClassId, BTreeMap<RacerId, RaceResult>>,
+}
+
+impl Default for RaceResults {
+    /// An empty document (its race id is set by the first result stored).
+    fn default() -> Self {
+        RaceResults {
+            race_id: RaceId(0),
+            classes: BTreeMap::new(),
+        }
+    }
+}
+
+/// A result with its rank in its class.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RankedResult {
+    /// 1 for the winner.
+    pub rank: u32,
+    /// The result.
+    #[serde(flatten)]
+    pub result: RaceResult,
+}
+
+/// Which of two results for the same racer and race to keep: the one that
+/// saw more of the race, then the higher output. Deterministic, so every
+/// process converges on the same document.
+fn better(a: &RaceResult, b: &RaceResult) -> bool {
+    (a.seconds, a.output).partial_cmp(&(b.seconds, b.output)) == Some(Ordering::Greater)
+}
+
+impl RaceResults {
+    /// Records a result; returns whether the document changed.
+    pub fn offer(&mut self, class: ClassId, result: RaceResult) -> bool {
+        let results = self.classes.entry(class).or_default();
+        match results.get(&result.racer_id) {
+            Some(existing) if !better(&result, existing) => false,
+            _ => {
+                results.insert(result.racer_id, result);
+                true
+            }
+        }
+    }
+
+    /// Merges another version of this document; returns whether ours changed.
+    pub fn merge(&mut self, other: &RaceResults) -> bool {
+        let mut changed = false;
+        for (class, results) in &other.classes {
+            for result in results.values() {
+                changed |= self.offer(*class, result.clone());
+            }
+        }
+        changed
+    }
+
+    /// A class's results, ranked by final output (ties: lower racer id).
+    #[must_use]
+    pub fn ranked(&self, class: ClassId) -> Vec<RankedResult> {
+        let mut results: Vec<&RaceResult> = self
+            .classes
+            .get(&class)
+            .map(|r| r.values().collect())
+            .unwrap_or_default();
+        results.sort_by(|a, b| {
+            b.output
+                .total_cmp(&a.output)
+                .then(a.racer_id.cmp(&b.racer_id))
+        });
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| RankedResult {
+                rank: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                result: r.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The recent races of a class, newest last.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RaceIndex {
+    /// Race ids, at most [`RECENT_RACES`].
+    pub races: BTreeSet<RaceId>,
+}
+
+impl RaceIndex {
+    /// Adds races, keeping the newest [`RECENT_RACES`]; returns whether it changed.
+    pub fn merge(&mut self, races: impl IntoIterator<Item = RaceId>) -> bool {
+        let before = self.races.clone();
+        self.races.extend(races);
+        while self.races.len() > RECENT_RACES {
+            self.races.pop_first();
+        }
+        self.races != before
+    }
+
+    /// Newest first.
+    pub fn newest(&self) -> impl Iterator<Item = RaceId> + '_ {
+        self.races.iter().rev().copied()
+    }
+}
+
+/// A racer's best result in a class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderboardEntry {
+    /// Its name (as in that race).
+    pub name: String,
+    /// The result's output.
+    pub output: f64,
+    /// The race it was set in.
+    pub race_id: RaceId,
+}
+
+/// All-time class leaderboard: each racer once, with its best result.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Leaderboard {
+    /// Best result per racer.
+    pub entries: BTreeMap<RacerId, LeaderboardEntry>,
+}
+
+/// A leaderboard line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RankedEntry {
+    /// 1 for the best.
+    pub rank: u32,
+    /// The racer.
+    pub racer_id: RacerId,
+    /// Its name.
+    pub name: String,
+    /// Its best result's output.
+    pub output: f64,
+    /// The race of that result.
+    pub race_id: RaceId,
+}
+
+impl Leaderboard {
+    /// Keeps `entry` if it beats the racer's current best (on a tie, the
+    /// earlier race keeps it). Returns whether it changed.
+    pub fn offer(&mut self, racer: RacerId, entry: LeaderboardEntry) -> bool {
+        match self.entries.get(&racer) {
+            Some(current)
+                if current.output > entry.output
+                    || (current.output == entry.output && current.race_id <= entry.race_id) =>
+            {
+                false
+            }
+            _ => {
+                self.entries.insert(racer, entry);
+                true
+            }
+        }
+    }
+
+    /// Merges another version; returns whether ours changed.
+    pub fn merge(&mut self, other: &Leaderboard) -> bool {
+        let mut changed = false;
+        for (racer, entry) in &other.entries {
+            changed |= self.offer(*racer, entry.clone());
+        }
+        changed
+    }
+
+    /// Every racer, best first (ties: lower racer id).
+    #[must_use]
+    pub fn ranked(&self) -> Vec<RankedEntry> {
+        let mut entries: Vec<(&RacerId, &LeaderboardEntry)> = self.entries.iter().collect();
+        entries.sort_by(|a, b| b.1.output.total_cmp(&a.1.output).then(a.0.cmp(b.0)));
+        entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, (racer, e))| RankedEntry {
+                rank: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                racer_id: *racer,
+                name: e.name.clone(),
+                output: e.output,
+                race_id: e.race_id,
+            })
+            .collect()
+    }
+}
+
+/// A page of a ranked list: `limit` entries from `offset`, and the offset
+/// of the next page if there is one.
+#[must_use]
+pub fn page<T: Clone>(ranked: &[T], offset: usize, limit: usize) -> (Vec<T>, Option<usize>) {
+    let end = offset.saturating_add(limit).min(ranked.len());
+    let start = offset.min(end);
+    let next = (end < ranked.len()).then_some(end);
+    (ranked[start..end].to_vec(), next)
+}
+
+/// The entries around `racer`: it and up to `limit - 1` neighbours, as
+/// evenly above and below as the list allows. `None` if it is not listed.
+#[must_use]
+pub fn around(ranked: &[RankedEntry], racer: RacerId, limit: usize) -> Option<Vec<RankedEntry>> {
+    let at = ranked.iter().position(|e| e.racer_id == racer)?;
+    let limit = limit.max(1).min(ranked.len());
+    let start = at.saturating_sub((limit - 1) / 2).min(ranked.len() - limit);
+    Some(ranked[start..start + limit].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(racer: u64, output: f64, seconds: u32) -> RaceResult {
+        RaceResult {
+            racer_id: RacerId(racer),
+            name: format!("R{racer}"),
+            output,
+            average: output,
+            best: output,
+            seconds,
+        }
+    }
+
+    fn entry(output: f64, race: u64) -> LeaderboardEntry {
+        LeaderboardEntry {
+            name: "x".into(),
+            output,
+            race_id: RaceId(race),
+        }
+    }
+
+    #[test]
+    fn race_results_keep_the_fullest_result_and_rank_by_output() {
+        let mut race = RaceResults {
+            race_id: RaceId(1),
+            ..Default::default()
+        };
+        assert!(race.offer(ClassId(1), result(1, 100.0, 299)));
+        assert!(
+            race.offer(ClassId(1), result(1, 90.0, 300)),
+            "saw more of the race"
+        );
+        assert!(!race.offer(ClassId(1), result(1, 100.0, 299)));
+        assert!(!race.offer(ClassId(1), result(1, 90.0, 300)), "idempotent");
+        race.offer(ClassId(1), result(2, 120.0, 300));
+        race.offer(ClassId(1), result(3, 90.0, 300));
+        let ranked: Vec<(u32, u64)> = race
+            .ranked(ClassId(1))
+            .iter()
+            .map(|r| (r.rank, r.result.racer_id.0))
+            .collect();
+        assert_eq!(ranked, [(1, 2), (2, 1), (3, 3)]);
+        assert!(race.ranked(ClassId(2)).is_empty());
+    }
+
+    #[test]
+    fn race_result_merges_converge_in_any_order() {
+        let mut a = RaceResults {
+            race_id: RaceId(1),
+            ..Default::default()
+        };
+        a.offer(ClassId(1), result(1, 100.0, 299));
+        a.offer(ClassId(2), result(5, 10.0, 300));
+        let mut b = RaceResults {
+            race_id: RaceId(1),
+            ..Default::default()
+        };
+        b.offer(ClassId(1), result(1, 90.0, 300));
+        b.offer(ClassId(1), result(2, 50.0, 300));
+        let mut ab = a.clone();
+        ab.merge(&b);
+        let mut ba = b.clone();
+        ba.merge(&a);
+        assert_eq!(ab, ba);
+        assert!(!ab.clone().merge(&b), "merging again changes nothing");
+    }
+
+    #[test]
+    fn leaderboard_keeps_each_racers_best_once() {
+        let mut board = Leaderboard::default();
+        assert!(board.offer(RacerId(1), entry(100.0, 5)));
+        assert!(!board.offer(RacerId(1), entry(90.0, 6)));
+        assert!(
+            !board.offer(RacerId(1), entry(100.0, 7)),
+            "a tie keeps the earlier race"
+        );
+        assert!(board.offer(RacerId(1), entry(110.0, 8)));
+        board.offer(RacerId(2), entry(120.0, 5));
+        board.offer(RacerId(3), entry(110.0, 5));
+        let ranked: Vec<(u32, u64, f64)> = board
+            .ranked()
+            .iter()
+            .map(|e| (e.rank, e.racer_id.0, e.output))
+            .collect();
+        assert_eq!(ranked, [(1, 2, 120.0), (2, 1, 110.0), (3, 3, 110.0)]);
+        let mut other = Leaderboard::default();
+        other.offer(RacerId(3), entry(130.0, 9));
+        assert!(board.merge(&other));
+        assert_eq!(board.ranked()[0].racer_id, RacerId(3));
+    }
+
+    #[test]
+    fn pages_and_neighbourhoods() {
+        let mut board = Leaderboard::default();
+        for r in 1..=10u64 {
+            board.offer(RacerId(r), entry(100.0 - r as f64, 1));
+        }
+        let ranked = board.ranked();
+        let (first, next) = page(&ranked, 0, 4);
+        assert_eq!((first.len(), next), (4, Some(4)));
+        let (last, next) = page(&ranked, 8, 4);
+        assert_eq!(
+            (last.iter().map(|e| e.rank).collect::<Vec<_>>(), next),
+            (vec![9, 10], None)
+        );
+        assert!(page(&ranked, 50, 4).0.is_empty());
+        let ids = |v: Vec<RankedEntry>| v.iter().map(|e| e.racer_id.0).collect::<Vec<_>>();
+        assert_eq!(ids(around(&ranked, RacerId(5), 3).unwrap()), [4, 5, 6]);
+        assert_eq!(ids(around(&ranked, RacerId(1), 3).unwrap()), [1, 2, 3]);
+        assert_eq!(ids(around(&ranked, RacerId(10), 3).unwrap()), [8, 9, 10]);
+        assert_eq!(ids(around(&ranked, RacerId(10), 50).unwrap()).len(), 10);
+        assert_eq!(around(&ranked, RacerId(99), 3), None);
+    }
+
+    #[test]
+    fn the_index_keeps_the_newest_races() {
+        let mut index = RaceIndex::default();
+        assert!(index.merge((0..250).map(RaceId)));
+        assert_eq!(index.races.len(), RECENT_RACES);
+        assert_eq!(index.newest().next(), Some(RaceId(249)));
+        assert!(!index.merge([RaceId(249)]));
+    }
+}

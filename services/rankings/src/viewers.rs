@@ -1,0 +1,187 @@
+//! The WebSocket viewers, by class, each behind a bounded queue: a viewer
+//! that cannot keep up is dropped rather than allowed to delay the others.
+
+use alleycat_core::{ClassId, RaceId, RacerId};
+use axum::extract::ws::Utf8Bytes;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// Messages a viewer may have queued before it is considered too slow.
+pub const QUEUE: usize = 16;
+
+/// What a viewer follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filter {
+    /// Its class.
+    pub class_id: ClassId,
+    /// Only this race, if given.
+    pub race_id: Option<RaceId>,
+    /// Its own racer, if given.
+    pub racer_id: Option<RacerId>,
+}
+
+struct Viewer {
+    filter: Filter,
+    queue: mpsc::Sender<Utf8Bytes>,
+}
+
+/// Every connected viewer.
+#[derive(Default)]
+pub struct Viewers {
+    next_id: AtomicU64,
+    by_class: RwLock<HashMap<ClassId, HashMap<u64, Viewer>>>,
+}
+
+/// Where a viewer's messages arrive; dropped viewers see it close.
+pub struct Subscription {
+    /// Identifies the viewer, to unregister it.
+    pub id: u64,
+    /// Its messages.
+    pub messages: mpsc::Receiver<Utf8Bytes>,
+}
+
+impl Viewers {
+    /// Registers a viewer.
+    pub fn add(&self, filter: Filter) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (queue, messages) = mpsc::channel(QUEUE);
+        self.write()
+            .entry(filter.class_id)
+            .or_default()
+            .insert(id, Viewer { filter, queue });
+        Subscription { id, messages }
+    }
+
+    /// Unregisters a viewer.
+    pub fn remove(&self, class_id: ClassId, id: u64) {
+        if let Some(class) = self.write().get_mut(&class_id) {
+            class.remove(&id);
+        }
+    }
+
+    /// Number of viewers connected.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.read().values().map(HashMap::len).sum()
+    }
+
+    /// Whether no viewer is connected.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether anyone watches `class`.
+    #[must_use]
+    pub fn watching(&self, class: ClassId) -> bool {
+        self.read().get(&class).is_some_and(|v| !v.is_empty())
+    }
+
+    /// Offers a race's message to its class's viewers: `personal` gives the
+    /// message for a viewer following a racer (or `None` for the shared
+    /// one). Viewers whose queue is full or closed are dropped. Returns how
+    /// many viewers got the message.
+    pub fn publish(
+        &self,
+        class: ClassId,
+        race: RaceId,
+        shared: &Utf8Bytes,
+        mut personal: impl FnMut(RacerId) -> Option<String>,
+    ) -> usize {
+        let mut dropped = Vec::new();
+        let mut sent = 0;
+        {
+            let viewers = self.read();
+            let Some(viewers) = viewers.get(&class) else {
+                return 0;
+            };
+            for (id, viewer) in viewers {
+                if viewer.filter.race_id.is_some_and(|r| r != race) {
+                    continue;
+                }
+                let message = viewer
+                    .filter
+                    .racer_id
+                    .and_then(&mut personal)
+                    .map_or_else(|| shared.clone(), Utf8Bytes::from);
+                match viewer.queue.try_send(message) {
+                    Ok(()) => sent += 1,
+                    Err(_) => dropped.push(*id),
+                }
+            }
+        }
+        if !dropped.is_empty() {
+            tracing::info!(%class, viewers = dropped.len(), "dropping viewers that cannot keep up");
+            let mut viewers = self.write();
+            if let Some(class) = viewers.get_mut(&class) {
+                for id in dropped {
+                    class.remove(&id);
+                }
+            }
+        }
+        sent
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ClassId, HashMap<u64, Viewer>>> {
+        self.by_class
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ClassId, HashMap<u64, Viewer>>> {
+        self.by_class
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(race: Option<u64>, racer: Option<u64>) -> Filter {
+        Filter {
+            class_id: ClassId(1),
+            race_id: race.map(RaceId),
+            racer_id: racer.map(RacerId),
+        }
+    }
+
+    #[test]
+    fn publishes_by_class_and_race_and_personalizes() {
+        let viewers = Viewers::default();
+        let mut all = viewers.add(filter(None, None));
+        let mut other_race = viewers.add(filter(Some(8), None));
+        let mut me = viewers.add(filter(Some(7), Some(42)));
+        let shared = Utf8Bytes::from("shared");
+        let sent = viewers.publish(ClassId(1), RaceId(7), &shared, |r| Some(format!("for {r}")));
+        assert_eq!(sent, 2);
+        assert_eq!(all.messages.try_recv().unwrap(), "shared");
+        assert!(other_race.messages.try_recv().is_err());
+        assert_eq!(me.messages.try_recv().unwrap(), "for 42");
+        assert_eq!(viewers.publish(ClassId(2), RaceId(7), &shared, |_| None), 0);
+    }
+
+    #[test]
+    fn a_viewer_that_does_not_read_is_dropped_and_others_keep_going() {
+        let viewers = Viewers::default();
+        let slow = viewers.add(filter(None, None));
+        let mut fast = viewers.add(filter(None, None));
+        let shared = Utf8Bytes::from("m");
+        for _ in 0..QUEUE {
+            assert_eq!(viewers.publish(ClassId(1), RaceId(1), &shared, |_| None), 2);
+            fast.messages.try_recv().unwrap();
+        }
+        // The slow one's queue is full: it is dropped, the fast one still served.
+        assert_eq!(viewers.publish(ClassId(1), RaceId(1), &shared, |_| None), 1);
+        assert_eq!(viewers.len(), 1);
+        assert!(fast.messages.try_recv().is_ok());
+        drop(slow);
+        // A vanished viewer (receiver dropped) is dropped too.
+        drop(fast);
+        assert_eq!(viewers.publish(ClassId(1), RaceId(1), &shared, |_| None), 0);
+        assert!(viewers.is_empty());
+    }
+}
