@@ -82,6 +82,12 @@ async fn start(
             listing_grace: Duration::from_secs(60),
             gzip_level: 6,
         },
+        rankings: alleycat_rankings::RankingsArgs {
+            push_interval: Duration::from_millis(250),
+            top: NonZeroUsize::new(50).unwrap(),
+            replay: Duration::from_secs(330),
+            instance: None,
+        },
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -1,15 +1,19 @@
-//! The all-in-one Alleycat backend: every service in one process, on the
-//! embedded backends, behind one HTTP listener.
+//! The all-in-one Alleycat backend: every service in one process behind one
+//! HTTP listener (on the embedded backends by default).
 //!
 //! ```text
 //! bikes --HTTP/WS--> ingest --> stream --> transformer --> delivery store
-//!                                                              |
+//!                                 |                            |
+//!                                 +--> rankings --WS--> viewers |
+//!                                                              v
 //! frontends <--GET /history/class-N.gz-- history store <-- history merge
 //! ```
 
 use alleycat_history::{HistoryArgs, Merger};
+use alleycat_rankings::RankingsArgs;
 use alleycat_runtime::ServerArgs;
 use alleycat_storage::StorageArgs;
+use alleycat_storage::config::StreamKind;
 use alleycat_transformer::TransformerArgs;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -30,11 +34,15 @@ pub struct Config {
     /// History merging.
     #[command(flatten)]
     pub history: HistoryArgs,
+    /// Live rankings.
+    #[command(flatten)]
+    pub rankings: RankingsArgs,
 }
 
 /// Runs every service until `shutdown` resolves, then stops them in
-/// dependency order: stop taking telemetry, deliver what the transformer
-/// holds, merge that last delivery, exit.
+/// dependency order: stop taking telemetry (and close viewers), deliver what
+/// the transformer holds, merge that last delivery, store the last results,
+/// exit.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -46,10 +54,30 @@ pub async fn run(
     let merger = Merger::load(delivery.clone(), history_store.clone(), &config.history)
         .await
         .context("loading the class histories")?;
+    let rankings_consumer = match config.storage.stream_kind {
+        // One process per embedded stream: a fixed name, so a restart resumes.
+        StreamKind::Embedded => "rankings".to_owned(),
+        StreamKind::Kinesis => {
+            alleycat_rankings::consumer_name(&config.rankings, listener.local_addr()?.port())
+        }
+    };
 
     let stop_http = CancellationToken::new();
     let stop_transformer = CancellationToken::new();
     let stop_history = CancellationToken::new();
+    let stop_rankings = CancellationToken::new();
+    let rankings = alleycat_rankings::start(
+        stream.clone(),
+        history_store.clone(),
+        &rankings_consumer,
+        &config.rankings,
+        stop_rankings.clone(),
+        stop_http.clone(),
+    )
+    .await
+    .context("starting the rankings")?;
+    let rankings_state = rankings.state;
+    let mut rankings = rankings.engine;
     let mut transformer = tokio::spawn(alleycat_transformer::run_pipeline(
         stream.clone(),
         delivery,
@@ -69,6 +97,7 @@ pub async fn run(
     .merge(alleycat_history::app(alleycat_history::AppState {
         store: history_store,
     }))
+    .merge(alleycat_rankings::app(rankings_state))
     .merge(alleycat_runtime::health_routes());
     let mut http = tokio::spawn(alleycat_runtime::serve(listener, router, stop_http.clone()));
 
@@ -78,6 +107,7 @@ pub async fn run(
         () = shutdown => None,
         r = &mut transformer => Some(("transformer", flatten(r))),
         r = &mut history => Some(("history", flatten(r))),
+        r = &mut rankings => Some(("rankings", flatten(r))),
         r = &mut http => Some(("http", flatten(r))),
     };
     if let Some((service, result)) = &failure {
@@ -98,6 +128,10 @@ pub async fn run(
     stop_history.cancel();
     if !history.is_finished() {
         alleycat_runtime::with_timeout("history merge", budget(), &mut history).await;
+    }
+    stop_rankings.cancel();
+    if !rankings.is_finished() {
+        alleycat_runtime::with_timeout("rankings results", budget(), &mut rankings).await;
     }
     match failure {
         Some((service, result)) => Err(result

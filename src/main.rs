@@ -27,6 +27,8 @@ enum Service {
     Transformer(alleycat_transformer::Config),
     /// Only the history service (delivery objects -> class-N.gz).
     History(alleycat_history::Config),
+    /// Only the rankings service (live standings, results, leaderboards).
+    Rankings(alleycat_rankings::Config),
 }
 
 #[tokio::main]
@@ -44,6 +46,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Service::Transformer(config)) => {
             alleycat_transformer::run(bind(config.server.listen).await?, config, shutdown).await
+        }
+        Some(Service::Rankings(config)) => {
+            alleycat_rankings::run(bind(config.server.listen).await?, config, shutdown).await
         }
         Some(Service::History(config)) => {
             alleycat_history::run(bind(config.server.listen).await?, config, shutdown).await

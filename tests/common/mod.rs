@@ -41,6 +41,12 @@ pub fn test_config(data_dir: &Path) -> alleycat::Config {
             listing_grace: Duration::from_secs(60),
             gzip_level: 6,
         },
+        rankings: alleycat_rankings::RankingsArgs {
+            push_interval: Duration::from_millis(100),
+            top: std::num::NonZeroUsize::new(50).unwrap(),
+            replay: Duration::from_secs(330),
+            instance: None,
+        },
     }
 }
 

@@ -1,8 +1,8 @@
 //! Where Alleycat's data lives: the record stream and the object stores.
 //!
-//! Each is a small trait with two real implementations: the embedded one here
-//! (local disk, the default, no other server needed) and the AWS one (Kinesis
-//! Data Streams, S3). Services only see the traits.
+//! Each is a small trait with two real implementations: the embedded one
+//! (local disk, the default, no other server needed) and the AWS one
+//! (Kinesis Data Streams, S3). Services only see the traits.
 
 pub mod config;
 pub mod object_store;
