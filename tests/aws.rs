@@ -300,3 +300,71 @@ async fn resharding_mid_run_loses_nothing_and_reads_children_after_parents() {
         "the parent was finished before its children were read: {lease}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local Kinesis and S3 servers (./scripts/test starts them)"]
+async fn two_rankings_processes_each_serve_the_whole_stream_and_share_results() {
+    use futures_util::StreamExt as _;
+    let aws = Aws::fresh("rank", 2).await;
+    let env = aws.env();
+    let ingest = spawn_alleycat(&["ingest"], &env).await;
+    let a = spawn_alleycat(&["rankings"], &env).await;
+    let b = spawn_alleycat(&["rankings"], &env).await;
+    let mut viewers = Vec::new();
+    for rankings in [&a, &b] {
+        let url = format!(
+            "{}/v1/rankings/ws?classId=6",
+            rankings.base.replacen("http://", "ws://", 1)
+        );
+        viewers.push(tokio_tungstenite::connect_async(url).await.unwrap().0);
+    }
+    // Racers spread over both shards (partition key = racer id).
+    let seconds = race(900, 6, 1, 12, 5);
+    post_all(&ingest.base, std::slice::from_ref(&seconds)).await;
+
+    for ws in &mut viewers {
+        // Each process pushes the whole race: all 12 racers at the last second.
+        let complete = tokio::time::timeout(PATIENCE, async {
+            while let Some(Ok(message)) = ws.next().await {
+                let Ok(text) = message.to_text() else {
+                    continue;
+                };
+                let push: Value = serde_json::from_str(text).unwrap();
+                if push["second"] == 5 && push["racers"] == 12 {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            complete,
+            Ok(true),
+            "a push with every racer at the last second"
+        );
+    }
+    let client = reqwest::Client::new();
+    for rankings in [&a, &b] {
+        let board: Value = eventually("the full leaderboard", || async {
+            let v: Value = client
+                .get(format!("{}/v1/leaderboard?classId=6", rankings.base))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["entries"].as_array()?.len() == 12).then_some(v)
+        })
+        .await;
+        let outputs: Vec<f64> = board["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["output"].as_f64().unwrap())
+            .collect();
+        let mut want: Vec<f64> = seconds[4].iter().map(Sample::expected_output).collect();
+        want.sort_by(|x, y| y.total_cmp(x));
+        assert_eq!(outputs, want);
+    }
+}
