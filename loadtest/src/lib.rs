@@ -1,0 +1,11 @@
+//! The Alleycat load-test harness: a simulated fleet of racers and ranking
+//! viewers, and the report of what a deployment achieved under them. The
+//! binary is `alleycat-loadtest`.
+
+pub mod freshness;
+pub mod racers;
+pub mod report;
+pub mod sim;
+pub mod stats;
+pub mod target;
+pub mod viewers;

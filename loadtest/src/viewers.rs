@@ -1,0 +1,71 @@
+//! Simulated ranking viewers: each follows a racer of its class, and every
+//! push it receives shows when records first became visible in rankings.
+
+use crate::stats::Stats;
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Push {
+    race_id: u64,
+    second: u16,
+    here_now: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    racer_id: u64,
+}
+
+/// One viewer of `class`, following `racer`, until `until`.
+pub async fn viewer(
+    target: String,
+    class: u8,
+    racer: u64,
+    until: tokio::time::Instant,
+    stats: Arc<Stats>,
+) {
+    let url = format!(
+        "{}/v1/rankings/ws?classId={class}&racerId={racer}",
+        target.replacen("http", "ws", 1)
+    );
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+        stats.error("viewer_connect");
+        return;
+    };
+    loop {
+        let next = tokio::time::timeout_at(until, ws.next()).await;
+        match next {
+            Err(_) => break,
+            Ok(Some(Ok(Frame::Text(text)))) => {
+                let received = std::time::Instant::now();
+                stats.pushes.fetch_add(1, Ordering::Relaxed);
+                let Ok(push) = serde_json::from_str::<Push>(&text) else {
+                    stats.error("viewer_bad_push");
+                    continue;
+                };
+                for entry in push.here_now {
+                    if let Some((_, sent)) =
+                        stats
+                            .unseen
+                            .remove(&(push.race_id, push.second, entry.racer_id))
+                    {
+                        stats.ranked(received.duration_since(sent).as_micros() as u64);
+                    }
+                }
+            }
+            Ok(Some(Ok(Frame::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                stats.error("viewer_dropped");
+                return;
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+}
