@@ -287,3 +287,112 @@ fn gunzip_lines(path: &Path) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rankings_pushes_results_leaderboards_and_errors_match_the_contract() {
+    use futures_util::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let client = reqwest::Client::new();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(server.ws_url("/v1/rankings/ws?classId=4&racerId=3"))
+            .await
+            .unwrap();
+    let seconds = race(31, 4, 1, 4, 3);
+    for samples in &seconds {
+        let body = Value::Array(samples.iter().map(Sample::json).collect());
+        assert_eq!(post_json(&client, &server.base, &body).await.0, 202);
+    }
+    let message = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(text) => break serde_json::from_str::<Value>(&text).unwrap(),
+            _ => continue,
+        }
+    };
+    Schema::load("rankings-message").assert_valid(&message);
+
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            let response = client.get(path).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let races = eventually("the race's results", || async {
+        let (status, body) = get(format!("{}/v1/races?classId=4", server.base)).await;
+        (status == 200 && body["races"].as_array().is_some_and(|r| !r.is_empty())).then_some(body)
+    })
+    .await;
+    Schema::load("races-list").assert_valid(&races);
+    let (status, one) = get(format!("{}/v1/races/31", server.base)).await;
+    assert_eq!(status, 200);
+    Schema::load("race").assert_valid(&one);
+    let (status, board) = get(format!("{}/v1/leaderboard?classId=4&limit=2", server.base)).await;
+    assert_eq!(status, 200);
+    Schema::load("leaderboard").assert_valid(&board);
+    let (status, health) = get(format!("{}/healthz", server.base)).await;
+    assert_eq!(status, 200);
+    Schema::load("health").assert_valid(&health);
+    let error = Schema::load("error");
+    for path in [
+        "/v1/leaderboard?classId=0",
+        "/v1/races/404404",
+        "/history/class-9.gz",
+        "/v1/rankings/ws?classId=2",
+    ] {
+        let (status, body) = get(format!("{}{path}", server.base)).await;
+        assert!((400..500).contains(&status), "{path}");
+        error.assert_valid(&body);
+    }
+    // A plain GET of the telemetry WebSocket is an ingest error too.
+    let (status, body) = get(format!("{}/v1/telemetry/ws", server.base)).await;
+    assert_eq!(status, 400);
+    Schema::load("ingest-error").assert_valid(&body);
+    server.stop().await;
+}
+
+#[test]
+fn the_openapi_document_covers_every_route_and_its_refs_resolve() {
+    let text = std::fs::read_to_string(contract_dir().join("openapi.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    for route in [
+        "/v1/telemetry",
+        "/v1/telemetry/ws",
+        "/history/class-{N}.gz",
+        "/v1/rankings/ws",
+        "/v1/races",
+        "/v1/races/{raceId}",
+        "/v1/leaderboard",
+        "/healthz",
+    ] {
+        assert!(paths.contains_key(route), "{route} is not documented");
+    }
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 10);
+    for r in refs.iter().filter(|r| !r.starts_with('#')) {
+        let file = r.trim_start_matches("./").split('#').next().unwrap();
+        let schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(contract_dir().join(file)).unwrap())
+                .unwrap();
+        jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
+
+fn collect_refs(value: &Value, refs: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                refs.push(r.clone());
+            }
+            map.values().for_each(|v| collect_refs(v, refs));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, refs)),
+        _ => {}
+    }
+}

@@ -30,9 +30,12 @@ struct Args {
     /// Base URL of the ingest (or all-in-one) service.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: String,
-    /// Base URL serving /history and /v1/rankings, if not the target.
+    /// Base URL of the rankings service, if not the target.
     #[arg(long)]
-    services: Option<String>,
+    rankings: Option<String>,
+    /// Base URL serving /history, if not the target.
+    #[arg(long)]
+    history: Option<String>,
     /// Racers, each sending one message a second.
     #[arg(long, default_value = "1000", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     racers: u64,
@@ -81,7 +84,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let target_url = args.target.trim_end_matches('/').to_owned();
-    let services = args.services.clone().unwrap_or_else(|| target_url.clone());
+    let rankings_url = args.rankings.clone().unwrap_or_else(|| target_url.clone());
+    let history_url = args.history.clone().unwrap_or_else(|| target_url.clone());
     let fleet = sim::Fleet {
         racers: args.racers,
         classes: args.classes,
@@ -112,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     for v in 0..args.viewers {
         let racer = v % args.racers;
         tasks.push(tokio::spawn(viewers::viewer(
-            services.clone(),
+            rankings_url.clone(),
             fleet.class_of(racer),
             fleet.racer_id(racer),
             until,
@@ -147,11 +151,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let watcher = {
-        let (samples, services) = (Arc::clone(&samples), services.clone());
+        let (samples, history_url) = (Arc::clone(&samples), history_url.clone());
         let watch_until = until + Duration::from_secs(args.settle);
         tokio::spawn(async move {
             samples
-                .watch(&services, Duration::from_millis(500), watch_until)
+                .watch(&history_url, Duration::from_millis(500), watch_until)
                 .await
         })
     };

@@ -8,12 +8,23 @@ use crate::http::Accepted;
 use crate::{AppState, MAX_BODY_BYTES};
 use alleycat_core::validate::{BodyFormat, parse_batch};
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::IntoResponse as _;
 use axum::response::Response;
 
-pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_BODY_BYTES)
-        .on_upgrade(move |socket| serve_bike(socket, state))
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => ws
+            .max_message_size(MAX_BODY_BYTES)
+            .on_upgrade(move |socket| serve_bike(socket, state)),
+        Err(rejection) => {
+            AppError::BadBody(format!("not a WebSocket upgrade: {rejection}")).into_response()
+        }
+    }
 }
 
 async fn serve_bike(mut socket: WebSocket, state: AppState) {

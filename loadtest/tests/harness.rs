@@ -1,0 +1,113 @@
+//! The harness against a real all-in-one on loopback: a short run whose
+//! report must account for every record.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn config(dir: &std::path::Path) -> alleycat::Config {
+    alleycat::Config {
+        server: alleycat_runtime::ServerArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shutdown_timeout: Duration::from_secs(10),
+        },
+        storage: alleycat_storage::StorageArgs::embedded(dir.to_path_buf()),
+        transformer: alleycat_transformer::TransformerArgs {
+            buffer_bytes: NonZeroUsize::new(1 << 20).unwrap(),
+            buffer_interval: Duration::from_millis(300),
+        },
+        history: alleycat_history::HistoryArgs {
+            poll_interval: Duration::from_millis(100),
+            listing_grace: Duration::from_secs(60),
+            gzip_level: 6,
+        },
+        rankings: alleycat_rankings::RankingsArgs {
+            push_interval: Duration::from_millis(100),
+            top: NonZeroUsize::new(50).unwrap(),
+            replay: Duration::from_secs(330),
+            instance: None,
+        },
+    }
+}
+
+async fn run_harness(transport: &str) -> (std::process::ExitStatus, serde_json::Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(alleycat::run(
+        listener,
+        config(dir.path()),
+        stop.clone().cancelled_owned(),
+    ));
+    let json = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat-loadtest"))
+        .args([
+            "--target",
+            &base,
+            "--racers",
+            "24",
+            "--viewers",
+            "6",
+            "--duration",
+            "4",
+            "--race-seconds",
+            "60",
+        ])
+        .args([
+            "--transport",
+            transport,
+            "--batch",
+            "8",
+            "--settle",
+            "20",
+            "--seed",
+            "3",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--html")
+        .arg(&html)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .unwrap()
+        .unwrap();
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (
+        output.status,
+        report,
+        std::fs::read_to_string(html).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_websocket_run_accounts_for_every_record() {
+    let (status, report, html) = run_harness("ws").await;
+    assert!(status.success(), "{report}");
+    let sent = report["records_sent"].as_u64().unwrap();
+    assert!(sent >= 24 * 3, "{sent} records sent");
+    assert_eq!(report["records_accepted"], sent);
+    assert_eq!(report["errors"], serde_json::json!({}));
+    assert!(report["ingest_latency_ms"]["samples"].as_u64().unwrap() >= sent);
+    assert!(
+        report["ranking_latency_ms"]["samples"].as_u64().unwrap() > 0,
+        "viewers saw records in pushes"
+    );
+    assert!(report["history_freshness_s"]["samples"].as_u64().unwrap() > 0);
+    assert_eq!(report["history_missing"], 0);
+    // The target is this test process (it listens on the target port).
+    assert_eq!(report["target"]["pid"], std::process::id());
+    assert!(html.contains("<svg") && html.contains("PASSED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_http_gateway_run_accounts_for_every_record() {
+    let (status, report, _) = run_harness("http").await;
+    assert!(status.success(), "{report}");
+    assert_eq!(report["records_accepted"], report["records_sent"]);
+    assert!(report["achieved_rate"].as_f64().unwrap() > 10.0);
+}
