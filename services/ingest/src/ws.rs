@@ -18,8 +18,13 @@ pub(crate) async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
+        // A bike sends about 300 bytes a second: small buffers keep ten
+        // thousand open sockets from costing gigabytes (the defaults are
+        // 128 KiB each way per socket).
         Ok(ws) => ws
             .max_message_size(MAX_BODY_BYTES)
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
             .on_upgrade(move |socket| serve_bike(socket, state)),
         Err(rejection) => {
             AppError::BadBody(format!("not a WebSocket upgrade: {rejection}")).into_response()

@@ -129,7 +129,11 @@ async fn viewer(
     };
     let upgrade =
         upgrade.map_err(|e| AppError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
-    Ok(upgrade.on_upgrade(move |socket| watch(socket, state, filter)))
+    // Viewers only listen: a small read buffer, and pushes written at once.
+    Ok(upgrade
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| watch(socket, state, filter)))
 }
 
 async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {

@@ -32,6 +32,8 @@ const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
 const MAX_GROUP: usize = 4096;
 /// Queue depth before appenders wait (backpressure).
 const QUEUE: usize = 8192;
+/// Page cache of the stream database.
+const CACHE_BYTES: usize = 64 << 20;
 
 /// A durable single-shard stream on local disk. Clones share the stream;
 /// dropping the last one stops the writer and closes the database.
@@ -90,7 +92,12 @@ impl EmbeddedStream {
     pub fn open(dir: &Path) -> Result<EmbeddedStream, StreamError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable("creating the stream directory", e))?;
-        let db = Database::create(dir.join("stream.redb")).map_err(|e| match e {
+        // redb's page cache defaults to 1 GiB; the stream is read once, at
+        // its tail, so a small cache serves it.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("stream.redb"))
+            .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StreamError::Unavailable(
                 "the embedded stream is already open in another process; run the services in one \
                  process (`alleycat`), or use Kinesis (ALLEYCAT_STREAM=kinesis) to run them apart"
