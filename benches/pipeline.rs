@@ -250,7 +250,8 @@ async fn main() {
     let per_tick = batch.min(rate).max(1);
     let tick = Duration::from_secs_f64(per_tick as f64 / rate as f64);
     let total = rate * seconds;
-    let mut acked: Vec<(Instant, Vec<(u64, u64, u64)>)> = Vec::new();
+    type Keys = Vec<(u64, u64, u64)>;
+    let mut acked: Vec<(Instant, Keys)> = Vec::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let sender = {
         let (base, client) = (base.clone(), client.clone());

@@ -165,16 +165,7 @@ async fn transformer_and_history_killed_mid_stream_lose_and_duplicate_nothing() 
     }
     let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.len(), sent.lock().unwrap().len());
-    aws.wait_for_bests(&bests(&acked)).await;
-
-    let seen = occurrences(&aws.delivered_lines().await);
-    assert_eq!(
-        seen.len(),
-        acked.len(),
-        "every acknowledged record delivered"
-    );
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    aws.assert_delivered_exactly_once(&acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,11 +198,7 @@ async fn two_transformers_and_two_history_processes_share_the_work_and_survive_a
             .unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    aws.wait_for_bests(&bests(&acked)).await;
-    let seen = occurrences(&aws.delivered_lines().await);
-    assert_eq!(seen.len(), acked.len());
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    aws.assert_delivered_exactly_once(&acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,10 +246,7 @@ async fn resharding_mid_run_loses_nothing_and_reads_children_after_parents() {
             .unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    aws.wait_for_bests(&bests(&acked)).await;
-    let seen = occurrences(&aws.delivered_lines().await);
-    assert_eq!(seen.len(), acked.len());
-    assert!(seen.values().all(|n| *n == 1));
+    aws.assert_delivered_exactly_once(&acked).await;
 
     let shards_now = aws
         .kinesis

@@ -90,6 +90,12 @@ pub struct Stats {
     pub unseen: DashMap<(u64, u16, u64), Instant>,
 }
 
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
 impl Stats {
     /// Starts counting now.
     #[must_use]

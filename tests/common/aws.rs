@@ -152,6 +152,20 @@ impl Aws {
         lines
     }
 
+    /// Waits until the class files hold every acknowledged record, then
+    /// checks each was delivered exactly once.
+    pub async fn assert_delivered_exactly_once(&self, acked: &[Sample]) {
+        self.wait_for_bests(&bests(acked)).await;
+        let seen = occurrences(&self.delivered_lines().await);
+        assert_eq!(
+            seen.len(),
+            acked.len(),
+            "every acknowledged record delivered"
+        );
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    }
+
     /// Every key of the delivery bucket.
     pub async fn delivery_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();

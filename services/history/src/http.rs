@@ -7,8 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use serde::Serialize;
+use axum::Router;
 use std::sync::Arc;
 use tower_http::cors::{Any, CorsLayer};
 
@@ -46,11 +45,6 @@ pub enum AppError {
     Store(#[source] alleycat_storage::StoreError),
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-}
-
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -60,13 +54,7 @@ impl IntoResponse for AppError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
-        (
-            status,
-            Json(ErrorBody {
-                error: self.to_string(),
-            }),
-        )
-            .into_response()
+        alleycat_runtime::error_response(status, self.to_string())
     }
 }
 

@@ -56,19 +56,22 @@ pub async fn run(
     let history = config.storage.open_history_store().await?;
     let merger = Merger::load(delivery, history.clone(), &config.history).await?;
     let token = alleycat_runtime::cancel_on(shutdown);
-    let merge_stop = CancellationToken::new();
+    let stop = CancellationToken::new();
     let merging = tokio::spawn(run_merger(
         merger,
         config.history.poll_interval,
-        merge_stop.clone(),
+        stop.clone(),
     ));
     let router = app(AppState { store: history }).merge(alleycat_runtime::health_routes());
-    alleycat_runtime::serve(listener, router, token).await?;
-    merge_stop.cancel();
-    alleycat_runtime::with_timeout("history merge", config.server.shutdown_timeout, merging)
-        .await
-        .unwrap_or(Ok(Ok(())))??;
-    Ok(())
+    let task = ("history merge", merging, stop);
+    alleycat_runtime::serve_then_stop(
+        listener,
+        router,
+        token,
+        task,
+        config.server.shutdown_timeout,
+    )
+    .await
 }
 
 /// Merges new delivery objects every `interval` until `stop` is cancelled,

@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
 
+/// Each class's ranked leaderboard, for the version it was read at.
+pub(crate) type LeaderboardCache = Arc<Mutex<HashMap<ClassId, (ETag, Arc<Vec<RankedEntry>>)>>>;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -28,8 +31,8 @@ pub struct AppState {
     pub results: ResultsStore,
     /// Cancelled at shutdown: open WebSockets close.
     pub shutdown: CancellationToken,
-    /// Each class's ranked leaderboard, for the version it was read at.
-    pub leaderboards: Arc<Mutex<HashMap<ClassId, (ETag, Arc<Vec<RankedEntry>>)>>>,
+    /// Ranked leaderboards, cached.
+    pub leaderboards: LeaderboardCache,
 }
 
 /// The rankings routes.
@@ -57,11 +60,6 @@ pub enum AppError {
     Store(#[from] StoreError),
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-}
-
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -72,13 +70,7 @@ impl IntoResponse for AppError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
-        (
-            status,
-            Json(ErrorBody {
-                error: self.to_string(),
-            }),
-        )
-            .into_response()
+        alleycat_runtime::error_response(status, self.to_string())
     }
 }
 

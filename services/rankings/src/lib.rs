@@ -141,10 +141,13 @@ pub async fn run(
     )
     .await?;
     let router = app(started.state).merge(alleycat_runtime::health_routes());
-    alleycat_runtime::serve(listener, router, token).await?;
-    stop_engine.cancel();
-    alleycat_runtime::with_timeout("rankings", config.server.shutdown_timeout, started.engine)
-        .await
-        .unwrap_or(Ok(Ok(())))??;
-    Ok(())
+    let task = ("rankings results", started.engine, stop_engine);
+    alleycat_runtime::serve_then_stop(
+        listener,
+        router,
+        token,
+        task,
+        config.server.shutdown_timeout,
+    )
+    .await
 }

@@ -101,6 +101,38 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves `router` until `shutdown` is cancelled, then stops the service's
+/// background `task` (cancelling `stop_task`) and waits for it to finish its
+/// work (flushing, storing), at most `timeout`.
+pub async fn serve_then_stop(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    task: (
+        &str,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+        CancellationToken,
+    ),
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (what, handle, stop_task) = task;
+    let served = serve(listener, router, shutdown).await;
+    stop_task.cancel();
+    if let Some(joined) = with_timeout(what, timeout, handle).await {
+        joined??;
+    }
+    served
+}
+
+/// An error answer: `{"error": message}` with `status`.
+pub fn error_response(status: axum::http::StatusCode, message: String) -> axum::response::Response {
+    #[derive(Serialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    axum::response::IntoResponse::into_response((status, Json(ErrorBody { error: message })))
+}
+
 /// Awaits `task`, giving up after `timeout` with a warning.
 pub async fn with_timeout<T>(
     what: &str,

@@ -80,23 +80,23 @@ pub async fn run(
     let stream = config.storage.open_stream().await?;
     let delivery = config.storage.open_delivery_store().await?;
     let token = alleycat_runtime::cancel_on(shutdown);
-    let pipeline_stop = CancellationToken::new();
+    let stop = CancellationToken::new();
     let pipeline = tokio::spawn(run_pipeline(
         stream,
         delivery,
         config.transformer,
-        pipeline_stop.clone(),
+        stop.clone(),
     ));
-    alleycat_runtime::serve(listener, alleycat_runtime::health_routes(), token).await?;
-    pipeline_stop.cancel();
-    alleycat_runtime::with_timeout(
-        "transformer flush",
+    let router = alleycat_runtime::health_routes();
+    let task = ("transformer flush", pipeline, stop);
+    alleycat_runtime::serve_then_stop(
+        listener,
+        router,
+        token,
+        task,
         config.server.shutdown_timeout,
-        pipeline,
     )
     .await
-    .unwrap_or(Ok(Ok(())))??;
-    Ok(())
 }
 
 /// Reads the stream and delivers batches until `stop` is cancelled, then

@@ -97,14 +97,16 @@ impl EmbeddedStream {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(dir.join("stream.redb"))
-            .map_err(|e| match e {
+            .map_err(|e| {
+                match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StreamError::Unavailable(
                 "the embedded stream is already open in another process; run the services in one \
                  process (`alleycat`), or use Kinesis (ALLEYCAT_STREAM=kinesis) to run them apart"
                     .to_owned(),
             ),
             e => unavailable("opening the stream database", e),
-        })?;
+        }
+            })?;
         let next = {
             let txn = db.begin_write().map_err(|e| unavailable("opening", e))?;
             let next = {
