@@ -130,6 +130,9 @@ impl ClassHistory {
     }
 }
 
+/// The seconds whose bests changed, per class.
+pub type Touched = BTreeMap<ClassId, BTreeSet<Second>>;
+
 /// The histories of every class.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Histories {
@@ -155,11 +158,8 @@ impl Histories {
 
     /// Merges every point; returns the classes whose history changed (and so
     /// need republishing). Points that change nothing are free.
-    pub fn merge<'a>(
-        &mut self,
-        points: impl IntoIterator<Item = &'a HistoryPoint>,
-    ) -> BTreeSet<ClassId> {
-        let mut changed = BTreeSet::new();
+    pub fn merge<'a>(&mut self, points: impl IntoIterator<Item = &'a HistoryPoint>) -> Touched {
+        let mut changed = Touched::new();
         for p in points {
             if self
                 .classes
@@ -167,7 +167,7 @@ impl Histories {
                 .or_default()
                 .merge(p.second, p.racer_id, p.output)
             {
-                changed.insert(p.class_id);
+                changed.entry(p.class_id).or_default().insert(p.second);
             }
         }
         changed
@@ -202,7 +202,10 @@ mod tests {
             point(1, 1, 101, 152.34),
             point(1, 1, 101, 140.0),
         ]);
-        assert_eq!(changed, BTreeSet::from([ClassId(1)]));
+        assert_eq!(
+            changed,
+            Touched::from([(ClassId(1), BTreeSet::from([Second(1)]))])
+        );
         assert_eq!(
             h.get(ClassId(1)).unwrap().best(Second(1), RacerId(101)),
             Some(152.34)
@@ -212,8 +215,8 @@ mod tests {
             "equal output is no change"
         );
         assert_eq!(
-            h.merge(&[point(2, 1, 101, 1.0)]),
-            BTreeSet::from([ClassId(2)])
+            h.merge(&[point(2, 1, 101, 1.0), point(2, 7, 9, 1.0)]),
+            Touched::from([(ClassId(2), BTreeSet::from([Second(1), Second(7)]))])
         );
     }
 

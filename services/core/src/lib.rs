@@ -9,10 +9,12 @@
 //! - [`backoff`]: retry delays;
 //! - [`batcher`]: size- and interval-bounded buffering (the Firehose buffer);
 //! - [`history`]: per-class, per-second personal bests and their merge;
-//! - [`codec`]: gzip encoding and decoding.
+//! - [`codec`]: gzip encoding and decoding;
+//! - [`class_file`]: class files re-compressed only where a batch touched them.
 
 pub mod backoff;
 pub mod batcher;
+pub mod class_file;
 pub mod codec;
 pub mod delivery;
 pub mod history;

@@ -3,11 +3,11 @@
 use alleycat_core::ClassId;
 use alleycat_core::history::class_file_key;
 use alleycat_storage::ObjectStore;
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use std::sync::Arc;
 use tower_http::cors::{Any, CorsLayer};
 

@@ -17,9 +17,10 @@
 //! lost) and written again.
 
 use crate::HistoryArgs;
+use alleycat_core::class_file::SegmentedClassFile;
 use alleycat_core::delivery::{self, HistoryPoint};
-use alleycat_core::history::{ClassHistory, Histories, class_file_key};
-use alleycat_core::{ClassId, codec};
+use alleycat_core::history::{ClassHistory, Histories, Touched, class_file_key};
+use alleycat_core::{ClassId, Second, codec};
 use alleycat_storage::{ETag, ObjectStore, Precondition, StoreError};
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -69,6 +70,8 @@ pub struct Merger {
     histories: Histories,
     /// Version of each class file as last read or written; absent: no file.
     versions: BTreeMap<ClassId, ETag>,
+    /// Each class file, compressed per second.
+    files: BTreeMap<ClassId, SegmentedClassFile>,
     state: MergeState,
     grace: Duration,
     gzip_level: u32,
@@ -86,11 +89,19 @@ impl Merger {
     ) -> anyhow::Result<Merger> {
         let mut histories = Histories::default();
         let mut versions = BTreeMap::new();
+        let mut files = BTreeMap::new();
         for class in ClassId::all() {
             if let Some((loaded, etag)) = read_class_file(history.as_ref(), class).await? {
                 tracing::info!(%class, bests = loaded.len(), "loaded class history");
+                let level = args.gzip_level;
+                let (loaded, file) = tokio::task::spawn_blocking(move || {
+                    let file = SegmentedClassFile::new(&loaded, level);
+                    (loaded, file)
+                })
+                .await?;
                 histories.insert(class, loaded);
                 versions.insert(class, etag);
+                files.insert(class, file);
             }
         }
         let state = match history
@@ -107,6 +118,7 @@ impl Merger {
             history,
             histories,
             versions,
+            files,
             state,
             grace: args.listing_grace,
             gzip_level: args.gzip_level,
@@ -131,15 +143,17 @@ impl Merger {
             .collect();
         let mut report = MergeReport::default();
         for chunk in fresh.chunks(OBJECTS_PER_PUBLICATION) {
-            let mut changed = BTreeSet::new();
+            let mut touched = Touched::new();
             for key in chunk {
                 let points = self.read_points(key, &mut report).await?;
-                changed.extend(self.histories.merge(&points));
+                for (class, seconds) in self.histories.merge(&points) {
+                    touched.entry(class).or_default().extend(seconds);
+                }
                 report.objects += 1;
                 report.records += points.len();
             }
-            self.publish(&changed).await?;
-            report.published.extend(changed);
+            self.publish(&touched).await?;
+            report.published.extend(touched.into_keys());
             self.state.merged.extend(chunk.iter().cloned());
         }
         // Keys older than the next check's listing window cannot come back.
@@ -231,21 +245,30 @@ impl Merger {
         }
     }
 
-    async fn publish(&mut self, classes: &BTreeSet<ClassId>) -> anyhow::Result<()> {
-        for &class in classes {
-            self.publish_class(class).await?;
+    async fn publish(&mut self, touched: &Touched) -> anyhow::Result<()> {
+        for (class, seconds) in touched {
+            self.publish_class(*class, seconds).await?;
         }
         Ok(())
     }
 
-    /// Writes a class file conditionally on the version we last saw; on a
-    /// conflict, merges the newer file in and tries again.
-    async fn publish_class(&mut self, class: ClassId) -> anyhow::Result<()> {
+    /// Re-encodes the touched seconds of a class file and writes it,
+    /// conditionally on the version we last saw; on a conflict, merges the
+    /// newer file in and tries again.
+    async fn publish_class(
+        &mut self,
+        class: ClassId,
+        seconds: &BTreeSet<Second>,
+    ) -> anyhow::Result<()> {
         let key = class_file_key(class);
+        let level = self.gzip_level;
+        let history = self.histories.entry(class);
+        self.files
+            .entry(class)
+            .or_insert_with(|| SegmentedClassFile::new(&ClassHistory::default(), level))
+            .update(history, seconds.iter().copied());
         loop {
-            let history = self.histories.entry(class).clone();
-            let level = self.gzip_level;
-            let body = tokio::task::spawn_blocking(move || history.to_gzip(level)).await?;
+            let body = self.files[&class].to_gzip();
             let condition = match self.versions.get(&class) {
                 Some(etag) => Precondition::IfMatch(etag.clone()),
                 None => Precondition::IfAbsent,
@@ -263,7 +286,11 @@ impl Merger {
                     tracing::debug!(%key, "class file changed by another writer; merging it in");
                     match read_class_file(self.history.as_ref(), class).await? {
                         Some((theirs, etag)) => {
-                            self.histories.entry(class).merge_history(&theirs);
+                            let history = self.histories.entry(class);
+                            history.merge_history(&theirs);
+                            // Rare (only with several history processes): encode it all.
+                            self.files
+                                .insert(class, SegmentedClassFile::new(history, level));
                             self.versions.insert(class, etag);
                         }
                         None => {
@@ -318,7 +345,7 @@ impl Merger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alleycat_core::{RacerId, Second};
+    use alleycat_core::RacerId;
     use alleycat_storage::object_store::fs::FsStore;
 
     struct Fixture {
