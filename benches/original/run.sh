@@ -6,7 +6,7 @@
 #
 # 1. generates the data into a temporary directory (generate.mjs),
 # 2. runs the original merge (merge.mjs) and ours
-#    (cargo run --release --bin original-compare), each printing one JSON line,
+#    (cargo run --release -p alleycat-loadtest --bin original-compare), each printing one JSON line,
 # 3. checks both sets of published class files (check.mjs, untimed),
 # 4. prints both lines and ratio = node median per-batch ms / ours median
 #    per-batch ms; exit status 1 if a side fails or its output is wrong,
@@ -47,7 +47,7 @@ echo "== ours (original-compare)" >&2
 if [[ -n "${RUST_CMD:-}" ]]; then
   read -r -a rust_cmd <<<"$RUST_CMD"
 else
-  rust_cmd=(cargo run --release --quiet --bin original-compare --)
+  rust_cmd=(cargo run --release --quiet -p alleycat-loadtest --bin original-compare --)
 fi
 set +e
 rust_out=$(cd "$root" && "${rust_cmd[@]}" --data "$data" --out "$tmp/out-rust" --repeat "$REPEAT" 2>"$tmp/rust.stderr")

@@ -1,0 +1,143 @@
+//! Criterion benches of the hot paths: `cargo bench --bench hot_paths`.
+//!
+//! - parse + validate + output of one record, and of a 100-record batch;
+//! - the history merge of a 2,000-record delivery batch into a class of
+//!   10,000 racers;
+//! - publishing that class's file: re-encoding it whole (levels 1 and 6)
+//!   against re-encoding only the 5 seconds a batch touched;
+//! - the rankings update: one second of a 1,000-racer race applied, ranked
+//!   and turned into a push.
+
+use alleycat_core::class_file::SegmentedClassFile;
+use alleycat_core::delivery::HistoryPoint;
+use alleycat_core::history::{ClassHistory, Histories};
+use alleycat_core::validate::{BodyFormat, parse_batch, parse_record};
+use alleycat_core::{ClassId, Event, RaceId, RacerId, Second, Telemetry};
+use alleycat_rankings::all_time::AllTime;
+use alleycat_rankings::push::Snapshot;
+use alleycat_rankings::race::Race;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+const RECORD: &str = r#"{"uuid":"0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12","event":"update","deviceTimestamp":1619185789753,"second":3,"raceId":5397285,"name":"Hubert","racerId":101,"classId":1,"cadence":80.25,"resistance":78.5}"#;
+
+fn output_of(racer: u64, second: u16) -> f64 {
+    let x = (racer.wrapping_mul(2_654_435_761) ^ u64::from(second).wrapping_mul(40_503)) % 10_000;
+    alleycat_core::output(30.0 + (x % 600) as f64 / 10.0, 33.0 + (x % 530) as f64 / 10.0)
+}
+
+/// A class of `racers` racers with a best at every second of a 300 s race.
+fn class_history(racers: u64) -> ClassHistory {
+    let mut h = ClassHistory::default();
+    for second in 1..=300u16 {
+        for racer in 0..racers {
+            h.merge(Second(second), RacerId(racer), output_of(racer, second));
+        }
+    }
+    h
+}
+
+fn ingest(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_validate_output/1", |b| {
+        b.iter(|| parse_record(black_box(RECORD.as_bytes())).map(|t| t.output()))
+    });
+    let batch = format!("[{}]", vec![RECORD; 100].join(","));
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("parse_validate_output/100", |b| {
+        b.iter(|| parse_batch(black_box(batch.as_bytes()), BodyFormat::Json).map(|r| r.iter().map(Telemetry::output).sum::<f64>()))
+    });
+    group.finish();
+}
+
+fn history(c: &mut Criterion) {
+    let racers = 10_000 / 6;
+    let start = class_history(racers);
+    let mut histories = Histories::default();
+    histories.insert(ClassId(1), start.clone());
+    // A delivery batch: 5 seconds of the race being ridden, some bests beaten.
+    let points: Vec<HistoryPoint> = (0..2000u64)
+        .map(|i| HistoryPoint {
+            class_id: ClassId(1),
+            second: Second(101 + (i % 5) as u16),
+            racer_id: RacerId(i % racers),
+            output: output_of(i % racers, 101 + (i % 5) as u16) + if i % 5 == 0 { 1.0 } else { -1.0 },
+        })
+        .collect();
+    let mut group = c.benchmark_group("history");
+    group.throughput(Throughput::Elements(points.len() as u64));
+    group.bench_function("merge_2000_records_into_10k_racer_class", |b| {
+        b.iter_batched_ref(|| histories.clone(), |h| h.merge(black_box(&points)), BatchSize::LargeInput)
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("class_file_publication_10k_racers");
+    group.sample_size(10);
+    for level in [1, 6] {
+        group.bench_function(format!("whole_file_level_{level}"), |b| b.iter(|| start.to_gzip(black_box(level))));
+    }
+    let mut merged = start.clone();
+    let touched: Vec<Second> = (101..=105).map(Second).collect();
+    for p in &points {
+        merged.merge(p.second, p.racer_id, p.output);
+    }
+    for level in [1, 6] {
+        let file = SegmentedClassFile::new(&start, level);
+        group.bench_function(format!("segmented_5_seconds_level_{level}"), |b| {
+            b.iter_batched_ref(
+                || file.clone(),
+                |f| {
+                    f.update(&merged, touched.iter().copied());
+                    f.to_gzip()
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn rankings(c: &mut Criterion) {
+    let all_time = AllTime::from_history(&class_history(1000));
+    let mut race = Race::new(ClassId(1), RaceId(1));
+    for second in 1..=99u16 {
+        for racer in 0..1000u64 {
+            race.apply(&telemetry(racer, second), u64::from(second) * 1000 + racer);
+        }
+    }
+    let mut group = c.benchmark_group("rankings");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("apply_rank_and_push_one_second_of_1000_racers", |b| {
+        b.iter_batched_ref(
+            || race.clone(),
+            |race| {
+                for racer in 0..1000u64 {
+                    race.apply(&telemetry(racer, 100), 200_000 + racer);
+                }
+                let snapshot = Snapshot::new(race, Some(&all_time), 50, 0);
+                (snapshot.shared().len(), snapshot.for_racer(RacerId(700)).map(|m| m.len()))
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+fn telemetry(racer: u64, second: u16) -> Telemetry {
+    Telemetry {
+        uuid: None,
+        event: Event::Update,
+        device_timestamp: 0,
+        second: Second(second),
+        race_id: RaceId(1),
+        name: format!("Racer {racer}"),
+        racer_id: RacerId(racer),
+        class_id: ClassId(1),
+        cadence: 30.0 + (racer % 60) as f64,
+        resistance: 33.0 + (u64::from(second) % 50) as f64,
+    }
+}
+
+criterion_group!(benches, ingest, history, rankings);
+criterion_main!(benches);
