@@ -3,8 +3,9 @@
 //! - parse + validate + output of one record, and of a 100-record batch;
 //! - the history merge of a 2,000-record delivery batch into a class of
 //!   10,000 racers;
-//! - publishing that class's file: re-encoding it whole (levels 1 and 6)
-//!   against re-encoding only the 5 seconds a batch touched;
+//! - publishing a class file of 10,000 racers (3 million bests, about 50 MB
+//!   of JSON): re-encoding it whole (levels 1 and 6) against re-encoding only
+//!   the 5 seconds a batch touched;
 //! - the rankings update: one second of a 1,000-racer race applied, ranked
 //!   and turned into a push.
 
@@ -23,7 +24,10 @@ const RECORD: &str = r#"{"uuid":"0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12","event":"
 
 fn output_of(racer: u64, second: u16) -> f64 {
     let x = (racer.wrapping_mul(2_654_435_761) ^ u64::from(second).wrapping_mul(40_503)) % 10_000;
-    alleycat_core::output(30.0 + (x % 600) as f64 / 10.0, 33.0 + (x % 530) as f64 / 10.0)
+    alleycat_core::output(
+        30.0 + (x % 600) as f64 / 10.0,
+        33.0 + (x % 530) as f64 / 10.0,
+    )
 }
 
 /// A class of `racers` racers with a best at every second of a 300 s race.
@@ -46,7 +50,10 @@ fn ingest(c: &mut Criterion) {
     let batch = format!("[{}]", vec![RECORD; 100].join(","));
     group.throughput(Throughput::Elements(100));
     group.bench_function("parse_validate_output/100", |b| {
-        b.iter(|| parse_batch(black_box(batch.as_bytes()), BodyFormat::Json).map(|r| r.iter().map(Telemetry::output).sum::<f64>()))
+        b.iter(|| {
+            parse_batch(black_box(batch.as_bytes()), BodyFormat::Json)
+                .map(|r| r.iter().map(Telemetry::output).sum::<f64>())
+        })
     });
     group.finish();
 }
@@ -62,20 +69,38 @@ fn history(c: &mut Criterion) {
             class_id: ClassId(1),
             second: Second(101 + (i % 5) as u16),
             racer_id: RacerId(i % racers),
-            output: output_of(i % racers, 101 + (i % 5) as u16) + if i % 5 == 0 { 1.0 } else { -1.0 },
+            output: output_of(i % racers, 101 + (i % 5) as u16)
+                + if i % 5 == 0 { 1.0 } else { -1.0 },
         })
         .collect();
     let mut group = c.benchmark_group("history");
     group.throughput(Throughput::Elements(points.len() as u64));
     group.bench_function("merge_2000_records_into_10k_racer_class", |b| {
-        b.iter_batched_ref(|| histories.clone(), |h| h.merge(black_box(&points)), BatchSize::LargeInput)
+        b.iter_batched_ref(
+            || histories.clone(),
+            |h| h.merge(black_box(&points)),
+            BatchSize::LargeInput,
+        )
     });
     group.finish();
 
+    // The publication case: one class of 10,000 racers.
+    let racers = 10_000;
+    let start = class_history(racers);
+    let points: Vec<HistoryPoint> = (0..2000u64)
+        .map(|i| HistoryPoint {
+            class_id: ClassId(1),
+            second: Second(101 + (i % 5) as u16),
+            racer_id: RacerId(i * 5 % racers),
+            output: output_of(i * 5 % racers, 101 + (i % 5) as u16) + 1.0,
+        })
+        .collect();
     let mut group = c.benchmark_group("class_file_publication_10k_racers");
     group.sample_size(10);
     for level in [1, 6] {
-        group.bench_function(format!("whole_file_level_{level}"), |b| b.iter(|| start.to_gzip(black_box(level))));
+        group.bench_function(format!("whole_file_level_{level}"), |b| {
+            b.iter(|| start.to_gzip(black_box(level)))
+        });
     }
     let mut merged = start.clone();
     let touched: Vec<Second> = (101..=105).map(Second).collect();
@@ -116,7 +141,10 @@ fn rankings(c: &mut Criterion) {
                     race.apply(&telemetry(racer, 100), 200_000 + racer);
                 }
                 let snapshot = Snapshot::new(race, Some(&all_time), 50, 0);
-                (snapshot.shared().len(), snapshot.for_racer(RacerId(700)).map(|m| m.len()))
+                (
+                    snapshot.shared().len(),
+                    snapshot.for_racer(RacerId(700)).map(|m| m.len()),
+                )
             },
             BatchSize::LargeInput,
         )
