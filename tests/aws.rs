@@ -25,41 +25,64 @@ async fn post_all(base: &str, races: &[Vec<Vec<Sample>>]) {
     }
 }
 
-/// Samples shared between the posting tasks and the test.
-type Shared = Arc<Mutex<Vec<Sample>>>;
+/// Racers posting concurrently through ingest, while a test breaks things.
+struct Posters {
+    total: usize,
+    acked: Arc<Mutex<Vec<Sample>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
 
-/// Posts `seconds` of a race per poster, concurrently; returns the samples
-/// sent, those acknowledged, and the posting tasks.
-fn start_posters(
-    base: &str,
-    posters: u64,
-    racers: u64,
-    seconds: u16,
-) -> (Shared, Shared, Vec<tokio::task::JoinHandle<()>>) {
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let tasks = (0..posters)
-        .map(|p| {
-            let (base, sent, acked) = (base.to_owned(), sent.clone(), acked.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                for batch in race(100 + p, (p % 6 + 1) as u8, p * 1000, racers, seconds) {
-                    sent.lock().unwrap().extend(&batch);
-                    let body = Value::Array(batch.iter().map(Sample::json).collect());
-                    let response = client
-                        .post(format!("{base}/v1/telemetry"))
-                        .json(&body)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(response.status(), 202);
-                    acked.lock().unwrap().extend(&batch);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+impl Posters {
+    /// `posters` gateways, each posting `seconds` of a race of `racers`.
+    fn start(base: &str, posters: u64, racers: u64, seconds: u16) -> Posters {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..posters)
+            .map(|p| {
+                let (base, acked) = (base.to_owned(), acked.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    for batch in race(100 + p, (p % 6 + 1) as u8, p * 1000, racers, seconds) {
+                        let body = Value::Array(batch.iter().map(Sample::json).collect());
+                        let response = client
+                            .post(format!("{base}/v1/telemetry"))
+                            .json(&body)
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(response.status(), 202);
+                        acked.lock().unwrap().extend(&batch);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
             })
-        })
-        .collect();
-    (sent, acked, tasks)
+            .collect();
+        let total = (posters * racers * u64::from(seconds)) as usize;
+        Posters {
+            total,
+            acked,
+            tasks,
+        }
+    }
+
+    /// Asserts the posting is still under way (what follows happens mid-stream).
+    fn assert_mid_stream(&self) {
+        let acked = self.acked.lock().unwrap().len();
+        assert!(
+            acked < self.total,
+            "still posting ({acked} of {} records acknowledged)",
+            self.total
+        );
+    }
+
+    /// Waits for every poster; every record was acknowledged.
+    async fn finish(self) -> Vec<Sample> {
+        for task in self.tasks {
+            tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        assert_eq!(acked.len(), self.total);
+        acked
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,30 +164,15 @@ async fn transformer_and_history_killed_mid_stream_lose_and_duplicate_nothing() 
     let transformer = spawn_alleycat(&["transformer"], &env).await;
     let history = spawn_alleycat(&["history"], &env).await;
 
-    let (sent, acked, posters) = start_posters(&ingest.base, 4, 10, 150);
-    eventually("a first class file", || async {
-        aws.class_file(1).await.map(|_| ())
-    })
-    .await;
+    let posters = Posters::start(&ingest.base, 4, 10, 150);
+    aws.wait_first_class_file().await;
     transformer.kill().await;
     history.kill().await;
-    let at_kill = acked.lock().unwrap().len();
-    assert!(
-        at_kill < 4 * 10 * 150,
-        "killed mid-stream ({at_kill} records acknowledged)"
-    );
-    eprintln!("killed the transformer and history after {at_kill} acknowledged records");
+    posters.assert_mid_stream();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _transformer = spawn_alleycat(&["transformer"], &env).await;
     let _history = spawn_alleycat(&["history"], &env).await;
-    for poster in posters {
-        tokio::time::timeout(PATIENCE, poster)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    assert_eq!(acked.len(), sent.lock().unwrap().len());
+    let acked = posters.finish().await;
     aws.assert_delivered_exactly_once(&acked).await;
 }
 
@@ -179,25 +187,12 @@ async fn two_transformers_and_two_history_processes_share_the_work_and_survive_a
     let _history_a = spawn_alleycat(&["history"], &env).await;
     let _history_b = spawn_alleycat(&["history"], &env).await;
 
-    let (_, acked, posters) = start_posters(&ingest.base, 6, 8, 150);
-    eventually("a first class file", || async {
-        aws.class_file(1).await.map(|_| ())
-    })
-    .await;
+    let posters = Posters::start(&ingest.base, 6, 8, 150);
+    aws.wait_first_class_file().await;
     // The survivor takes over the dead one's shards once their leases expire.
     first.kill().await;
-    let at_kill = acked.lock().unwrap().len();
-    assert!(
-        at_kill < 6 * 8 * 150,
-        "killed mid-stream ({at_kill} records acknowledged)"
-    );
-    for poster in posters {
-        tokio::time::timeout(PATIENCE, poster)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    posters.assert_mid_stream();
+    let acked = posters.finish().await;
     aws.assert_delivered_exactly_once(&acked).await;
 }
 
@@ -210,11 +205,8 @@ async fn resharding_mid_run_loses_nothing_and_reads_children_after_parents() {
     let _transformer = spawn_alleycat(&["transformer"], &env).await;
     let _history = spawn_alleycat(&["history"], &env).await;
 
-    let (_, acked, posters) = start_posters(&ingest.base, 4, 10, 150);
-    eventually("a first class file", || async {
-        aws.class_file(1).await.map(|_| ())
-    })
-    .await;
+    let posters = Posters::start(&ingest.base, 4, 10, 150);
+    aws.wait_first_class_file().await;
     let shards = aws
         .kinesis
         .list_shards()
@@ -239,13 +231,7 @@ async fn resharding_mid_run_loses_nothing_and_reads_children_after_parents() {
         .await
         .unwrap();
     aws.wait_active().await;
-    for poster in posters {
-        tokio::time::timeout(PATIENCE, poster)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = posters.finish().await;
     aws.assert_delivered_exactly_once(&acked).await;
 
     let shards_now = aws

@@ -103,6 +103,14 @@ impl Aws {
         Some(serde_json::from_value(decode_class_file(&bytes)).unwrap())
     }
 
+    /// Waits until some class file is published (the pipeline is flowing).
+    pub async fn wait_first_class_file(&self) {
+        eventually("a first class file", || async {
+            self.class_file(1).await.map(|_| ())
+        })
+        .await;
+    }
+
     /// Waits until every class of `expected` is in the history bucket exactly as expected.
     pub async fn wait_for_bests(&self, expected: &Bests) {
         for (class, want) in expected {
