@@ -86,6 +86,7 @@ async fn start(
             push_interval: Duration::from_millis(250),
             top: NonZeroUsize::new(50).unwrap(),
             replay: Duration::from_secs(330),
+            history_reload: Duration::from_secs(10),
             instance: None,
         },
     };

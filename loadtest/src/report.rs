@@ -138,7 +138,7 @@ impl Report {
         );
         format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>Alleycat load test</title>\
-             <style>body{{font-family:sans-serif;margin:2em;max-width:960px}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}\
+             <style>body{{font-family:sans-serif;margin:2em;max-width:960px}}pre{{background:#f6f6f6;padding:1em;overflow:auto;white-space:pre-wrap}}\
              .verdict{{font-weight:bold;color:{}}}</style></head><body>\
              <h1>Alleycat load test</h1><p class=\"verdict\">{}</p><pre>{}</pre>{throughput}{ingest}{ranking}</body></html>",
             if self.failed() { "#d62728" } else { "#2ca02c" },

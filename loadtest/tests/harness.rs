@@ -25,6 +25,7 @@ fn config(dir: &std::path::Path) -> alleycat::Config {
             push_interval: Duration::from_millis(100),
             top: NonZeroUsize::new(50).unwrap(),
             replay: Duration::from_secs(330),
+            history_reload: Duration::from_millis(200),
             instance: None,
         },
     }

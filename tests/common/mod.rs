@@ -45,6 +45,7 @@ pub fn test_config(data_dir: &Path) -> alleycat::Config {
             push_interval: Duration::from_millis(100),
             top: std::num::NonZeroUsize::new(50).unwrap(),
             replay: Duration::from_secs(330),
+            history_reload: Duration::from_millis(200),
             instance: None,
         },
     }

@@ -27,8 +27,6 @@ const RACE_IDLE: Duration = Duration::from_secs(120);
 const RESULTS_FLUSH: Duration = Duration::from_millis(500);
 /// How often the replay checkpoint moves.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
-/// How often the class files are checked for new versions.
-const HISTORY_POLL: Duration = Duration::from_secs(2);
 
 struct LiveRace {
     race: Race,
@@ -220,6 +218,7 @@ pub(crate) async fn run(
     mut subscription: Box<dyn Subscription>,
     mut engine: Engine,
     mut loader: AllTimeLoader,
+    history_reload: Duration,
     results: ResultsStore,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -233,7 +232,7 @@ pub(crate) async fn run(
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(HISTORY_POLL) => {}
+                    () = tokio::time::sleep(history_reload) => {}
                 }
                 match loader.changed().await {
                     Ok(changed) => {

@@ -46,6 +46,12 @@ pub struct RankingsArgs {
     #[arg(long = "rankings-replay", env = "ALLEYCAT_RANKINGS_REPLAY_MS", default_value = "330000", value_parser = parse_millis)]
     pub replay: Duration,
 
+    /// How often the class files are checked for new versions, in
+    /// milliseconds. All-time bests move slowly, and decoding a large class
+    /// file costs about 0.1 s of CPU, so not every new version is needed.
+    #[arg(long = "rankings-history-reload", env = "ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS", default_value = "10000", value_parser = parse_millis)]
+    pub history_reload: Duration,
+
     /// This process's name among the rankings processes reading a Kinesis
     /// stream (each keeps its own checkpoints); defaults to host and port.
     #[arg(long = "rankings-instance", env = "ALLEYCAT_RANKINGS_INSTANCE")]
@@ -94,6 +100,7 @@ pub async fn start(
         subscription,
         engine_state,
         loader,
+        args.history_reload,
         results.clone(),
         stop,
     ));
