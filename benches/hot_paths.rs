@@ -102,6 +102,21 @@ fn history(c: &mut Criterion) {
             b.iter(|| start.to_gzip(black_box(level)))
         });
     }
+    // Another backend, for choosing one: libdeflate compresses a whole
+    // buffer at once (no streaming, so it cannot keep segments open).
+    let json = start.to_json();
+    for level in [1, 6] {
+        group.bench_function(format!("whole_file_libdeflate_level_{level}"), |b| {
+            let mut compressor =
+                libdeflater::Compressor::new(libdeflater::CompressionLvl::new(level).unwrap());
+            let mut out = vec![0; compressor.gzip_compress_bound(json.len())];
+            b.iter(|| {
+                compressor
+                    .gzip_compress(black_box(&json), &mut out)
+                    .unwrap()
+            })
+        });
+    }
     let mut merged = start.clone();
     let touched: Vec<Second> = (101..=105).map(Second).collect();
     for p in &points {
