@@ -7,7 +7,7 @@
 //!   of JSON): re-encoding it whole (levels 1 and 6) against re-encoding only
 //!   the 5 seconds a batch touched;
 //! - the rankings update: one second of a 1,000-racer race applied, ranked
-//!   and turned into a push.
+//!   and turned into a push; one push of a 1,667-racer race to 167 viewers.
 
 use alleycat_core::class_file::SegmentedClassFile;
 use alleycat_core::delivery::HistoryPoint;
@@ -163,6 +163,26 @@ fn rankings(c: &mut Criterion) {
             },
             BatchSize::LargeInput,
         )
+    });
+
+    // One push of a race at the 10,000-racer load (1,667 racers a class) to
+    // its 167 viewers, each following a racer: what the engine does every
+    // push interval for every race.
+    let mut race = Race::new(ClassId(1), RaceId(1));
+    for second in 1..=100u16 {
+        for racer in 0..1667u64 {
+            race.apply(&telemetry(racer, second), u64::from(second) * 2000 + racer);
+        }
+    }
+    group.throughput(Throughput::Elements(167));
+    group.bench_function("push_one_race_of_1667_racers_to_167_viewers", |b| {
+        b.iter(|| {
+            let snapshot = Snapshot::new(&race, Some(&all_time), 50, 0);
+            (0..167u64)
+                .map(|v| snapshot.for_racer(RacerId(v * 10)).map_or(0, |m| m.len()))
+                .sum::<usize>()
+                + snapshot.shared().len()
+        })
     });
     group.finish();
 }

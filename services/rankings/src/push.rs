@@ -2,14 +2,16 @@
 //! second, cut to what a viewer needs (the top N, plus its own racer and
 //! neighbours).
 //!
-//! Entries are serialized once per push and spliced into each viewer's
-//! message, so a thousand viewers cost a thousand string joins, not a
-//! thousand serializations.
+//! Entries are serialized at most once per push (and only those some viewer
+//! needs) and spliced into each viewer's message, so a thousand viewers cost
+//! a thousand string joins, not a thousand serializations.
 
 use crate::all_time::{AllTime, AllTimeRank};
 use crate::race::{Race, Standing};
 use alleycat_core::{RacerId, Second};
 use serde::Serialize;
+use std::cell::OnceCell;
+use std::collections::HashMap;
 
 /// Neighbours shown on each side of a viewer's own racer.
 pub const NEIGHBOURS: usize = 2;
@@ -25,37 +27,33 @@ struct AllTimeEntry {
 }
 
 /// A race's standings at its latest second, ready to be cut per viewer.
-pub struct Snapshot {
+///
+/// Entries are serialized when a message first needs them: the top N for
+/// everyone, and only the neighbourhoods of followed racers, not the whole
+/// field of a large race.
+pub struct Snapshot<'a> {
     header: String,
+    second: Second,
     standings: Vec<Standing>,
-    here_now: Vec<String>,
-    all_time: Vec<String>,
+    /// Racer -> its row in `standings`.
+    rows: HashMap<RacerId, usize>,
+    all_time_index: Option<&'a AllTime>,
+    here_now: Vec<OnceCell<String>>,
+    all_time: Vec<OnceCell<String>>,
     top: usize,
     shared: String,
 }
 
-impl Snapshot {
+impl<'a> Snapshot<'a> {
     /// The standings of `race` at its latest second, ranked against `all_time`.
     #[must_use]
-    pub fn new(race: &Race, all_time: Option<&AllTime>, top: usize, ts_ms: i64) -> Snapshot {
+    pub fn new(race: &Race, all_time: Option<&'a AllTime>, top: usize, ts_ms: i64) -> Snapshot<'a> {
         let second: Second = race.latest();
         let standings = race.standings(second);
-        let here_now: Vec<String> = standings
+        let rows = standings
             .iter()
-            .map(|s| serde_json::to_string(s).expect("a standing serializes"))
-            .collect();
-        let empty = AllTime::default();
-        let all_time_index = all_time.unwrap_or(&empty);
-        let all_time: Vec<String> = standings
-            .iter()
-            .map(|s| {
-                let entry = AllTimeEntry {
-                    racer_id: s.racer_id,
-                    output: s.output,
-                    rank: all_time_index.rank(second, s.racer_id, s.output),
-                };
-                serde_json::to_string(&entry).expect("an entry serializes")
-            })
+            .enumerate()
+            .map(|(row, s)| (s.racer_id, row))
             .collect();
         let header = format!(
             r#"{{"type":"race","classId":{},"raceId":{},"second":{},"ts":{ts_ms},"racers":{}"#,
@@ -67,9 +65,16 @@ impl Snapshot {
         let top = top.min(standings.len());
         let mut snapshot = Snapshot {
             header,
+            second,
+            here_now: std::iter::repeat_with(OnceCell::new)
+                .take(standings.len())
+                .collect(),
+            all_time: std::iter::repeat_with(OnceCell::new)
+                .take(standings.len())
+                .collect(),
             standings,
-            here_now,
-            all_time,
+            rows,
+            all_time_index: all_time,
             top,
             shared: String::new(),
         };
@@ -87,7 +92,7 @@ impl Snapshot {
     /// and its neighbours, if it is racing at this second.
     #[must_use]
     pub fn for_racer(&self, racer: RacerId) -> Option<String> {
-        let at = self.standings.iter().position(|s| s.racer_id == racer)?;
+        let at = *self.rows.get(&racer)?;
         let from = at.saturating_sub(NEIGHBOURS);
         let to = (at + NEIGHBOURS + 1).min(self.standings.len());
         if to <= self.top {
@@ -97,23 +102,46 @@ impl Snapshot {
         Some(self.message(rows))
     }
 
+    fn here_now_entry(&self, row: usize) -> &str {
+        self.here_now[row].get_or_init(|| {
+            serde_json::to_string(&self.standings[row]).expect("a standing serializes")
+        })
+    }
+
+    fn all_time_entry(&self, row: usize) -> &str {
+        self.all_time[row].get_or_init(|| {
+            let s = &self.standings[row];
+            let rank = self.all_time_index.map_or_else(
+                || AllTime::default().rank(self.second, s.racer_id, s.output),
+                |index| index.rank(self.second, s.racer_id, s.output),
+            );
+            let entry = AllTimeEntry {
+                racer_id: s.racer_id,
+                output: s.output,
+                rank,
+            };
+            serde_json::to_string(&entry).expect("an entry serializes")
+        })
+    }
+
     fn message(&self, rows: Vec<usize>) -> String {
-        let join = |entries: &[String]| {
-            let mut out = String::with_capacity(rows.len() * 96);
-            for (n, &i) in rows.iter().enumerate() {
-                if n > 0 {
-                    out.push(',');
-                }
-                out.push_str(&entries[i]);
-            }
-            out
-        };
         format!(
             r#"{},"hereNow":[{}],"allTime":[{}]}}"#,
             self.header,
-            join(&self.here_now),
-            join(&self.all_time)
+            self.join(&rows, Self::here_now_entry),
+            self.join(&rows, Self::all_time_entry)
         )
+    }
+
+    fn join(&self, rows: &[usize], entry: fn(&Self, usize) -> &str) -> String {
+        let mut out = String::with_capacity(rows.len() * 96);
+        for (n, &row) in rows.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(entry(self, row));
+        }
+        out
     }
 }
 
