@@ -224,7 +224,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, report.html())?;
     }
     if report.failed() {
-        eprintln!("FAILED: records were refused or lost");
+        eprintln!("{}", report.verdict());
         std::process::exit(1);
     }
     Ok(())

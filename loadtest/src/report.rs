@@ -45,6 +45,35 @@ impl Report {
             || self.errors.keys().any(|k| !k.starts_with("viewer"))
     }
 
+    /// One line saying whether the run passed, and if not, why.
+    #[must_use]
+    pub fn verdict(&self) -> String {
+        if !self.failed() {
+            return "PASSED: every record accepted, none lost".to_owned();
+        }
+        let mut why = Vec::new();
+        let refused = self.records_sent - self.records_accepted.min(self.records_sent);
+        if refused > 0 {
+            why.push(format!("{refused} records not acknowledged"));
+        }
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .filter(|(kind, _)| !kind.starts_with("viewer"))
+            .map(|(kind, n)| format!("{kind}={n}"))
+            .collect();
+        if !errors.is_empty() {
+            why.push(format!("errors {}", errors.join(" ")));
+        }
+        if self.history_missing > 0 {
+            why.push(format!(
+                "{} watched records not in the class file when --settle ended (lost, or history behind)",
+                self.history_missing
+            ));
+        }
+        format!("FAILED: {}", why.join("; "))
+    }
+
     /// The readable table.
     #[must_use]
     pub fn table(&self) -> String {
@@ -142,11 +171,7 @@ impl Report {
              .verdict{{font-weight:bold;color:{}}}</style></head><body>\
              <h1>Alleycat load test</h1><p class=\"verdict\">{}</p><pre>{}</pre>{throughput}{ingest}{ranking}</body></html>",
             if self.failed() { "#d62728" } else { "#2ca02c" },
-            if self.failed() {
-                "FAILED: records were refused or lost"
-            } else {
-                "PASSED: every record accepted, none lost"
-            },
+            escape(&self.verdict()),
             escape(&self.table())
         )
     }
@@ -240,6 +265,21 @@ mod tests {
         let mut lost = report(10);
         lost.history_missing = 1;
         assert!(lost.failed());
+    }
+
+    #[test]
+    fn the_verdict_names_what_failed() {
+        assert!(report(10).verdict().starts_with("PASSED"));
+        let mut r = report(8);
+        r.errors.insert("ws_timeout".into(), 2);
+        r.errors.insert("viewer_dropped".into(), 1);
+        r.history_missing = 5;
+        let verdict = r.verdict();
+        assert!(verdict.starts_with("FAILED: 2 records not acknowledged"), "{verdict}");
+        assert!(verdict.contains("errors ws_timeout=2;"), "{verdict}");
+        assert!(!verdict.contains("viewer_dropped"), "{verdict}");
+        assert!(verdict.contains("5 watched records"), "{verdict}");
+        assert!(r.html().contains("FAILED: 2 records"));
     }
 
     #[test]
