@@ -275,7 +275,10 @@ mod tests {
         r.errors.insert("viewer_dropped".into(), 1);
         r.history_missing = 5;
         let verdict = r.verdict();
-        assert!(verdict.starts_with("FAILED: 2 records not acknowledged"), "{verdict}");
+        assert!(
+            verdict.starts_with("FAILED: 2 records not acknowledged"),
+            "{verdict}"
+        );
         assert!(verdict.contains("errors ws_timeout=2;"), "{verdict}");
         assert!(!verdict.contains("viewer_dropped"), "{verdict}");
         assert!(verdict.contains("5 watched records"), "{verdict}");
