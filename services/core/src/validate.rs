@@ -10,6 +10,7 @@ use crate::telemetry::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// Most records one request (or one WebSocket frame) may carry.
 pub const MAX_BATCH_RECORDS: usize = 500;
@@ -76,6 +77,14 @@ impl BatchError {
 
 /// Parses and validates a request body: all of its records, or why not.
 pub fn parse_batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, BatchError> {
+    match fast_batch(body, format) {
+        Some(records) => Ok(records),
+        None => diagnose_batch(body, format),
+    }
+}
+
+/// [`parse_batch`] through [`Value`]s, naming every problem.
+fn diagnose_batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, BatchError> {
     let values = match format {
         BodyFormat::Json => json_values(body)?,
         BodyFormat::NdJson => ndjson_values(body)?,
@@ -172,6 +181,11 @@ pub struct FieldError {
 
 /// Parses one record from raw JSON bytes (as read back from a stream).
 pub fn parse_record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
+    fast_record(bytes).map_or_else(|| diagnose_record(bytes), Ok)
+}
+
+/// [`parse_record`] through a [`Value`], naming every problem.
+fn diagnose_record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(value) => validate_value(&value),
         Err(e) => Err(vec![FieldError {
@@ -270,8 +284,10 @@ impl<'a> Checker<'a> {
         let value = self.required(field)?;
         let reason = match value {
             Value::Number(n) => match (n.as_u64(), n.as_i64()) {
-                (Some(v), _) if (min..=max).contains(&v) => return Some(v),
-                (Some(v), _) => format!("must be an integer from {min} to {max}, got {v}"),
+                (Some(v), _) => match integer_rule(v, min, max) {
+                    Ok(v) => return Some(v),
+                    Err(reason) => reason,
+                },
                 (None, Some(v)) => format!("must not be negative, got {v}"),
                 (None, None) => format!("must be an integer, got {n}"),
             },
@@ -284,10 +300,10 @@ impl<'a> Checker<'a> {
     fn sensor(&mut self, field: &'static str) -> Option<f64> {
         let value = self.required(field)?;
         let reason = match value.as_f64() {
-            Some(v) if v.is_finite() && (0.0..=MAX_SENSOR_VALUE).contains(&v) => return Some(v),
-            Some(v) if v < 0.0 => format!("must not be negative, got {v}"),
-            Some(v) if v.is_finite() => format!("must be at most {MAX_SENSOR_VALUE}, got {v}"),
-            Some(_) => "must be a finite number".to_owned(),
+            Some(v) => match sensor_rule(v) {
+                Ok(v) => return Some(v),
+                Err(reason) => reason,
+            },
             None => format!("must be a number, got {}", type_name(value)),
         };
         self.fail(field, reason);
@@ -297,9 +313,10 @@ impl<'a> Checker<'a> {
     fn event(&mut self, field: &'static str) -> Option<Event> {
         let value = self.required(field)?;
         let reason = match value {
-            Value::String(s) if s == "update" => return Some(Event::Update),
-            Value::String(s) if s == "final" => return Some(Event::Final),
-            Value::String(s) => format!("must be \"update\" or \"final\", got {s:?}"),
+            Value::String(s) => match event_rule(s) {
+                Ok(event) => return Some(event),
+                Err(reason) => reason,
+            },
             other => format!("must be a string, got {}", type_name(other)),
         };
         self.fail(field, reason);
@@ -309,14 +326,10 @@ impl<'a> Checker<'a> {
     fn name(&mut self, field: &'static str) -> Option<String> {
         let value = self.required(field)?;
         let reason = match value {
-            Value::String(s) if s.chars().count() > MAX_NAME_CHARS => format!(
-                "must be at most {MAX_NAME_CHARS} characters, got {}",
-                s.chars().count()
-            ),
-            Value::String(s) if s.chars().any(char::is_control) => {
-                "must not contain control characters".to_owned()
-            }
-            Value::String(s) => return Some(s.clone()),
+            Value::String(s) => match name_rule(s) {
+                Ok(()) => return Some(s.clone()),
+                Err(reason) => reason,
+            },
             other => format!("must be a string, got {}", type_name(other)),
         };
         self.fail(field, reason);
@@ -327,17 +340,172 @@ impl<'a> Checker<'a> {
     fn uuid(&mut self, field: &'static str) -> Option<Option<String>> {
         let reason = match self.object.get(field) {
             None | Some(Value::Null) => return Some(None),
-            Some(Value::String(s)) if is_hyphenated_uuid(s) => {
-                return Some(Some(s.clone()));
-            }
-            Some(Value::String(_)) => {
-                "must be a UUID such as \"0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12\"".to_owned()
-            }
+            Some(Value::String(s)) => match uuid_rule(s) {
+                Ok(()) => return Some(Some(s.clone())),
+                Err(reason) => reason,
+            },
             Some(other) => format!("must be a string, got {}", type_name(other)),
         };
         self.fail(field, reason);
         None
     }
+}
+
+// The rules of each field once its JSON type is right, shared by the typed
+// fast path and the diagnosing `Checker`, so the two cannot disagree.
+
+fn integer_rule(v: u64, min: u64, max: u64) -> Result<u64, String> {
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be an integer from {min} to {max}, got {v}"))
+    }
+}
+
+fn sensor_rule(v: f64) -> Result<f64, String> {
+    if v.is_finite() && (0.0..=MAX_SENSOR_VALUE).contains(&v) {
+        Ok(v)
+    } else if v < 0.0 {
+        Err(format!("must not be negative, got {v}"))
+    } else if v.is_finite() {
+        Err(format!("must be at most {MAX_SENSOR_VALUE}, got {v}"))
+    } else {
+        Err("must be a finite number".to_owned())
+    }
+}
+
+fn event_rule(s: &str) -> Result<Event, String> {
+    match s {
+        "update" => Ok(Event::Update),
+        "final" => Ok(Event::Final),
+        other => Err(format!("must be \"update\" or \"final\", got {other:?}")),
+    }
+}
+
+fn name_rule(s: &str) -> Result<(), String> {
+    let chars = s.chars().count();
+    if chars > MAX_NAME_CHARS {
+        Err(format!(
+            "must be at most {MAX_NAME_CHARS} characters, got {chars}"
+        ))
+    } else if s.chars().any(char::is_control) {
+        Err("must not contain control characters".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+fn uuid_rule(s: &str) -> Result<(), String> {
+    if is_hyphenated_uuid(s) {
+        Ok(())
+    } else {
+        Err("must be a UUID such as \"0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12\"".to_owned())
+    }
+}
+
+/// A well-typed message as it arrives, strings borrowed where the JSON has
+/// no escapes: decoding it costs no allocation per field, unlike a
+/// [`Value`] map. Anything it refuses (a wrong type, a missing or repeated
+/// field) goes to the [`Checker`], which says what is wrong.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    uuid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    device_timestamp: u64,
+    second: u64,
+    race_id: u64,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    racer_id: u64,
+    class_id: u64,
+    cadence: f64,
+    resistance: f64,
+}
+
+impl Wire<'_> {
+    /// The record, if every rule holds; `None` sends the caller to the
+    /// diagnosing path.
+    fn into_telemetry(self) -> Option<Telemetry> {
+        let uuid = match self.uuid {
+            Some(uuid) => {
+                uuid_rule(&uuid).ok()?;
+                Some(uuid.into_owned())
+            }
+            None => None,
+        };
+        name_rule(&self.name).ok()?;
+        Some(Telemetry {
+            uuid,
+            event: event_rule(&self.event).ok()?,
+            device_timestamp: integer_rule(self.device_timestamp, 0, MAX_SAFE_INTEGER).ok()?,
+            second: Second::new(integer_rule(self.second, 1, u64::from(MAX_SECOND)).ok()?)?,
+            race_id: RaceId(integer_rule(self.race_id, 0, MAX_SAFE_INTEGER).ok()?),
+            name: self.name.into_owned(),
+            racer_id: RacerId(integer_rule(self.racer_id, 0, MAX_SAFE_INTEGER).ok()?),
+            class_id: ClassId::new(
+                integer_rule(self.class_id, 1, u64::from(crate::telemetry::CLASS_COUNT)).ok()?,
+            )?,
+            cadence: sensor_rule(self.cadence).ok()?,
+            resistance: sensor_rule(self.resistance).ok()?,
+        })
+    }
+}
+
+/// Deserializes `T` only from a JSON object: a derived struct would also
+/// take the positional array form, which the contract does not allow.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        deserializer.deserialize_map(Object(std::marker::PhantomData))
+    }
+}
+
+/// The typed fast path of one record.
+fn fast_record(bytes: &[u8]) -> Option<Telemetry> {
+    serde_json::from_slice::<ObjectOnly<Wire<'_>>>(bytes)
+        .ok()?
+        .0
+        .into_telemetry()
+}
+
+/// The typed fast path of a whole body: every record, or `None` when any
+/// record (or the batch's size) needs the diagnosing path.
+fn fast_batch(body: &[u8], format: BodyFormat) -> Option<Vec<Telemetry>> {
+    let records: Vec<Telemetry> = match format {
+        BodyFormat::Json => match body.trim_ascii_start().first()? {
+            b'[' => serde_json::from_slice::<Vec<ObjectOnly<Wire<'_>>>>(body)
+                .ok()?
+                .into_iter()
+                .map(|wire| wire.0.into_telemetry())
+                .collect::<Option<_>>()?,
+            _ => vec![fast_record(body)?],
+        },
+        BodyFormat::NdJson => body
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.trim_ascii().is_empty())
+            .map(fast_record)
+            .collect::<Option<_>>()?,
+    };
+    (1..=MAX_BATCH_RECORDS)
+        .contains(&records.len())
+        .then_some(records)
 }
 
 /// Only the canonical 8-4-4-4-12 form, as the contract's schema says; the
@@ -623,5 +791,156 @@ mod tests {
         let t = validate_value(&without("uuid")).unwrap();
         let text = serde_json::to_string(&t).unwrap();
         assert!(!text.contains("uuid"), "{text}");
+    }
+
+    /// The fast path must agree with the diagnosing path on every input:
+    /// the same records, or (by falling back) the same errors.
+    mod fast_path_agrees {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const FIELDS: [(&str, &str); 10] = [
+            ("uuid", r#""0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12""#),
+            ("event", r#""final""#),
+            ("deviceTimestamp", "1619185789753"),
+            ("second", "3600"),
+            ("raceId", "9007199254740991"),
+            ("name", r#""Hub\u0065rt \u00e9""#),
+            ("racerId", "0"),
+            ("classId", "6"),
+            ("cadence", "80.25"),
+            ("resistance", "1000"),
+        ];
+
+        /// Values of every JSON type, in and out of each field's range.
+        const OTHERS: [&str; 31] = [
+            "null",
+            "true",
+            r#""x""#,
+            r#""update""#,
+            r#""final""#,
+            r#""0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f1""#,
+            r#""{0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12}""#,
+            r#""a\u0007b""#,
+            r#""ééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé""#,
+            r#""éééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé""#,
+            "-1",
+            "0",
+            "1",
+            "6",
+            "7",
+            "3601",
+            "-0",
+            "1.5",
+            "3.0",
+            "1e3",
+            "1000.0000001",
+            "9007199254740992",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1e308",
+            "-1e-320",
+            "[]",
+            "{}",
+            "[1]",
+            r#"{"a":1}"#,
+            r#""""#,
+        ];
+
+        /// A valid record with up to two fields changed (to another value or
+        /// left out), perhaps one field repeated, perhaps an extra field; as
+        /// an object and in the positional array form.
+        fn record() -> impl Strategy<Value = (String, String)> {
+            let change = (
+                0..FIELDS.len(),
+                proptest::option::weighted(0.9, proptest::sample::select(&OTHERS[..])),
+            );
+            (
+                proptest::collection::vec(change, 0..=2),
+                proptest::option::weighted(
+                    0.1,
+                    (0..FIELDS.len(), proptest::sample::select(&OTHERS[..])),
+                ),
+                any::<bool>(),
+            )
+                .prop_map(|(changes, repeated, extra)| {
+                    let mut values: Vec<Option<&str>> =
+                        FIELDS.iter().map(|(_, valid)| Some(*valid)).collect();
+                    for (field, value) in changes {
+                        values[field] = value;
+                    }
+                    let mut members: Vec<String> = FIELDS
+                        .iter()
+                        .zip(&values)
+                        .filter_map(|((field, _), v)| v.map(|v| format!(r#""{field}":{v}"#)))
+                        .collect();
+                    if let Some((field, v)) = repeated {
+                        members.push(format!(r#""{}":{v}"#, FIELDS[field].0));
+                    }
+                    if extra {
+                        members.push(r#""firmware":"1.2.3""#.to_owned());
+                    }
+                    let positional: Vec<&str> =
+                        values.iter().map(|v| v.unwrap_or("null")).collect();
+                    (
+                        format!("{{{}}}", members.join(",")),
+                        format!("[{}]", positional.join(",")),
+                    )
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn on_single_records((object, positional) in record()) {
+                for text in [&object, &positional] {
+                    let fast = parse_record(text.as_bytes());
+                    prop_assert_eq!(&fast, &diagnose_record(text.as_bytes()), "{}", text);
+                    prop_assert_eq!(
+                        parse_batch(text.as_bytes(), BodyFormat::Json),
+                        diagnose_batch(text.as_bytes(), BodyFormat::Json),
+                        "{}", text
+                    );
+                }
+                prop_assert!(parse_record(positional.as_bytes()).is_err(), "positional form refused");
+            }
+
+            #[test]
+            fn on_batches((a, _) in record(), (b, positional) in record()) {
+                for body in [format!("[{a},{b}]"), format!("[{a},{positional}]"), format!(" [{a}]")] {
+                    prop_assert_eq!(
+                        parse_batch(body.as_bytes(), BodyFormat::Json),
+                        diagnose_batch(body.as_bytes(), BodyFormat::Json),
+                        "{}", body
+                    );
+                }
+                for body in [format!("{a}\n{b}\n"), format!("{a}\r\n\n{positional}")] {
+                    prop_assert_eq!(
+                        parse_batch(body.as_bytes(), BodyFormat::NdJson),
+                        diagnose_batch(body.as_bytes(), BodyFormat::NdJson),
+                        "{}", body
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn the_fast_path_takes_valid_records() {
+            let valid = FIELDS
+                .iter()
+                .map(|(field, v)| format!(r#""{field}":{v}"#))
+                .collect::<Vec<_>>()
+                .join(",");
+            let record = format!("{{{valid}}}");
+            let t = fast_record(record.as_bytes()).expect("the fast path takes it");
+            assert_eq!(t.name, "Hubert é", "escapes decoded");
+            assert_eq!(Ok(t), diagnose_record(record.as_bytes()));
+            let body = format!("[{record},{record}]");
+            assert_eq!(
+                fast_batch(body.as_bytes(), BodyFormat::Json).map(|r| r.len()),
+                Some(2)
+            );
+        }
     }
 }
