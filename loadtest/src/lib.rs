@@ -5,6 +5,7 @@
 pub mod freshness;
 pub mod racers;
 pub mod report;
+pub mod schedule;
 pub mod sim;
 pub mod stats;
 pub mod target;

@@ -5,13 +5,16 @@
 //! cargo run --release -p alleycat-loadtest -- --racers 1000 --viewers 100 --duration 60
 //! ```
 
-use alleycat_loadtest::{freshness, racers, report, sim, stats, target, viewers};
+use alleycat_loadtest::{freshness, racers, report, schedule, sim, stats, target, viewers};
 
 use clap::Parser;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// Longest the bikes and viewers may take to connect before sending starts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Transport {
@@ -97,17 +100,13 @@ async fn main() -> anyhow::Result<()> {
     let port = reqwest::Url::parse(&target_url)?
         .port_or_known_default()
         .unwrap_or(80);
-    let target = args
-        .target_pid
-        .or_else(|| target::listening_pid(port))
-        .and_then(target::Target::new);
+    let target_pid = args.target_pid.or_else(|| target::listening_pid(port));
 
-    let start = tokio::time::Instant::now();
-    let until = start + Duration::from_secs(args.duration);
+    let (starter, schedule) = schedule::new();
     let run = racers::Run {
         fleet,
         target: target_url.clone(),
-        until,
+        schedule: schedule.clone(),
         stats: Arc::clone(&stats),
         samples: Arc::clone(&samples),
     };
@@ -119,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
             rankings_url.clone(),
             fleet.class_of(racer),
             fleet.racer_id(racer),
-            until,
+            schedule.clone(),
             Arc::clone(&stats),
         )));
     }
@@ -150,6 +149,31 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+
+    // Everyone connects before the clock starts; a WebSocket bike or viewer
+    // counts as ready once connected or given up.
+    let connecting = args.viewers
+        + if args.transport == Transport::Ws {
+            args.racers
+        } else {
+            0
+        };
+    let connect_started = tokio::time::Instant::now();
+    let spinner = indicatif::ProgressBar::new(connecting);
+    spinner.set_message("connecting bikes and viewers");
+    while stats.ready.load(Ordering::Relaxed) < connecting
+        && connect_started.elapsed() < CONNECT_TIMEOUT
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        spinner.set_position(stats.ready.load(Ordering::Relaxed));
+    }
+    spinner.finish_and_clear();
+    let connect_seconds = connect_started.elapsed().as_secs_f64();
+    let target = target_pid.and_then(target::Target::new);
+    stats.begin_now();
+    let window = starter.start(Duration::from_secs(args.duration));
+    let (start, until) = (window.begin, window.until);
+
     let watcher = {
         let (samples, history_url) = (Arc::clone(&samples), history_url.clone());
         let watch_until = until + Duration::from_secs(args.settle);
@@ -213,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
         history_missing: samples.pending() as u64,
         achieved_rate: stats.accepted.load(Ordering::Relaxed) as f64 / sending,
         pushes_received: stats.pushes.load(Ordering::Relaxed),
+        connect_seconds,
         target: usage,
         timeline: stats.timeline(),
     };

@@ -2,10 +2,12 @@
 //! batches from gym gateways, or PutRecords straight onto Kinesis.
 
 use crate::freshness::Samples;
+use crate::schedule::Schedule;
 use crate::sim::{Fleet, Message};
 use crate::stats::Stats;
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
@@ -19,8 +21,8 @@ pub struct Run {
     pub fleet: Fleet,
     /// Base URL of ingest.
     pub target: String,
-    /// When sending stops.
-    pub until: tokio::time::Instant,
+    /// When sending starts and stops.
+    pub schedule: Schedule,
     /// Measurements.
     pub stats: Arc<Stats>,
     /// Records whose appearance in the class files is tracked.
@@ -85,12 +87,16 @@ pub async fn websocket_bike(run: Run, index: u64) {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+    run.stats.ready.fetch_add(1, Ordering::Relaxed);
     let Some(mut ws) = socket else {
         run.stats.error("ws_connect");
         return;
     };
+    let Some(window) = run.schedule.clone().window().await else {
+        return;
+    };
     let mut tick = next_tick(run.fleet.phase_ms(index));
-    while tick < run.until {
+    while tick < window.until {
         tokio::time::sleep_until(tick).await;
         tick += Duration::from_secs(1);
         let messages = run.messages(std::iter::once(index));
@@ -124,8 +130,11 @@ pub async fn http_gateway(run: Run, racers: std::ops::Range<u64>) {
         .build()
         .expect("a client");
     let url = format!("{}/v1/telemetry", run.target);
+    let Some(window) = run.schedule.clone().window().await else {
+        return;
+    };
     let mut tick = next_tick(run.fleet.phase_ms(racers.start));
-    while tick < run.until {
+    while tick < window.until {
         tokio::time::sleep_until(tick).await;
         tick += Duration::from_secs(1);
         let messages = run.messages(racers.clone());
@@ -157,8 +166,11 @@ pub async fn kinesis_putter(
 ) {
     use aws_sdk_kinesis::primitives::Blob;
     use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    let Some(window) = run.schedule.clone().window().await else {
+        return;
+    };
     let mut tick = next_tick(run.fleet.phase_ms(racers.start));
-    while tick < run.until {
+    while tick < window.until {
         tokio::time::sleep_until(tick).await;
         tick += Duration::from_secs(1);
         let messages = run.messages(racers.clone());

@@ -30,6 +30,9 @@ pub struct Report {
     pub achieved_rate: f64,
     /// Pushes received by all viewers.
     pub pushes_received: u64,
+    /// Seconds the WebSocket bikes and viewers took to connect, before
+    /// sending started (not part of `--duration`).
+    pub connect_seconds: f64,
     /// The target's CPU and memory, when it runs on this machine.
     pub target: Option<Usage>,
     /// Per second.
@@ -96,6 +99,10 @@ impl Report {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(" "),
+            ),
+            (
+                "connecting",
+                format!("{:.1} s before sending", self.connect_seconds),
             ),
             ("records sent", self.records_sent.to_string()),
             ("records accepted", self.records_accepted.to_string()),
@@ -247,6 +254,7 @@ mod tests {
             history_missing: 0,
             achieved_rate: 10.0,
             pushes_received: 0,
+            connect_seconds: 0.5,
             target: None,
             timeline: vec![Tick {
                 t: 0,

@@ -75,7 +75,11 @@ impl Default for Window {
 
 /// Counters and histograms of a run.
 pub struct Stats {
-    start: Instant,
+    base: Instant,
+    /// When sending began, in ms after `base`: the timeline counts from it.
+    begin_ms: AtomicU64,
+    /// Bikes and viewers done connecting (connected or given up).
+    pub ready: AtomicU64,
     /// Records sent.
     pub sent: AtomicU64,
     /// Records acknowledged (202 or ack frame).
@@ -101,7 +105,9 @@ impl Stats {
     #[must_use]
     pub fn new() -> Stats {
         Stats {
-            start: Instant::now(),
+            base: Instant::now(),
+            begin_ms: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             pushes: AtomicU64::new(0),
@@ -113,8 +119,15 @@ impl Stats {
         }
     }
 
+    /// Sending begins now: the timeline's second 0.
+    pub fn begin_now(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.begin_ms.store(ms, Ordering::Relaxed);
+    }
+
     fn window<T>(&self, f: impl FnOnce(&mut Window) -> T) -> T {
-        let second = self.start.elapsed().as_secs();
+        let elapsed_ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let second = elapsed_ms.saturating_sub(self.begin_ms.load(Ordering::Relaxed)) / 1000;
         let mut windows = self.windows.lock().expect("not poisoned");
         f(windows.entry(second).or_default())
     }

@@ -1,6 +1,7 @@
 //! Simulated ranking viewers: each follows a racer of its class, and every
 //! push it receives shows when records first became visible in rankings.
 
+use crate::schedule::Schedule;
 use crate::stats::Stats;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
@@ -23,26 +24,28 @@ struct Entry {
     racer_id: u64,
 }
 
-/// One viewer of `class`, following `racer`, until `until`.
-pub async fn viewer(
-    target: String,
-    class: u8,
-    racer: u64,
-    until: tokio::time::Instant,
-    stats: Arc<Stats>,
-) {
+/// One viewer of `class`, following `racer`, until sending ends.
+pub async fn viewer(target: String, class: u8, racer: u64, schedule: Schedule, stats: Arc<Stats>) {
     let url = format!(
         "{}/v1/rankings/ws?classId={class}&racerId={racer}",
         target.replacen("http", "ws", 1)
     );
-    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+    let connected = tokio_tungstenite::connect_async(url.as_str()).await;
+    stats.ready.fetch_add(1, Ordering::Relaxed);
+    let Ok((mut ws, _)) = connected else {
         stats.error("viewer_connect");
         return;
     };
     loop {
-        let next = tokio::time::timeout_at(until, ws.next()).await;
+        // Until sending starts, look again every second for when it ends.
+        let deadline = schedule.known().map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(1),
+            |w| w.until,
+        );
+        let next = tokio::time::timeout_at(deadline, ws.next()).await;
         match next {
-            Err(_) => break,
+            Err(_) if schedule.known().is_some_and(|w| w.until <= deadline) => break,
+            Err(_) => continue,
             Ok(Some(Ok(Frame::Text(text)))) => {
                 let received = std::time::Instant::now();
                 stats.pushes.fetch_add(1, Ordering::Relaxed);

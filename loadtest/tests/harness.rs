@@ -103,6 +103,13 @@ async fn a_short_websocket_run_accounts_for_every_record() {
     // The target is this test process (it listens on the target port).
     assert_eq!(report["target"]["pid"], std::process::id());
     assert!(html.contains("<svg") && html.contains("PASSED"));
+    // Bikes and viewers connected before the clock started: sending fills
+    // the timeline from its first second, and the connect time is apart.
+    let connect = report["connect_seconds"].as_f64().unwrap();
+    assert!((0.0..60.0).contains(&connect), "{connect}");
+    let timeline = report["timeline"].as_array().unwrap();
+    assert_eq!(timeline[0]["t"], 0);
+    assert!(timeline[0]["sent"].as_u64().unwrap() > 0, "{timeline:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
