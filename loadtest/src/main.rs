@@ -207,10 +207,8 @@ async fn main() -> anyhow::Result<()> {
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
     }
-    let sending = start
-        .elapsed()
-        .as_secs_f64()
-        .min(args.duration as f64 + 1.0);
+    // Every send falls in the window [begin, until).
+    let sending = args.duration as f64;
     progress.finish_with_message("sending done; waiting for history");
     let usage = target.as_ref().and_then(target::Target::usage);
     let _ = watcher.await;

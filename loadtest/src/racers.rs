@@ -120,6 +120,7 @@ pub async fn websocket_bike(run: Run, index: u64) {
             Err(_) => run.stats.error("ws_timeout"),
         }
     }
+    tokio::time::sleep_until(window.closing()).await;
     let _ = ws.close(None).await;
 }
 

@@ -6,6 +6,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// How long bikes and viewers stay connected after sending stops: the last
+/// answers and pushes still arrive, and thousands of sockets closing at once
+/// do not overlap the measured seconds (a real fleet does not hang up all at
+/// the same moment).
+pub const DRAIN: Duration = Duration::from_secs(2);
+
 /// The sending window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -13,6 +19,14 @@ pub struct Window {
     pub begin: Instant,
     /// Sending stops.
     pub until: Instant,
+}
+
+impl Window {
+    /// When bikes and viewers hang up.
+    #[must_use]
+    pub fn closing(&self) -> Instant {
+        self.until + DRAIN
+    }
 }
 
 /// Where bikes and viewers learn the window, once it is set.
@@ -70,6 +84,7 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), Some(window));
         assert_eq!(schedule.known(), Some(window));
         assert_eq!(window.until - window.begin, Duration::from_secs(5));
+        assert_eq!(window.closing(), window.until + DRAIN);
     }
 
     #[tokio::test]

@@ -37,14 +37,14 @@ pub async fn viewer(target: String, class: u8, racer: u64, schedule: Schedule, s
         return;
     };
     loop {
-        // Until sending starts, look again every second for when it ends.
+        // Until sending starts, look again every second for when to leave.
         let deadline = schedule.known().map_or_else(
             || tokio::time::Instant::now() + Duration::from_secs(1),
-            |w| w.until,
+            |w| w.closing(),
         );
         let next = tokio::time::timeout_at(deadline, ws.next()).await;
         match next {
-            Err(_) if schedule.known().is_some_and(|w| w.until <= deadline) => break,
+            Err(_) if schedule.known().is_some_and(|w| w.closing() <= deadline) => break,
             Err(_) => continue,
             Ok(Some(Ok(Frame::Text(text)))) => {
                 let received = std::time::Instant::now();
