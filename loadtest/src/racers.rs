@@ -2,7 +2,7 @@
 //! batches from gym gateways, or PutRecords straight onto Kinesis.
 
 use crate::freshness::Samples;
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, Window};
 use crate::sim::{Fleet, Message};
 use crate::stats::Stats;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -47,7 +47,36 @@ fn next_tick(phase_ms: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_millis(wait)
 }
 
+/// A sender's seconds: one at its phase of every wall-clock second of the
+/// sending window.
+struct Ticks {
+    next: tokio::time::Instant,
+    window: Window,
+}
+
+impl Ticks {
+    /// Sleeps until the next second to send in; `false` once the window is over.
+    async fn tick(&mut self) -> bool {
+        if self.next >= self.window.until {
+            return false;
+        }
+        tokio::time::sleep_until(self.next).await;
+        self.next += Duration::from_secs(1);
+        true
+    }
+}
+
 impl Run {
+    /// Waits for sending to start, then gives the seconds of a sender
+    /// phased like racer `index`; `None` if sending never starts.
+    async fn ticks(&self, index: u64) -> Option<Ticks> {
+        let window = self.schedule.clone().window().await?;
+        Some(Ticks {
+            next: next_tick(self.fleet.phase_ms(index)),
+            window,
+        })
+    }
+
     /// The messages of `racers` (indices) for the current second.
     fn messages(&self, racers: impl Iterator<Item = u64>) -> Vec<Message> {
         let now = epoch_ms();
@@ -92,13 +121,10 @@ pub async fn websocket_bike(run: Run, index: u64) {
         run.stats.error("ws_connect");
         return;
     };
-    let Some(window) = run.schedule.clone().window().await else {
+    let Some(mut ticks) = run.ticks(index).await else {
         return;
     };
-    let mut tick = next_tick(run.fleet.phase_ms(index));
-    while tick < window.until {
-        tokio::time::sleep_until(tick).await;
-        tick += Duration::from_secs(1);
+    while ticks.tick().await {
         let messages = run.messages(std::iter::once(index));
         let text = serde_json::to_string(&messages[0]).expect("messages serialize");
         let sent = Instant::now();
@@ -120,7 +146,7 @@ pub async fn websocket_bike(run: Run, index: u64) {
             Err(_) => run.stats.error("ws_timeout"),
         }
     }
-    tokio::time::sleep_until(window.closing()).await;
+    tokio::time::sleep_until(ticks.window.closing()).await;
     let _ = ws.close(None).await;
 }
 
@@ -131,13 +157,10 @@ pub async fn http_gateway(run: Run, racers: std::ops::Range<u64>) {
         .build()
         .expect("a client");
     let url = format!("{}/v1/telemetry", run.target);
-    let Some(window) = run.schedule.clone().window().await else {
+    let Some(mut ticks) = run.ticks(racers.start).await else {
         return;
     };
-    let mut tick = next_tick(run.fleet.phase_ms(racers.start));
-    while tick < window.until {
-        tokio::time::sleep_until(tick).await;
-        tick += Duration::from_secs(1);
+    while ticks.tick().await {
         let messages = run.messages(racers.clone());
         let body = serde_json::to_vec(&messages).expect("messages serialize");
         let sent = Instant::now();
@@ -167,13 +190,10 @@ pub async fn kinesis_putter(
 ) {
     use aws_sdk_kinesis::primitives::Blob;
     use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-    let Some(window) = run.schedule.clone().window().await else {
+    let Some(mut ticks) = run.ticks(racers.start).await else {
         return;
     };
-    let mut tick = next_tick(run.fleet.phase_ms(racers.start));
-    while tick < window.until {
-        tokio::time::sleep_until(tick).await;
-        tick += Duration::from_secs(1);
+    while ticks.tick().await {
         let messages = run.messages(racers.clone());
         let entries: Vec<PutRecordsRequestEntry> = messages
             .iter()
