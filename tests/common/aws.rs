@@ -126,36 +126,27 @@ impl Aws {
     pub async fn delivered_lines(&self) -> Vec<Value> {
         use std::io::Read as _;
         let mut lines = Vec::new();
-        let mut pages = self
-            .s3
-            .list_objects_v2()
-            .bucket(&self.delivery)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            for object in page.unwrap().contents.unwrap_or_default() {
-                let key = object.key.unwrap();
-                if !key.ends_with(".gz") || key.starts_with("processing-failed/") {
-                    continue;
-                }
-                let body = self
-                    .s3
-                    .get_object()
-                    .bucket(&self.delivery)
-                    .key(&key)
-                    .send()
-                    .await
-                    .unwrap();
-                let gz = body.body.collect().await.unwrap().into_bytes();
-                let mut text = String::new();
-                flate2::read::GzDecoder::new(&gz[..])
-                    .read_to_string(&mut text)
-                    .unwrap();
-                lines.extend(
-                    text.lines()
-                        .map(|l| serde_json::from_str::<Value>(l).unwrap()),
-                );
+        for key in self.delivery_keys().await {
+            if !key.ends_with(".gz") || key.starts_with("processing-failed/") {
+                continue;
             }
+            let body = self
+                .s3
+                .get_object()
+                .bucket(&self.delivery)
+                .key(&key)
+                .send()
+                .await
+                .unwrap();
+            let gz = body.body.collect().await.unwrap().into_bytes();
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_string(&mut text)
+                .unwrap();
+            lines.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+            );
         }
         lines
     }
