@@ -14,12 +14,11 @@
 //!    delivery settings; for every batch, the time from its 202 to the class
 //!    files holding all of its records; p50, p99, max.
 
-use alleycat_storage::{PutRecord, StorageArgs};
+use alleycat_storage::PutRecord;
 use clap::Parser as _;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read as _;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -34,10 +33,12 @@ fn knob(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The all-in-one's settings as `alleycat` with no flags takes them: its
+/// defaults, and any `ALLEYCAT_*` variables set.
 #[derive(clap::Parser)]
 struct FromEnv {
     #[command(flatten)]
-    storage: StorageArgs,
+    config: alleycat::Config,
 }
 
 /// Record `i` of a run: a unique (class, second, racer), so that history
@@ -61,35 +62,14 @@ fn key_of(record: &Value) -> (u64, u64, u64) {
 }
 
 async fn start(
-    storage: StorageArgs,
+    mut config: alleycat::Config,
 ) -> (
     String,
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
-    let config = alleycat::Config {
-        server: alleycat_runtime::ServerArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            shutdown_timeout: Duration::from_secs(30),
-        },
-        storage,
-        transformer: alleycat_transformer::TransformerArgs {
-            buffer_bytes: NonZeroUsize::new(1 << 20).unwrap(),
-            buffer_interval: Duration::from_secs(5),
-        },
-        history: alleycat_history::HistoryArgs {
-            poll_interval: Duration::from_millis(500),
-            listing_grace: Duration::from_secs(60),
-            gzip_level: 6,
-        },
-        rankings: alleycat_rankings::RankingsArgs {
-            push_interval: Duration::from_millis(250),
-            top: NonZeroUsize::new(50).unwrap(),
-            replay: Duration::from_secs(330),
-            history_reload: Duration::from_secs(10),
-            instance: None,
-        },
-    };
+    // Flushing 200,000 records at the end may take longer than the default.
+    config.server.shutdown_timeout = Duration::from_secs(30);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
@@ -151,7 +131,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let storage = FromEnv::parse_from(["bench"]).storage;
+    let mut config = FromEnv::parse_from(["bench"]).config;
     let records = knob("BENCH_RECORDS", 200_000);
     let clients = knob("BENCH_CLIENTS", 16);
     let batch = knob("BENCH_BATCH", 100);
@@ -159,11 +139,10 @@ async fn main() {
     let seconds = knob("BENCH_SECONDS", 30);
     println!(
         "pipeline bench on {:?} stream / {:?} store: {records} records, {clients} clients, batches of {batch}",
-        storage.stream_kind, storage.store_kind
+        config.storage.stream_kind, config.storage.store_kind
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut storage = storage;
-    storage.data_dir = dir.path().to_path_buf();
+    config.storage.data_dir = dir.path().to_path_buf();
 
     let bodies: Vec<Vec<u8>> = (0..records)
         .collect::<Vec<_>>()
@@ -175,7 +154,7 @@ async fn main() {
 
     // 1. Baseline: the stream alone (a separate data dir / stream consumer-free).
     let baseline = {
-        let mut alone = storage.clone();
+        let mut alone = config.storage.clone();
         let alone_dir = tempfile::tempdir().unwrap();
         alone.data_dir = alone_dir.path().to_path_buf();
         let stream = alone.open_stream().await.unwrap();
@@ -214,7 +193,7 @@ async fn main() {
     println!("  stream alone (baseline)   {baseline:>9.0} records/s   1.00");
 
     // 2. Throughput.
-    let (base, stop, task) = start(storage).await;
+    let (base, stop, task) = start(config).await;
     let client = reqwest::Client::new();
     let started = Instant::now();
     let bodies = Arc::new(bodies);
