@@ -111,14 +111,12 @@ impl<'a> Snapshot<'a> {
     fn all_time_entry(&self, row: usize) -> &str {
         self.all_time[row].get_or_init(|| {
             let s = &self.standings[row];
-            let rank = self.all_time_index.map_or_else(
-                || AllTime::default().rank(self.second, s.racer_id, s.output),
-                |index| index.rank(self.second, s.racer_id, s.output),
-            );
+            let empty = AllTime::default();
+            let index = self.all_time_index.unwrap_or(&empty);
             let entry = AllTimeEntry {
                 racer_id: s.racer_id,
                 output: s.output,
-                rank,
+                rank: index.rank(self.second, s.racer_id, s.output),
             };
             serde_json::to_string(&entry).expect("an entry serializes")
         })
