@@ -1,9 +1,10 @@
 //! Throughput and freshness of the whole pipeline, end to end through real
 //! sockets: `cargo bench --bench pipeline`.
 //!
-//! The backends come from the same settings as the service (`ALLEYCAT_STREAM`,
-//! `ALLEYCAT_STORE`, ...): embedded by default; after
-//! `eval "$(infra/local/up)"`, Kinesis and S3 on the local servers.
+//! Every setting comes from the same defaults and variables as the service
+//! (`ALLEYCAT_STREAM`, `ALLEYCAT_STORE`, `ALLEYCAT_BUFFER_INTERVAL_MS`, ...):
+//! embedded by default; after `eval "$(infra/local/up)"`, Kinesis and S3 on
+//! the local servers.
 //!
 //! 1. Baseline: appending the same records straight to the stream, no HTTP.
 //! 2. Throughput: `BENCH_RECORDS` records posted by `BENCH_CLIENTS` clients
