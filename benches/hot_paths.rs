@@ -9,11 +9,11 @@
 //! - the rankings update: one second of a 1,000-racer race applied, ranked
 //!   and turned into a push; one push of a 1,667-racer race to 167 viewers.
 
-use alleycat_core::class_file::SegmentedClassFile;
 use alleycat_core::delivery::HistoryPoint;
 use alleycat_core::history::{ClassHistory, Histories};
 use alleycat_core::validate::{BodyFormat, parse_batch, parse_record};
 use alleycat_core::{ClassId, Event, RaceId, RacerId, Second, Telemetry};
+use alleycat_history::class_file::SegmentedClassFile;
 use alleycat_rankings::all_time::AllTime;
 use alleycat_rankings::push::Snapshot;
 use alleycat_rankings::race::Race;

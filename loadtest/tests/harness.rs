@@ -1,34 +1,26 @@
 //! The harness against a real all-in-one on loopback: a short run whose
 //! report must account for every record.
 
-use std::num::NonZeroUsize;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The all-in-one at its defaults, but for quicker deliveries, merges and
+/// pushes, so that a short run sees its records through.
 fn config(dir: &std::path::Path) -> alleycat::Config {
-    alleycat::Config {
-        server: alleycat_runtime::ServerArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            shutdown_timeout: Duration::from_secs(10),
-        },
-        storage: alleycat_storage::StorageArgs::embedded(dir.to_path_buf()),
-        transformer: alleycat_transformer::TransformerArgs {
-            buffer_bytes: NonZeroUsize::new(1 << 20).unwrap(),
-            buffer_interval: Duration::from_millis(300),
-        },
-        history: alleycat_history::HistoryArgs {
-            poll_interval: Duration::from_millis(100),
-            listing_grace: Duration::from_secs(60),
-            gzip_level: 6,
-        },
-        rankings: alleycat_rankings::RankingsArgs {
-            push_interval: Duration::from_millis(100),
-            top: NonZeroUsize::new(50).unwrap(),
-            replay: Duration::from_secs(330),
-            history_reload: Duration::from_millis(200),
-            instance: None,
-        },
-    }
+    use clap::Parser as _;
+    alleycat::Config::parse_from([
+        "alleycat",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--buffer-interval-ms",
+        "300",
+        "--history-poll-ms",
+        "100",
+        "--rankings-push-ms",
+        "100",
+        "--rankings-history-reload-ms",
+        "200",
+    ])
 }
 
 async fn run_harness(transport: &str) -> (std::process::ExitStatus, serde_json::Value, String) {

@@ -9,10 +9,10 @@
 //! them into the class histories, and write every touched `class-N.gz`.
 
 use alleycat_core::ClassId;
-use alleycat_core::class_file::SegmentedClassFile;
 use alleycat_core::codec;
 use alleycat_core::delivery::parse_points;
 use alleycat_core::history::{ClassHistory, Histories};
+use alleycat_history::class_file::SegmentedClassFile;
 use anyhow::Context as _;
 use clap::Parser;
 use std::collections::BTreeMap;

@@ -1,5 +1,8 @@
-//! Capped exponential backoff with jitter, for retrying a failing backend.
+//! Capped exponential backoff with jitter, for retrying a failing backend,
+//! and [`retry`], the retry loop built on it.
 
+use std::fmt::Display;
+use std::pin::Pin;
 use std::time::Duration;
 
 /// Retry delays: 100 ms doubling up to a cap, each with "equal jitter"
@@ -46,22 +49,132 @@ impl Backoff {
     }
 }
 
+/// One try of a [`retry`]ed operation: a future borrowing the state the
+/// attempt was given (`Send`, as the futures of `#[async_trait]` methods are).
+pub type Attempt<'a, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'a>>;
+
+/// Runs `attempt` until it succeeds or fails with an error that `is_final`
+/// says no retry can fix (that error is returned). Pauses for `backoff`'s
+/// delays between attempts and logs every retry with `what` was being done.
+/// A success resets `backoff`, so one backoff can pace a run of steps.
+///
+/// Each attempt gets `state` mutably: what its future borrows (a
+/// subscription, the arguments of its call) goes there rather than in the
+/// closure's captures, because a closure cannot lend its captures to the
+/// future it returns. (An async closure could, but the compiler cannot yet
+/// prove such a future `Send` inside a generic function.)
+pub async fn retry<S: ?Sized, T, E: Display>(
+    backoff: &mut Backoff,
+    what: &str,
+    is_final: impl Fn(&E) -> bool,
+    state: &mut S,
+    mut attempt: impl FnMut(&mut S) -> Attempt<'_, T, E>,
+) -> Result<T, E> {
+    loop {
+        match attempt(state).await {
+            Ok(value) => {
+                backoff.reset();
+                return Ok(value);
+            }
+            Err(e) if is_final(&e) => return Err(e),
+            Err(e) => {
+                let pause = backoff.next_delay();
+                tracing::warn!(what, error = %e, ?pause, "failed; retrying");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
-    #[test]
-    fn doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
-        for ceiling in [100, 200, 400, 800, 1000, 1000, 1000] {
-            let d = b.next_delay().as_millis();
-            assert!(
-                (ceiling / 2..=ceiling).contains(&d),
-                "{d} ms not in {}..={ceiling}",
-                ceiling / 2
-            );
+    /// Fails with the given errors in turn, then succeeds with the number
+    /// of attempts made.
+    struct Failing {
+        errors: std::slice::Iter<'static, &'static str>,
+        attempts: usize,
+    }
+
+    fn failing(errors: &'static [&'static str]) -> Failing {
+        Failing {
+            errors: errors.iter(),
+            attempts: 0,
         }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    fn attempt(state: &mut Failing) -> Attempt<'_, usize, &'static str> {
+        Box::pin(async move {
+            state.attempts += 1;
+            state.errors.next().map_or(Ok(state.attempts), |e| Err(*e))
+        })
+    }
+
+    fn is_final(e: &&str) -> bool {
+        *e == "final"
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_with_growing_pauses_until_success_then_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let started = Instant::now();
+        let attempts = retry(
+            &mut backoff,
+            "testing",
+            is_final,
+            &mut failing(&["a", "b", "c"]),
+            attempt,
+        )
+        .await;
+        assert_eq!(attempts, Ok(4));
+        // Pauses of 50..=100, 100..=200 and 200..=400 ms.
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_millis(350)..=Duration::from_millis(700)).contains(&waited),
+            "{waited:?}"
+        );
+        assert!(backoff.next_delay() <= Duration::from_millis(100), "reset");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_final_error_ends_the_loop_at_once() {
+        let mut backoff = Backoff::default();
+        let started = Instant::now();
+        let result = retry(
+            &mut backoff,
+            "testing",
+            is_final,
+            &mut failing(&["final"]),
+            attempt,
+        )
+        .await;
+        assert_eq!(result, Err("final"));
+        assert_eq!(started.elapsed(), Duration::ZERO, "no pause");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_final_error_after_retries_is_returned() {
+        let mut backoff = Backoff::default();
+        let result = retry(
+            &mut backoff,
+            "testing",
+            is_final,
+            &mut failing(&["a", "final"]),
+            attempt,
+        )
+        .await;
+        assert_eq!(result, Err("final"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_of_borrowed_state_can_run_on_another_thread() {
+        let task = tokio::spawn(async {
+            let mut backoff = Backoff::default();
+            let mut state = failing(&["a"]);
+            retry(&mut backoff, "testing", is_final, &mut state, attempt).await
+        });
+        assert_eq!(task.await.unwrap(), Ok(2));
     }
 }

@@ -7,14 +7,10 @@
 //! - [`output`]: the power formula;
 //! - [`delivery`]: the delivery-object line formats and object keys;
 //! - [`backoff`]: retry delays;
-//! - [`batcher`]: size- and interval-bounded buffering (the Firehose buffer);
 //! - [`history`]: per-class, per-second personal bests and their merge;
-//! - [`codec`]: gzip encoding and decoding;
-//! - [`class_file`]: class files re-compressed only where a batch touched them.
+//! - [`codec`]: gzip encoding and decoding.
 
 pub mod backoff;
-pub mod batcher;
-pub mod class_file;
 pub mod codec;
 pub mod delivery;
 pub mod history;

@@ -2,9 +2,11 @@
 
 use alleycat_core::ClassId;
 use alleycat_core::history::class_file_key;
+use alleycat_core::telemetry::CLASS_COUNT;
 use alleycat_storage::ObjectStore;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -35,7 +37,12 @@ pub fn app(state: AppState) -> Router {
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// Not a class file name.
-    #[error("no such file {0:?}: class files are class-1.gz to class-6.gz")]
+    #[error(
+        "no such file {file:?}: class files are {first} to {last}",
+        file = .0,
+        first = class_file_key(ClassId(1)),
+        last = class_file_key(ClassId(CLASS_COUNT))
+    )]
     NoSuchFile(String),
     /// The class exists but nobody has raced it yet.
     #[error("class {0} has no history yet")]
@@ -58,12 +65,36 @@ impl IntoResponse for AppError {
     }
 }
 
+/// The class of a `/history/{file}` path: only the exact name of a class
+/// file (`class-1.gz`, not `class-01.gz`) is one.
+struct ClassFile(ClassId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClassFile {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let file = match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(file)) => file,
+            // Not even UTF-8: no class file has that name either.
+            Err(_) => parts
+                .uri
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        parse_file_name(&file)
+            .map(ClassFile)
+            .ok_or(AppError::NoSuchFile(file))
+    }
+}
+
 async fn class_file(
     State(state): State<AppState>,
-    Path(file): Path<String>,
+    ClassFile(class): ClassFile,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let class = parse_file_name(&file).ok_or_else(|| AppError::NoSuchFile(file.clone()))?;
     let object = state
         .store
         .get(&class_file_key(class))
@@ -95,17 +126,59 @@ async fn class_file(
     Ok(response)
 }
 
+/// The class whose published key is exactly `file`.
 fn parse_file_name(file: &str) -> Option<ClassId> {
-    let digits = file.strip_prefix("class-")?.strip_suffix(".gz")?;
-    if digits.len() != 1 {
-        return None;
-    }
-    ClassId::new(digits.parse().ok()?)
+    ClassId::all().find(|&class| class_file_key(class) == file)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alleycat_core::history::ClassHistory;
+    use alleycat_core::{RacerId, Second};
+    use alleycat_storage::Precondition;
+    use alleycat_storage::object_store::fs::FsStore;
+    use axum::body::{Body, Bytes};
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use tempfile::TempDir;
+    use tower::ServiceExt;
+
+    /// The route over a history store in a temporary directory.
+    struct Fixture {
+        store: Arc<dyn ObjectStore>,
+        dir: TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(FsStore::open(dir.path()).unwrap());
+            Fixture { store, dir }
+        }
+
+        async fn get(&self, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+            let state = AppState {
+                store: Arc::clone(&self.store),
+            };
+            let response = app(state).oneshot(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            (
+                parts.status,
+                parts.headers,
+                body.collect().await.unwrap().to_bytes(),
+            )
+        }
+
+        /// Status and JSON body of an error answer to `GET uri`.
+        async fn error(&self, uri: &str) -> (StatusCode, Value) {
+            let request = Request::get(uri).body(Body::empty()).unwrap();
+            let (status, headers, body) = self.get(request).await;
+            assert_eq!(headers[header::CONTENT_TYPE], "application/json", "{uri}");
+            (status, serde_json::from_slice(&body).unwrap())
+        }
+    }
 
     #[test]
     fn only_class_file_names_map_to_classes() {
@@ -122,5 +195,90 @@ mod tests {
         ] {
             assert_eq!(parse_file_name(bad), None, "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn names_other_than_class_files_are_404() {
+        let fixture = Fixture::new();
+        for (uri, file) in [
+            ("/history/class-7.gz", "class-7.gz"),
+            ("/history/class-01.gz", "class-01.gz"),
+            ("/history/passwd", "passwd"),
+            // Not UTF-8 once decoded.
+            ("/history/%FF", "%FF"),
+        ] {
+            let message =
+                format!("no such file {file:?}: class files are class-1.gz to class-6.gz");
+            assert_eq!(
+                fixture.error(uri).await,
+                (StatusCode::NOT_FOUND, json!({ "error": message })),
+                "{uri}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_class_without_history_is_404() {
+        assert_eq!(
+            Fixture::new().error("/history/class-3.gz").await,
+            (
+                StatusCode::NOT_FOUND,
+                json!({ "error": "class 3 has no history yet" })
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_is_503_without_its_details() {
+        let fixture = Fixture::new();
+        // A directory where the file should be: reading it fails.
+        let key = class_file_key(ClassId(4));
+        std::fs::create_dir(fixture.dir.path().join(key)).unwrap();
+        assert_eq!(
+            fixture.error("/history/class-4.gz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "the history store is unavailable, retry later" })
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_published_class_file_is_served_as_stored_with_its_version() {
+        let fixture = Fixture::new();
+        let mut history = ClassHistory::default();
+        history.merge(Second(3), RacerId(101), 165.3838);
+        let published = Bytes::from(history.to_gzip(6));
+        fixture
+            .store
+            .put_if(
+                &class_file_key(ClassId(2)),
+                published.clone(),
+                "application/gzip",
+                Precondition::IfAbsent,
+            )
+            .await
+            .unwrap();
+        let request = Request::get("/history/class-2.gz")
+            .header(header::ORIGIN, "https://racer.example")
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, body) = fixture.get(request).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/gzip");
+        assert_eq!(headers.get(header::CONTENT_ENCODING), None);
+        assert_eq!(headers[header::CACHE_CONTROL], "no-cache");
+        assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert_eq!(body, published);
+
+        let etag = headers[header::ETAG].clone();
+        let request = Request::get("/history/class-2.gz")
+            .header(header::IF_NONE_MATCH, etag.clone())
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, body) = fixture.get(request).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        assert_eq!(headers[header::ETAG], etag);
+        assert!(body.is_empty());
     }
 }

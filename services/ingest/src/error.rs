@@ -3,6 +3,8 @@
 use alleycat_core::validate::{BatchError, RecordError};
 use alleycat_storage::StreamError;
 use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -18,11 +20,17 @@ pub enum AppError {
     #[error("the body exceeds the limit of {} bytes", crate::MAX_BODY_BYTES)]
     BodyTooLarge,
     /// The body could not be read.
-    #[error("the body could not be read: {0}")]
-    BadBody(String),
+    #[error("the body could not be read: {}", .0.body_text())]
+    BadBody(BytesRejection),
     /// Neither JSON nor NDJSON.
     #[error("unsupported Content-Type {0:?}: send application/json or application/x-ndjson")]
     UnsupportedMediaType(String),
+    /// `GET /v1/telemetry/ws` without a WebSocket upgrade.
+    #[error("not a WebSocket upgrade: {0}")]
+    NotUpgrade(#[from] WebSocketUpgradeRejection),
+    /// A binary WebSocket frame: records come as JSON text.
+    #[error("send each message as a JSON text frame")]
+    BinaryFrame,
     /// The stream did not take the records; none of them count as accepted.
     #[error("the stream is unavailable; nothing from this request was stored, retry later")]
     Unavailable(#[from] StreamError),
@@ -46,7 +54,10 @@ impl AppError {
             AppError::Batch(BatchError::TooManyRecords(_)) | AppError::BodyTooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            AppError::Batch(_) | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
+            AppError::Batch(_)
+            | AppError::BadBody(_)
+            | AppError::NotUpgrade(_)
+            | AppError::BinaryFrame => StatusCode::BAD_REQUEST,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -1,12 +1,10 @@
 //! `POST /v1/telemetry`.
 
+use crate::extract::Records;
 use crate::{AppError, AppState};
-use alleycat_core::validate::{BodyFormat, parse_batch};
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
-use bytes::Bytes;
+use axum::http::StatusCode;
 use serde::Serialize;
 
 /// The success body (`frontend-contract/ingest-accepted.schema.json`).
@@ -17,21 +15,13 @@ pub(crate) struct Accepted {
     pub(crate) accepted: usize,
 }
 
-/// Takes one object, an array of up to 500, or NDJSON; 202 once all are on the stream.
+/// Takes one object, an array of up to
+/// [`MAX_BATCH_RECORDS`](alleycat_core::validate::MAX_BATCH_RECORDS), or
+/// NDJSON; 202 once all are on the stream.
 pub(crate) async fn post_telemetry(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Records(records): Records,
 ) -> Result<(StatusCode, Json<Accepted>), AppError> {
-    let format = body_format(&headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::BodyTooLarge
-        } else {
-            AppError::BadBody(rejection.body_text())
-        }
-    })?;
-    let records = parse_batch(&body, format)?;
     let accepted = crate::put(state.stream.as_ref(), &records).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -42,51 +32,228 @@ pub(crate) async fn post_telemetry(
     ))
 }
 
-fn body_format(headers: &HeaderMap) -> Result<BodyFormat, AppError> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(BodyFormat::Json);
-    };
-    let text = value.to_str().unwrap_or_default();
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
-        "application/json" => Ok(BodyFormat::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
-            Ok(BodyFormat::NdJson)
-        }
-        _ => Err(AppError::UnsupportedMediaType(text.to_owned())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use crate::MAX_BODY_BYTES;
+    use alleycat_core::validate::MAX_BATCH_RECORDS;
+    use alleycat_storage::stream::embedded::EmbeddedStream;
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tempfile::TempDir;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
 
-    fn with_type(value: &'static str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
-        h
+    /// The routes over an embedded stream in a temporary directory.
+    struct Fixture {
+        state: AppState,
+        _dir: TempDir,
     }
 
-    #[test]
-    fn picks_the_format_from_the_content_type() {
-        assert_eq!(body_format(&HeaderMap::new()).unwrap(), BodyFormat::Json);
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let stream = EmbeddedStream::open(dir.path()).unwrap();
+            let state = AppState {
+                stream: Arc::new(stream),
+                shutdown: CancellationToken::new(),
+            };
+            Fixture { state, _dir: dir }
+        }
+
+        /// Status and JSON body of the answer to `request`.
+        async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
+            let response = crate::app(self.state.clone())
+                .oneshot(request)
+                .await
+                .unwrap();
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice(&body).unwrap())
+        }
+
+        async fn post(&self, content_type: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+            let request = Request::post("/v1/telemetry")
+                .header(header::CONTENT_TYPE, content_type)
+                .body(body.into())
+                .unwrap();
+            self.send(request).await
+        }
+
+        /// How many records are on the stream.
+        async fn stored(&self) -> usize {
+            let mut reader = self.state.stream.subscribe("test").await.unwrap();
+            let records = reader.poll(usize::MAX, Duration::ZERO).await.unwrap();
+            records.len()
+        }
+    }
+
+    fn message(racer: u64) -> Value {
+        json!({
+            "event": "update", "deviceTimestamp": 1_619_185_789_753_u64, "second": 3,
+            "raceId": 5_397_285, "name": "Hubert", "racerId": racer, "classId": 1,
+            "cadence": 80.25, "resistance": 78.5
+        })
+    }
+
+    fn refused(error: &str) -> Value {
+        json!({ "error": error, "records": [] })
+    }
+
+    #[tokio::test]
+    async fn takes_an_object_an_array_or_ndjson() {
+        let fixture = Fixture::new();
+        let one = message(1).to_string();
+        let two = json!([message(2), message(3)]).to_string();
+        let lines = format!("{}\n\n{}\n", message(4), message(5));
+        for (content_type, body, accepted) in [
+            ("application/json", one.clone(), 1),
+            ("application/json; charset=utf-8", two, 2),
+            ("application/x-ndjson", lines, 2),
+        ] {
+            assert_eq!(
+                fixture.post(content_type, body).await,
+                (StatusCode::ACCEPTED, json!({ "accepted": accepted })),
+                "{content_type}"
+            );
+        }
+        let untyped = Request::post("/v1/telemetry")
+            .body(Body::from(one))
+            .unwrap();
         assert_eq!(
-            body_format(&with_type("application/json; charset=utf-8")).unwrap(),
-            BodyFormat::Json
+            fixture.send(untyped).await,
+            (StatusCode::ACCEPTED, json!({ "accepted": 1 })),
+            "JSON when no Content-Type is given"
         );
+        assert_eq!(fixture.stored().await, 6);
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_content_type_is_415() {
+        let fixture = Fixture::new();
         assert_eq!(
-            body_format(&with_type("Application/X-NDJSON")).unwrap(),
-            BodyFormat::NdJson
+            fixture.post("text/csv", "a,b").await,
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                refused(
+                    r#"unsupported Content-Type "text/csv": send application/json or application/x-ndjson"#
+                )
+            )
         );
-        assert!(matches!(
-            body_format(&with_type("text/csv")),
-            Err(AppError::UnsupportedMediaType(t)) if t == "text/csv"
-        ));
+    }
+
+    #[tokio::test]
+    async fn too_large_a_body_or_batch_is_413() {
+        let fixture = Fixture::new();
+        assert_eq!(
+            fixture
+                .post("application/json", vec![b' '; MAX_BODY_BYTES + 1])
+                .await,
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                refused(&format!(
+                    "the body exceeds the limit of {MAX_BODY_BYTES} bytes"
+                ))
+            )
+        );
+        let (status, _) = fixture
+            .post("application/json", vec![b' '; MAX_BODY_BYTES])
+            .await;
+        assert_ne!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the limit itself is allowed"
+        );
+        let batch = Value::Array(vec![message(1); MAX_BATCH_RECORDS + 1]);
+        assert_eq!(
+            fixture.post("application/json", batch.to_string()).await,
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                refused(&format!(
+                    "a batch holds at most {MAX_BATCH_RECORDS} records, this one has {}",
+                    MAX_BATCH_RECORDS + 1
+                ))
+            )
+        );
+        assert_eq!(fixture.stored().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_json_or_holds_nothing_is_400() {
+        let fixture = Fixture::new();
+        let (status, body) = fixture.post("application/json", r#"{"racerId": "#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+        assert_eq!(body["records"], json!([]), "{body}");
+
+        let lines = format!("{}\nnot json\n", message(1));
+        let (status, body) = fixture.post("application/x-ndjson", lines).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let problems = body["records"].as_array().unwrap();
+        assert_eq!(problems.len(), 1, "{body}");
+        assert_eq!(
+            (&problems[0]["index"], &problems[0]["field"]),
+            (&json!(1), &Value::Null),
+            "{body}"
+        );
+
+        assert_eq!(
+            fixture.post("application/json", "[]").await,
+            (
+                StatusCode::BAD_REQUEST,
+                refused("the body holds no records")
+            )
+        );
+        assert_eq!(fixture.stored().await, 0);
+    }
+
+    #[tokio::test]
+    async fn invalid_records_are_422_with_every_problem_and_nothing_is_stored() {
+        let fixture = Fixture::new();
+        let mut bad_class = message(2);
+        bad_class["classId"] = json!(9);
+        let mut bad_second = message(3);
+        bad_second["second"] = json!(0);
+        let body = json!([message(1), bad_class, bad_second]).to_string();
+        assert_eq!(
+            fixture.post("application/json", body).await,
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "error": "2 of 3 records are invalid; nothing was accepted",
+                    "records": [
+                        { "index": 1, "field": "classId", "reason": "must be an integer from 1 to 6, got 9" },
+                        { "index": 2, "field": "second", "reason": "must be an integer from 1 to 3600, got 0" },
+                    ]
+                })
+            )
+        );
+        assert_eq!(fixture.stored().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_plain_get_of_the_websocket_is_400() {
+        let fixture = Fixture::new();
+        let request = Request::get("/v1/telemetry/ws")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = fixture.send(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let error = body["error"].as_str().unwrap();
+        assert!(error.starts_with("not a WebSocket upgrade: "), "{body}");
+        assert_eq!(body["records"], json!([]));
+        assert_eq!(
+            body.get("type"),
+            None,
+            "HTTP error bodies have no frame type"
+        );
     }
 }

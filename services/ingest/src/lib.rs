@@ -5,35 +5,39 @@
 //! durably on the stream.
 
 mod error;
+mod extract;
 mod http;
 mod ws;
 
 pub use error::AppError;
 
 use alleycat_core::Telemetry;
-use alleycat_runtime::ServerArgs;
+use alleycat_runtime::{Context, Service, ServiceArgs};
 use alleycat_storage::{PutRecord, StorageArgs, Stream};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
 
 /// Largest request body (or WebSocket message) accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// Settings of a standalone ingest process.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Config {
-    /// Listening address and shutdown timeout.
-    #[command(flatten)]
-    pub server: ServerArgs,
-    /// Where the stream is.
-    #[command(flatten)]
-    pub storage: StorageArgs,
+/// Ingest settings (none of its own yet beyond the storage it shares).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct IngestArgs {}
+
+impl ServiceArgs for IngestArgs {
+    /// Opens the stream; ingest has no background work.
+    async fn service(&self, context: &Context, storage: &StorageArgs) -> anyhow::Result<Service> {
+        let state = AppState {
+            stream: storage.open_stream().await?,
+            shutdown: context.closing.clone(),
+        };
+        Ok(Service::new("ingest", app(state)))
+    }
 }
 
 /// What the handlers share.
@@ -54,22 +58,6 @@ pub fn app(state: AppState) -> Router {
         // Bikes in a browser post from their own origin.
         .layer(CorsLayer::permissive())
         .with_state(state)
-}
-
-/// Runs a standalone ingest process on `listener` until `shutdown` resolves.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let stream = config.storage.open_stream().await?;
-    let token = alleycat_runtime::cancel_on(shutdown);
-    let state = AppState {
-        stream,
-        shutdown: token.clone(),
-    };
-    let router = app(state).merge(alleycat_runtime::health_routes());
-    alleycat_runtime::serve(listener, router, token).await
 }
 
 /// Puts validated records on the stream, partitioned by racer so each

@@ -1,35 +1,27 @@
 //! `GET /v1/telemetry/ws`: a bike keeps one WebSocket open and sends one JSON
-//! message (an object, or an array of up to 500) per text frame. Each frame
+//! message (an object, or an array of up to
+//! [`MAX_BATCH_RECORDS`](alleycat_core::validate::MAX_BATCH_RECORDS)) per
+//! text frame. Each frame
 //! is answered, in order, with an ack or an error frame; the socket stays
 //! open after an error.
 
 use crate::error::AppError;
+use crate::extract::Upgrade;
 use crate::http::Accepted;
 use crate::{AppState, MAX_BODY_BYTES};
 use alleycat_core::validate::{BodyFormat, parse_batch};
 use axum::extract::State;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::IntoResponse as _;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use axum::response::Response;
 
-pub(crate) async fn upgrade(
-    State(state): State<AppState>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    match ws {
-        // A bike sends about 300 bytes a second: small buffers keep ten
-        // thousand open sockets from costing gigabytes (the defaults are
-        // 128 KiB each way per socket).
-        Ok(ws) => ws
-            .max_message_size(MAX_BODY_BYTES)
-            .read_buffer_size(4 * 1024)
-            .write_buffer_size(0)
-            .on_upgrade(move |socket| serve_bike(socket, state)),
-        Err(rejection) => {
-            AppError::BadBody(format!("not a WebSocket upgrade: {rejection}")).into_response()
-        }
-    }
+pub(crate) async fn upgrade(State(state): State<AppState>, Upgrade(ws): Upgrade) -> Response {
+    // A bike sends about 300 bytes a second: small buffers keep ten
+    // thousand open sockets from costing gigabytes (the defaults are
+    // 128 KiB each way per socket).
+    ws.max_message_size(MAX_BODY_BYTES)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| serve_bike(socket, state))
 }
 
 async fn serve_bike(mut socket: WebSocket, state: AppState) {
@@ -43,9 +35,7 @@ async fn serve_bike(mut socket: WebSocket, state: AppState) {
         };
         let reply = match message {
             Some(Ok(Message::Text(text))) => answer(&state, text.as_bytes()).await,
-            Some(Ok(Message::Binary(_))) => error_frame(&AppError::BadBody(
-                "send each message as a JSON text frame".to_owned(),
-            )),
+            Some(Ok(Message::Binary(_))) => error_frame(&AppError::BinaryFrame),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_)) | Err(_)) | None => return,
         };

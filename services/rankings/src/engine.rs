@@ -1,6 +1,10 @@
 //! The rankings engine: reads every shard of the stream, keeps the live
 //! races, pushes standings to viewers at most every push interval per race,
 //! and hands finished results to the results writer.
+//!
+//! [`Engine`] never reads the clock: every method that depends on the time
+//! is given `now` (ms since the epoch), and only [`run`] reads the system
+//! clock, so tests drive the engine with time as plain numbers.
 
 use crate::RankingsArgs;
 use crate::all_time::AllTime;
@@ -12,7 +16,7 @@ use alleycat_core::backoff::Backoff;
 use alleycat_core::history::{ClassHistory, class_file_key};
 use alleycat_core::validate::parse_record;
 use alleycat_core::{ClassId, RaceId};
-use alleycat_storage::{ETag, ObjectStore, StreamRecord, Subscription};
+use alleycat_storage::{ETag, ObjectStore, SequenceNumber, StreamRecord, Subscription};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -27,12 +31,24 @@ const RACE_IDLE: Duration = Duration::from_secs(120);
 const RESULTS_FLUSH: Duration = Duration::from_millis(500);
 /// How often the replay checkpoint moves.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// Most records read from the stream at once.
+const POLL_MAX: usize = 10_000;
+/// Most (arrival, sequence) pairs kept per shard for the replay checkpoint:
+/// only the last of each poll matters, so older ones can go.
+const READ_KEPT: usize = 100_000;
+
+/// A duration in whole milliseconds, the engine's unit of time.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
 
 struct LiveRace {
     race: Race,
     dirty: bool,
-    last_push: Option<Instant>,
-    last_data: Instant,
+    /// When it was last pushed, ms since the epoch.
+    last_push: Option<i64>,
+    /// When a record last changed it, ms since the epoch.
+    last_data: i64,
 }
 
 /// The engine's state.
@@ -42,11 +58,11 @@ pub(crate) struct Engine {
     viewers: Arc<Viewers>,
     finals: Finals,
     order: u64,
-    push_interval: Duration,
+    push_interval_ms: i64,
     top: usize,
     replay_ms: i64,
     /// Per shard, (arrival, sequence) of records read, oldest first.
-    read: HashMap<String, VecDeque<(i64, String)>>,
+    read: HashMap<String, VecDeque<(i64, SequenceNumber)>>,
 }
 
 impl Engine {
@@ -61,15 +77,15 @@ impl Engine {
             viewers,
             finals: Vec::new(),
             order: 0,
-            push_interval: args.push_interval,
+            push_interval_ms: millis(args.push_interval),
             top: args.top.get(),
-            replay_ms: i64::try_from(args.replay.as_millis()).unwrap_or(i64::MAX),
+            replay_ms: millis(args.replay),
             read: HashMap::new(),
         }
     }
 
-    fn apply(&mut self, records: Vec<StreamRecord>, now: Instant) {
-        let too_old = chrono::Utc::now().timestamp_millis() - self.replay_ms;
+    fn apply(&mut self, records: Vec<StreamRecord>, now: i64) {
+        let too_old = now.saturating_sub(self.replay_ms);
         for record in records {
             let shard = self.read.entry(record.shard_id.clone()).or_default();
             shard.push_back((record.arrival_ms, record.sequence.clone()));
@@ -102,15 +118,19 @@ impl Engine {
     }
 
     /// Pushes every dirty race whose interval has passed; returns when the
-    /// next one is due.
-    fn push_due(&mut self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let ts = chrono::Utc::now().timestamp_millis();
+    /// next one is due (ms since the epoch).
+    fn push_due(&mut self, now: i64) -> Option<i64> {
+        let mut next: Option<i64> = None;
         for live in self.races.values_mut() {
             if !live.dirty {
                 continue;
             }
-            let due = live.last_push.map_or(now, |at| at + self.push_interval);
+            // A push stamped after `now` means the clock stepped back: push
+            // now rather than stall until the clock catches up.
+            let due = live
+                .last_push
+                .filter(|&at| at <= now)
+                .map_or(now, |at| at.saturating_add(self.push_interval_ms));
             if due > now {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
@@ -125,7 +145,7 @@ impl Engine {
                 &live.race,
                 self.all_time.get(&class).map(Arc::as_ref),
                 self.top,
-                ts,
+                now,
             );
             let shared = Utf8Bytes::from(snapshot.shared().to_owned());
             self.viewers
@@ -136,9 +156,16 @@ impl Engine {
         next
     }
 
-    fn expire(&mut self, now: Instant) {
+    /// The results of the racers who finished since the last call.
+    fn take_finals(&mut self) -> Finals {
+        std::mem::take(&mut self.finals)
+    }
+
+    /// Forgets the races that got no new record for [`RACE_IDLE`].
+    fn expire(&mut self, now: i64) {
+        let idle = millis(RACE_IDLE);
         self.races
-            .retain(|_, live| now.duration_since(live.last_data) < RACE_IDLE);
+            .retain(|_, live| now.saturating_sub(live.last_data) < idle);
     }
 
     fn set_all_time(&mut self, class: ClassId, all_time: Arc<AllTime>) {
@@ -154,8 +181,8 @@ impl Engine {
 
     /// Per shard, the newest sequence read before the replay window: a
     /// restart re-reads from there and rebuilds the races still running.
-    fn replay_checkpoints(&mut self) -> Vec<(String, String)> {
-        let cutoff = chrono::Utc::now().timestamp_millis() - self.replay_ms;
+    fn replay_checkpoints(&mut self, now: i64) -> Vec<(String, SequenceNumber)> {
+        let cutoff = now.saturating_sub(self.replay_ms);
         let mut checkpoints = Vec::new();
         for (shard, read) in &mut self.read {
             let mut newest = None;
@@ -165,9 +192,8 @@ impl Engine {
             if let Some(seq) = newest {
                 checkpoints.push((shard.clone(), seq));
             }
-            // Only the last sequence of each poll matters; keep the queue short.
-            if read.len() > 100_000 {
-                read.drain(..read.len() - 100_000);
+            if read.len() > READ_KEPT {
+                read.drain(..read.len() - READ_KEPT);
             }
         }
         checkpoints
@@ -268,10 +294,10 @@ pub(crate) async fn run(
             biased;
             () = stop.cancelled() => break,
             Some((class, all_time)) = all_time_rx.recv() => engine.set_all_time(class, all_time),
-            polled = subscription.poll(10_000, wait) => match polled {
+            polled = subscription.poll(POLL_MAX, wait) => match polled {
                 Ok(records) => {
                     backoff.reset();
-                    engine.apply(records, Instant::now());
+                    engine.apply(records, wall_clock_ms());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the stream failed; retrying");
@@ -279,17 +305,21 @@ pub(crate) async fn run(
                 }
             },
         }
-        let now = Instant::now();
-        next_push = engine.push_due(now);
+        let (now, wall) = (Instant::now(), wall_clock_ms());
+        // The loop sleeps on the monotonic clock; the engine speaks wall time.
+        next_push = engine.push_due(wall).map(|due| {
+            now + Duration::from_millis(u64::try_from(due.saturating_sub(wall)).unwrap_or(0))
+        });
         if now >= next_flush {
-            if !engine.finals.is_empty() {
-                let _ = to_writer.send(std::mem::take(&mut engine.finals));
+            let finals = engine.take_finals();
+            if !finals.is_empty() {
+                let _ = to_writer.send(finals);
             }
-            engine.expire(now);
+            engine.expire(wall);
             next_flush = now + RESULTS_FLUSH;
         }
         if now >= next_checkpoint {
-            for (shard, seq) in engine.replay_checkpoints() {
+            for (shard, seq) in engine.replay_checkpoints(wall) {
                 if let Err(e) = subscription.checkpoint(&shard, &seq).await {
                     tracing::warn!(%shard, error = %e, "rankings checkpoint failed");
                 }
@@ -299,13 +329,19 @@ pub(crate) async fn run(
     }
     loader_stop.cancel();
     let _ = loading.await;
-    if !engine.finals.is_empty() {
-        let _ = to_writer.send(std::mem::take(&mut engine.finals));
+    let finals = engine.take_finals();
+    if !finals.is_empty() {
+        let _ = to_writer.send(finals);
     }
     drop(to_writer);
     writer.await?;
     subscription.close().await;
     Ok(())
+}
+
+/// The system clock, ms since the epoch: the engine's `now`, read here only.
+fn wall_clock_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// Writes finished results, retrying until the store takes them.
@@ -318,5 +354,342 @@ async fn write_results(results: ResultsStore, mut finals: mpsc::UnboundedReceive
             tokio::time::sleep(pause).await;
         }
         tracing::debug!(results = batch.len(), "stored race results");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::race::RaceResult;
+    use crate::viewers::{Filter, Subscription as Viewer};
+    use alleycat_core::{Event, RacerId, Second, Telemetry};
+    use alleycat_storage::object_store::fs::FsStore;
+    use alleycat_storage::stream::embedded::EmbeddedStream;
+    use alleycat_storage::{PutRecord, Stream};
+    use serde_json::{Value, json};
+    use std::num::NonZeroUsize;
+
+    /// The engine's clock in these tests: any fixed instant will do.
+    const T0: i64 = 1_700_000_000_000;
+    const PUSH: Duration = Duration::from_millis(250);
+    const REPLAY: Duration = Duration::from_secs(330);
+    const SHARD: &str = "shard-0";
+
+    fn args() -> RankingsArgs {
+        RankingsArgs {
+            push_interval: PUSH,
+            top: NonZeroUsize::new(50).unwrap(),
+            replay: REPLAY,
+            history_reload: Duration::from_secs(10),
+            instance: None,
+        }
+    }
+
+    fn engine(viewers: &Arc<Viewers>) -> Engine {
+        Engine::new(Arc::clone(viewers), HashMap::new(), &args())
+    }
+
+    /// Racer `racer` of class `class`, race 7, at `second`; a higher
+    /// `cadence` is a higher output.
+    fn telemetry(class: u8, racer: u64, second: u16, cadence: f64, event: Event) -> Telemetry {
+        Telemetry {
+            uuid: None,
+            event,
+            device_timestamp: 0,
+            second: Second(second),
+            race_id: RaceId(7),
+            name: format!("R{racer}"),
+            racer_id: RacerId(racer),
+            class_id: ClassId(class),
+            cadence,
+            resistance: 50.0,
+        }
+    }
+
+    fn update(class: u8, racer: u64, second: u16, cadence: f64) -> Telemetry {
+        telemetry(class, racer, second, cadence, Event::Update)
+    }
+
+    /// `t` as read from the stream at position `seq`, arrived at `arrival`.
+    fn record(seq: u64, arrival: i64, t: &Telemetry) -> StreamRecord {
+        StreamRecord {
+            shard_id: SHARD.to_owned(),
+            sequence: SequenceNumber::from(seq),
+            arrival_ms: arrival,
+            data: serde_json::to_vec(t).unwrap().into(),
+        }
+    }
+
+    /// Records arrived just now, numbered from `first_seq`.
+    fn fresh(first_seq: u64, now: i64, messages: &[Telemetry]) -> Vec<StreamRecord> {
+        (first_seq..)
+            .zip(messages)
+            .map(|(seq, t)| record(seq, now, t))
+            .collect()
+    }
+
+    fn watch(viewers: &Viewers, class: u8) -> Viewer {
+        viewers.add(Filter {
+            class_id: ClassId(class),
+            race_id: None,
+            racer_id: None,
+        })
+    }
+
+    fn next_message(viewer: &mut Viewer) -> Option<Value> {
+        let text = viewer.messages.try_recv().ok()?;
+        Some(serde_json::from_str(&text).unwrap())
+    }
+
+    fn racer_ids(message: &Value, list: &str) -> Vec<u64> {
+        message[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["racerId"].as_u64().unwrap())
+            .collect()
+    }
+
+    fn sequences(checkpoints: Vec<(String, SequenceNumber)>) -> Vec<(String, Option<u64>)> {
+        checkpoints
+            .into_iter()
+            .map(|(shard, seq)| (shard, seq.to_u64()))
+            .collect()
+    }
+
+    #[test]
+    fn applied_records_are_pushed_to_their_classes_viewers_stamped_with_now() {
+        let viewers = Arc::new(Viewers::default());
+        let mut class_1 = watch(&viewers, 1);
+        let mut class_2 = watch(&viewers, 2);
+        let mut engine = engine(&viewers);
+        engine.apply(
+            fresh(1, T0, &[update(1, 1, 1, 60.0), update(1, 2, 1, 90.0)]),
+            T0,
+        );
+        assert_eq!(engine.push_due(T0), None, "nothing else is pending");
+        let message = next_message(&mut class_1).unwrap();
+        assert_eq!(
+            (&message["type"], &message["classId"], &message["raceId"]),
+            (&json!("race"), &json!(1), &json!(7))
+        );
+        assert_eq!(
+            (&message["second"], &message["ts"]),
+            (&json!(1), &json!(T0))
+        );
+        assert_eq!(racer_ids(&message, "hereNow"), [2, 1]);
+        assert_eq!(next_message(&mut class_1), None, "one push per race");
+        assert_eq!(next_message(&mut class_2), None, "another class's race");
+    }
+
+    #[test]
+    fn a_race_is_pushed_at_most_once_per_push_interval() {
+        let viewers = Arc::new(Viewers::default());
+        let mut viewer = watch(&viewers, 1);
+        let mut engine = engine(&viewers);
+        engine.apply(fresh(1, T0, &[update(1, 1, 1, 60.0)]), T0);
+        engine.push_due(T0);
+        assert_eq!(next_message(&mut viewer).unwrap()["second"], 1);
+
+        let soon = T0 + 100;
+        engine.apply(fresh(2, soon, &[update(1, 1, 2, 60.0)]), soon);
+        let due = T0 + millis(PUSH);
+        assert_eq!(engine.push_due(soon), Some(due), "held back until due");
+        assert_eq!(next_message(&mut viewer), None);
+        assert_eq!(engine.push_due(due), None);
+        let message = next_message(&mut viewer).unwrap();
+        assert_eq!(
+            (&message["second"], &message["ts"]),
+            (&json!(2), &json!(due))
+        );
+
+        assert_eq!(engine.push_due(due + 1_000), None, "nothing new, no push");
+        assert_eq!(next_message(&mut viewer), None);
+
+        // The clock stepped back: a push is not held until it catches up.
+        let earlier = T0 - 60_000;
+        engine.apply(fresh(3, earlier, &[update(1, 1, 3, 60.0)]), earlier);
+        assert_eq!(engine.push_due(earlier), None);
+        assert_eq!(next_message(&mut viewer).unwrap()["second"], 3);
+    }
+
+    #[test]
+    fn records_older_than_the_replay_window_are_skipped_but_checkpointed() {
+        let viewers = Arc::new(Viewers::default());
+        let mut engine = engine(&viewers);
+        let replay = millis(REPLAY);
+        let finished = telemetry(1, 1, 300, 60.0, Event::Final);
+        engine.apply(
+            vec![
+                record(1, T0 - replay - 1, &finished),
+                StreamRecord {
+                    data: "not telemetry".into(),
+                    ..record(2, T0 - 1_000, &finished)
+                },
+                record(3, T0 - 1_000, &update(2, 5, 1, 60.0)),
+            ],
+            T0,
+        );
+        assert_eq!(
+            engine.races.keys().collect::<Vec<_>>(),
+            [&(ClassId(2), RaceId(7))],
+            "only the recent, valid record makes a race"
+        );
+        assert!(
+            engine.take_finals().is_empty(),
+            "that race's results were kept"
+        );
+
+        assert_eq!(
+            sequences(engine.replay_checkpoints(T0)),
+            [(SHARD.to_owned(), Some(1))],
+            "the newest record before the window"
+        );
+        assert!(
+            engine.replay_checkpoints(T0).is_empty(),
+            "nothing newer left it"
+        );
+        assert_eq!(
+            sequences(engine.replay_checkpoints(T0 + replay)),
+            [(SHARD.to_owned(), Some(3))]
+        );
+    }
+
+    #[test]
+    fn a_final_message_hands_its_result_over_once() {
+        let viewers = Arc::new(Viewers::default());
+        let mut engine = engine(&viewers);
+        let messages = [
+            update(1, 1, 1, 60.0),
+            telemetry(1, 1, 2, 80.0, Event::Final),
+        ];
+        engine.apply(fresh(1, T0, &messages), T0);
+        let outputs: Vec<f64> = messages.iter().map(Telemetry::output).collect();
+        assert_eq!(
+            engine.take_finals(),
+            [(
+                ClassId(1),
+                RaceId(7),
+                RaceResult {
+                    racer_id: RacerId(1),
+                    name: "R1".into(),
+                    output: outputs[1],
+                    average: ((outputs[0] + outputs[1]) / 2.0 * 1e4).round() / 1e4,
+                    best: outputs[1],
+                    seconds: 2,
+                }
+            )]
+        );
+        assert!(engine.take_finals().is_empty(), "handed over once");
+        // The stream read again after a restart: no second result.
+        engine.apply(fresh(1, T0, &messages), T0);
+        assert!(engine.take_finals().is_empty());
+    }
+
+    #[test]
+    fn a_history_reload_reranks_the_live_races_of_its_class_only() {
+        let viewers = Arc::new(Viewers::default());
+        let mut class_1 = watch(&viewers, 1);
+        let mut class_2 = watch(&viewers, 2);
+        let mut engine = engine(&viewers);
+        let mine = update(1, 1, 1, 60.0);
+        engine.apply(fresh(1, T0, &[mine.clone(), update(2, 2, 1, 60.0)]), T0);
+        engine.push_due(T0);
+        let before = next_message(&mut class_1).unwrap();
+        assert_eq!(before["allTime"][0]["rank"], 1);
+        assert_eq!(before["allTime"][0]["personalBest"], Value::Null);
+        assert!(next_message(&mut class_2).is_some());
+
+        let mut history = ClassHistory::default();
+        history.merge(Second(1), RacerId(9), mine.output() + 100.0);
+        history.merge(Second(1), RacerId(1), mine.output() - 1.0);
+        engine.set_all_time(ClassId(1), Arc::new(AllTime::from_history(&history)));
+        let later = T0 + 1_000;
+        engine.push_due(later);
+        let after = next_message(&mut class_1).expect("pushed again without new records");
+        assert_eq!(after["ts"], later);
+        let entry = &after["allTime"][0];
+        assert_eq!((&entry["rank"], &entry["of"]), (&json!(2), &json!(2)));
+        assert_eq!(entry["personalBest"], mine.output() - 1.0);
+        assert_eq!(entry["newRecord"], true);
+        assert_eq!(
+            next_message(&mut class_2),
+            None,
+            "other classes are unchanged"
+        );
+    }
+
+    #[test]
+    fn a_race_without_records_for_the_idle_time_is_forgotten() {
+        let viewers = Arc::new(Viewers::default());
+        let mut engine = engine(&viewers);
+        engine.apply(fresh(1, T0, &[update(1, 1, 1, 60.0)]), T0);
+        let idle = millis(RACE_IDLE);
+        engine.apply(fresh(2, T0 + 10, &[update(1, 1, 2, 60.0)]), T0 + 10);
+        engine.expire(T0 + 10 + idle - 1);
+        assert_eq!(engine.races.len(), 1, "a record keeps it alive");
+        engine.expire(T0 + 10 + idle);
+        assert!(engine.races.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_results_writer_stores_every_batch_it_is_handed() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = ResultsStore::new(Arc::new(FsStore::open(dir.path()).unwrap()));
+        let (to_writer, from_engine) = mpsc::unbounded_channel();
+        let viewers = Arc::new(Viewers::default());
+        let mut engine = engine(&viewers);
+        for (seq, racer) in [(1, 1), (2, 2)] {
+            let last = telemetry(3, racer, 1, 60.0 + racer as f64, Event::Final);
+            engine.apply(fresh(seq, T0, &[last]), T0);
+            to_writer.send(engine.take_finals()).unwrap();
+        }
+        drop(to_writer);
+        write_results(results.clone(), from_engine).await;
+        let race = results.race(RaceId(7)).await.unwrap().unwrap();
+        let ranked: Vec<u64> = race
+            .ranked(ClassId(3))
+            .iter()
+            .map(|r| r.result.racer_id.0)
+            .collect();
+        assert_eq!(ranked, [2, 1]);
+        let (board, _) = results.leaderboard(ClassId(3)).await.unwrap().unwrap();
+        assert_eq!(board.entries.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_stores_the_results_of_the_races_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(FsStore::open(&dir.path().join("history")).unwrap());
+        let results = ResultsStore::new(Arc::clone(&store));
+        let subscription = stream.subscribe("rankings").await.unwrap();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(run(
+            subscription,
+            engine(&Arc::new(Viewers::default())),
+            AllTimeLoader::new(store),
+            args().history_reload,
+            results.clone(),
+            stop.clone(),
+        ));
+        let last = telemetry(4, 1, 1, 60.0, Event::Final);
+        stream
+            .put_records(vec![PutRecord {
+                partition_key: "1".into(),
+                data: serde_json::to_vec(&last).unwrap().into(),
+            }])
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while results.race(RaceId(7)).await.unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the result was never stored");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        let (board, _) = results.leaderboard(ClassId(4)).await.unwrap().unwrap();
+        assert_eq!(board.entries[&RacerId(1)].output, last.output());
     }
 }

@@ -1,14 +1,17 @@
 //! The rankings HTTP API: the viewers' WebSocket, race results and class
 //! leaderboards.
 
+use crate::extract::{LeaderboardQuery, Position, RaceIdPath, RacesQuery, Upgrade, ViewerQuery};
 use crate::results::{RankedEntry, RankedResult, around, page};
 use crate::store::ResultsStore;
 use crate::viewers::{Filter, Viewers};
+use alleycat_core::telemetry::CLASS_COUNT;
 use alleycat_core::{ClassId, RaceId, RacerId};
 use alleycat_storage::{ETag, StoreError};
+use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::ws::{Message, WebSocket};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -46,15 +49,53 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Errors of the rankings API, each a JSON body naming the problem.
+/// Errors of the rankings API, each a JSON body naming the problem
+/// (`frontend-contract/error.schema.json`); store failures are logged, not
+/// shown.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// A parameter is missing or malformed.
-    #[error("{0}")]
-    BadRequest(String),
-    /// No such race.
-    #[error("{0}")]
-    NotFound(String),
+    /// The query string cannot be read at all.
+    #[error("malformed query string: {0}")]
+    MalformedQuery(#[from] QueryRejection),
+    /// `classId` is missing.
+    #[error("classId is required (1 to {CLASS_COUNT})")]
+    ClassIdMissing,
+    /// `classId` names no class.
+    #[error("classId must be 1 to {CLASS_COUNT}, got {0}")]
+    ClassIdOutOfRange(u64),
+    /// A parameter that must be an id or a count is not.
+    #[error("{name} must be a non-negative integer, got {value:?}")]
+    NotAnInteger {
+        /// The parameter.
+        name: &'static str,
+        /// What was sent.
+        value: String,
+    },
+    /// `limit` is 0 or above the route's maximum.
+    #[error("limit must be 1 to {max}, got {got}")]
+    LimitOutOfRange {
+        /// The route's maximum.
+        max: usize,
+        /// What was sent.
+        got: u64,
+    },
+    /// `cursor` is not a `next` this API returned.
+    #[error("cursor {0:?} is not one this API returned")]
+    UnknownCursor(String),
+    /// A WebSocket route was asked for something else.
+    #[error("not a WebSocket upgrade: {0}")]
+    NotUpgrade(#[from] WebSocketUpgradeRejection),
+    /// No results are stored for the race.
+    #[error("race {0} has no results")]
+    NoResults(RaceId),
+    /// `around` names a racer without a result in the class.
+    #[error("racer {racer} is not on the class {class} leaderboard")]
+    NotOnLeaderboard {
+        /// The racer asked for.
+        racer: RacerId,
+        /// Its class.
+        class: ClassId,
+    },
     /// The store failed (details are logged).
     #[error("results are unavailable, retry later")]
     Store(#[from] StoreError),
@@ -63,8 +104,14 @@ pub enum AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MalformedQuery(_)
+            | AppError::ClassIdMissing
+            | AppError::ClassIdOutOfRange(_)
+            | AppError::NotAnInteger { .. }
+            | AppError::LimitOutOfRange { .. }
+            | AppError::UnknownCursor(_)
+            | AppError::NotUpgrade(_) => StatusCode::BAD_REQUEST,
+            AppError::NoResults(_) | AppError::NotOnLeaderboard { .. } => StatusCode::NOT_FOUND,
             AppError::Store(e) => {
                 tracing::error!(error = %e, "reading results failed");
                 StatusCode::SERVICE_UNAVAILABLE
@@ -74,58 +121,17 @@ impl IntoResponse for AppError {
     }
 }
 
-type Params = Query<HashMap<String, String>>;
-
-fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, AppError> {
-    params
-        .get(name)
-        .map(|v| {
-            v.parse::<u64>().map_err(|_| {
-                AppError::BadRequest(format!("{name} must be a non-negative integer, got {v:?}"))
-            })
-        })
-        .transpose()
-}
-
-fn class_param(params: &HashMap<String, String>) -> Result<ClassId, AppError> {
-    let raw = number(params, "classId")?
-        .ok_or_else(|| AppError::BadRequest("classId is required (1 to 6)".into()))?;
-    ClassId::new(raw)
-        .ok_or_else(|| AppError::BadRequest(format!("classId must be 1 to 6, got {raw}")))
-}
-
-fn limit_param(
-    params: &HashMap<String, String>,
-    default: usize,
-    max: usize,
-) -> Result<usize, AppError> {
-    match number(params, "limit")? {
-        None => Ok(default),
-        Some(n) if (1..=max as u64).contains(&n) => Ok(n as usize),
-        Some(n) => Err(AppError::BadRequest(format!(
-            "limit must be 1 to {max}, got {n}"
-        ))),
-    }
-}
-
 /// `GET /v1/rankings/ws?classId=N[&raceId=R][&racerId=X]`.
 async fn viewer(
     State(state): State<AppState>,
-    Query(params): Params,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, AppError> {
-    let filter = Filter {
-        class_id: class_param(&params)?,
-        race_id: number(&params, "raceId")?.map(RaceId),
-        racer_id: number(&params, "racerId")?.map(RacerId),
-    };
-    let upgrade =
-        upgrade.map_err(|e| AppError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
+    ViewerQuery(filter): ViewerQuery,
+    Upgrade(upgrade): Upgrade,
+) -> Response {
     // Viewers only listen: a small read buffer, and pushes written at once.
-    Ok(upgrade
+    upgrade
         .read_buffer_size(1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| watch(socket, state, filter)))
+        .on_upgrade(move |socket| watch(socket, state, filter))
 }
 
 async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
@@ -177,10 +183,8 @@ struct RacesBody {
 /// `GET /v1/races?classId=N[&limit=L]`: recent races, newest first.
 async fn races(
     State(state): State<AppState>,
-    Query(params): Params,
+    RacesQuery { class_id, limit }: RacesQuery,
 ) -> Result<Json<RacesBody>, AppError> {
-    let class_id = class_param(&params)?;
-    let limit = limit_param(&params, 20, 200)?;
     let index = state.results.index(class_id).await?;
     let mut races = Vec::new();
     for race_id in index.newest().take(limit) {
@@ -211,18 +215,13 @@ struct RaceBody {
 /// `GET /v1/races/{raceId}`: one race, every class that rode it.
 async fn race(
     State(state): State<AppState>,
-    Path(race_id): Path<String>,
+    RaceIdPath(race_id): RaceIdPath,
 ) -> Result<Json<RaceBody>, AppError> {
-    let race_id = race_id.parse::<u64>().map(RaceId).map_err(|_| {
-        AppError::BadRequest(format!(
-            "raceId must be a non-negative integer, got {race_id:?}"
-        ))
-    })?;
     let doc = state
         .results
         .race(race_id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("race {race_id} has no results")))?;
+        .ok_or(AppError::NoResults(race_id))?;
     let classes = doc
         .classes
         .keys()
@@ -245,30 +244,23 @@ struct LeaderboardBody {
 /// `GET /v1/leaderboard?classId=N[&limit=L][&cursor=C][&around=X]`.
 async fn leaderboard(
     State(state): State<AppState>,
-    Query(params): Params,
+    LeaderboardQuery {
+        class_id,
+        limit,
+        position,
+    }: LeaderboardQuery,
 ) -> Result<Json<LeaderboardBody>, AppError> {
-    let class_id = class_param(&params)?;
-    let limit = limit_param(&params, 50, 1000)?;
     let ranked = ranked_leaderboard(&state, class_id).await?;
-    if let Some(racer) = number(&params, "around")? {
-        let entries = around(&ranked, RacerId(racer), limit).ok_or_else(|| {
-            AppError::NotFound(format!(
-                "racer {racer} is not on the class {class_id} leaderboard"
-            ))
-        })?;
-        return Ok(Json(LeaderboardBody {
-            class_id,
-            entries,
-            next: None,
-        }));
-    }
-    let offset = match params.get("cursor") {
-        None => 0,
-        Some(c) => c.parse::<usize>().map_err(|_| {
-            AppError::BadRequest(format!("cursor {c:?} is not one this API returned"))
-        })?,
+    let (entries, next) = match position {
+        Position::Around(racer) => {
+            let entries = around(&ranked, racer, limit).ok_or(AppError::NotOnLeaderboard {
+                racer,
+                class: class_id,
+            })?;
+            (entries, None)
+        }
+        Position::Page(offset) => page(&ranked, offset, limit),
     };
-    let (entries, next) = page(&ranked, offset, limit);
     Ok(Json(LeaderboardBody {
         class_id,
         entries,
@@ -299,4 +291,256 @@ async fn ranked_leaderboard(
         .expect("not poisoned")
         .insert(class, (version, Arc::clone(&ranked)));
     Ok(ranked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::race::RaceResult;
+    use alleycat_storage::object_store::fs::FsStore;
+    use alleycat_storage::{ObjectStore, Precondition};
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use tempfile::TempDir;
+    use tower::ServiceExt;
+
+    /// The routes over results kept in a temporary directory.
+    struct Fixture {
+        state: AppState,
+        store: Arc<dyn ObjectStore>,
+        _dir: TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).unwrap());
+            let state = AppState {
+                viewers: Arc::default(),
+                results: ResultsStore::new(Arc::clone(&store)),
+                shutdown: CancellationToken::new(),
+                leaderboards: Arc::default(),
+            };
+            Fixture {
+                state,
+                store,
+                _dir: dir,
+            }
+        }
+
+        /// Status and JSON body of `GET uri`.
+        async fn get(&self, uri: &str) -> (StatusCode, Value) {
+            let request = Request::get(uri).body(Body::empty()).unwrap();
+            let response = app(self.state.clone()).oneshot(request).await.unwrap();
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/json",
+                "{uri}"
+            );
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice(&body).unwrap())
+        }
+
+        /// Stores the finals of race `race` in `class`, racer `r` at output `r`.
+        async fn finals(&self, class: u8, race: u64, racers: &[u64]) {
+            let finals = racers
+                .iter()
+                .map(|&r| {
+                    let result = RaceResult {
+                        racer_id: RacerId(r),
+                        name: format!("R{r}"),
+                        output: r as f64,
+                        average: r as f64,
+                        best: r as f64,
+                        seconds: 300,
+                    };
+                    (ClassId(class), RaceId(race), result)
+                })
+                .collect();
+            self.state.results.record(&finals).await.unwrap();
+        }
+    }
+
+    fn error(message: &str) -> Value {
+        json!({ "error": message })
+    }
+
+    #[tokio::test]
+    async fn malformed_parameters_are_400_naming_the_problem() {
+        let fixture = Fixture::new();
+        for (uri, message) in [
+            ("/v1/races", "classId is required (1 to 6)"),
+            ("/v1/races?classId=9", "classId must be 1 to 6, got 9"),
+            ("/v1/races?classId=0", "classId must be 1 to 6, got 0"),
+            (
+                "/v1/races?classId=x",
+                r#"classId must be a non-negative integer, got "x""#,
+            ),
+            (
+                "/v1/races?classId=-1",
+                r#"classId must be a non-negative integer, got "-1""#,
+            ),
+            (
+                "/v1/races?classId=1&limit=0",
+                "limit must be 1 to 200, got 0",
+            ),
+            (
+                "/v1/races?classId=1&limit=201",
+                "limit must be 1 to 200, got 201",
+            ),
+            (
+                "/v1/races?classId=1&limit=many",
+                r#"limit must be a non-negative integer, got "many""#,
+            ),
+            (
+                "/v1/races/abc",
+                r#"raceId must be a non-negative integer, got "abc""#,
+            ),
+            (
+                "/v1/races/-5",
+                r#"raceId must be a non-negative integer, got "-5""#,
+            ),
+            ("/v1/leaderboard", "classId is required (1 to 6)"),
+            (
+                "/v1/leaderboard?classId=7&limit=0",
+                "classId must be 1 to 6, got 7",
+            ),
+            (
+                "/v1/leaderboard?classId=1&limit=1001",
+                "limit must be 1 to 1000, got 1001",
+            ),
+            (
+                "/v1/leaderboard?classId=1&cursor=abc",
+                r#"cursor "abc" is not one this API returned"#,
+            ),
+            (
+                "/v1/leaderboard?classId=1&around=me",
+                r#"around must be a non-negative integer, got "me""#,
+            ),
+            ("/v1/rankings/ws", "classId is required (1 to 6)"),
+            (
+                "/v1/rankings/ws?classId=1&raceId=x",
+                r#"raceId must be a non-negative integer, got "x""#,
+            ),
+            (
+                "/v1/rankings/ws?classId=1&racerId=1.5",
+                r#"racerId must be a non-negative integer, got "1.5""#,
+            ),
+        ] {
+            assert_eq!(
+                fixture.get(uri).await,
+                (StatusCode::BAD_REQUEST, error(message)),
+                "{uri}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_request_to_the_websocket_is_400() {
+        let (status, body) = Fixture::new().get("/v1/rankings/ws?classId=1").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let message = body["error"].as_str().unwrap();
+        assert!(message.starts_with("not a WebSocket upgrade: "), "{body}");
+        assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+    }
+
+    #[tokio::test]
+    async fn unknown_races_and_racers_are_404() {
+        let fixture = Fixture::new();
+        fixture.finals(3, 10, &[1]).await;
+        for (uri, message) in [
+            ("/v1/races/123", "race 123 has no results"),
+            (
+                "/v1/leaderboard?classId=3&around=9",
+                "racer 9 is not on the class 3 leaderboard",
+            ),
+            // With `around`, `cursor` is ignored, even one this API never gave.
+            (
+                "/v1/leaderboard?classId=3&around=9&cursor=abc",
+                "racer 9 is not on the class 3 leaderboard",
+            ),
+            (
+                "/v1/leaderboard?classId=4&around=1",
+                "racer 1 is not on the class 4 leaderboard",
+            ),
+        ] {
+            assert_eq!(
+                fixture.get(uri).await,
+                (StatusCode::NOT_FOUND, error(message)),
+                "{uri}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_is_503_without_its_details() {
+        let fixture = Fixture::new();
+        fixture
+            .store
+            .put_if(
+                "results/races/5.json",
+                "not a document".into(),
+                "application/json",
+                Precondition::IfAbsent,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            fixture.get("/v1/races/5").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                error("results are unavailable, retry later")
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn valid_parameters_reach_the_stored_results() {
+        let fixture = Fixture::new();
+        fixture.finals(2, 10, &[1, 2]).await;
+        fixture.finals(2, 11, &[3]).await;
+        let (status, races) = fixture.get("/v1/races?classId=2&limit=1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(races["classId"], 2);
+        assert_eq!(races["races"].as_array().unwrap().len(), 1);
+        assert_eq!(races["races"][0]["raceId"], 11, "newest first");
+        assert_eq!(
+            fixture.get("/v1/races?classId=5").await,
+            (StatusCode::OK, json!({ "classId": 5, "races": [] }))
+        );
+
+        let (status, race) = fixture.get("/v1/races/10").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(race["classes"][0]["classId"], 2);
+        assert_eq!(race["classes"][0]["results"][0]["racerId"], 2);
+
+        let ids = |board: &Value| -> Vec<u64> {
+            let entries = board["entries"].as_array().unwrap();
+            entries
+                .iter()
+                .map(|e| e["racerId"].as_u64().unwrap())
+                .collect()
+        };
+        let (status, first) = fixture.get("/v1/leaderboard?classId=2&limit=2").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((ids(&first), &first["next"]), (vec![3, 2], &json!("2")));
+        let (_, last) = fixture
+            .get("/v1/leaderboard?classId=2&limit=2&cursor=2")
+            .await;
+        assert_eq!((ids(&last), &last["next"]), (vec![1], &Value::Null));
+        let (_, around) = fixture
+            .get("/v1/leaderboard?classId=2&limit=1&around=2")
+            .await;
+        assert_eq!((ids(&around), &around["next"]), (vec![2], &Value::Null));
+        assert_eq!(
+            fixture.get("/v1/leaderboard?classId=6").await,
+            (
+                StatusCode::OK,
+                json!({ "classId": 6, "entries": [], "next": null })
+            )
+        );
+    }
 }

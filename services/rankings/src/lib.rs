@@ -8,6 +8,7 @@
 
 pub mod all_time;
 mod engine;
+mod extract;
 mod http;
 pub mod push;
 pub mod race;
@@ -17,12 +18,13 @@ pub mod viewers;
 
 pub use http::{AppError, AppState, app};
 
-use alleycat_runtime::{ServerArgs, parse_millis};
+use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_millis};
+use alleycat_storage::config::StreamKind;
 use alleycat_storage::{ObjectStore, StorageArgs, Stream};
+use anyhow::Context as _;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RankingsArgs {
     /// Least time between two pushes of the same race, in milliseconds.
-    #[arg(long = "rankings-push", env = "ALLEYCAT_RANKINGS_PUSH_MS", default_value = "250", value_parser = parse_millis)]
+    #[arg(long = "rankings-push-ms", env = "ALLEYCAT_RANKINGS_PUSH_MS", default_value = "250", value_parser = parse_millis)]
     pub push_interval: Duration,
 
     /// Racers listed in each push (plus the viewer's own racer and neighbours).
@@ -43,33 +45,19 @@ pub struct RankingsArgs {
 
     /// How much of the stream a restarted process reads again to rebuild
     /// the races still running, in milliseconds (a race lasts 300 s).
-    #[arg(long = "rankings-replay", env = "ALLEYCAT_RANKINGS_REPLAY_MS", default_value = "330000", value_parser = parse_millis)]
+    #[arg(long = "rankings-replay-ms", env = "ALLEYCAT_RANKINGS_REPLAY_MS", default_value = "330000", value_parser = parse_millis)]
     pub replay: Duration,
 
     /// How often the class files are checked for new versions, in
     /// milliseconds. All-time bests move slowly, and decoding a large class
     /// file costs about 0.1 s of CPU, so not every new version is needed.
-    #[arg(long = "rankings-history-reload", env = "ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS", default_value = "10000", value_parser = parse_millis)]
+    #[arg(long = "rankings-history-reload-ms", env = "ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS", default_value = "10000", value_parser = parse_millis)]
     pub history_reload: Duration,
 
     /// This process's name among the rankings processes reading a Kinesis
     /// stream (each keeps its own checkpoints); defaults to host and port.
     #[arg(long = "rankings-instance", env = "ALLEYCAT_RANKINGS_INSTANCE")]
     pub instance: Option<String>,
-}
-
-/// Settings of a standalone rankings process.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Config {
-    /// Listening address and shutdown timeout.
-    #[command(flatten)]
-    pub server: ServerArgs,
-    /// Where the stream and the history store are.
-    #[command(flatten)]
-    pub storage: StorageArgs,
-    /// Rankings settings.
-    #[command(flatten)]
-    pub rankings: RankingsArgs,
 }
 
 /// A started rankings engine: its routes' state and its task.
@@ -127,34 +115,28 @@ pub fn consumer_name(args: &RankingsArgs, listen_port: u16) -> String {
     format!("rankings-{instance}")
 }
 
-/// Runs a standalone rankings process until `shutdown` resolves.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let stream = config.storage.open_stream().await?;
-    let history = config.storage.open_history_store().await?;
-    let consumer = consumer_name(&config.rankings, listener.local_addr()?.port());
-    let token = alleycat_runtime::cancel_on(shutdown);
-    let stop_engine = CancellationToken::new();
-    let started = start(
-        stream,
-        history,
-        &consumer,
-        &config.rankings,
-        stop_engine.clone(),
-        token.clone(),
-    )
-    .await?;
-    let router = app(started.state).merge(alleycat_runtime::health_routes());
-    let task = ("rankings results", started.engine, stop_engine);
-    alleycat_runtime::serve_then_stop(
-        listener,
-        router,
-        token,
-        task,
-        config.server.shutdown_timeout,
-    )
-    .await
+impl ServiceArgs for RankingsArgs {
+    /// Loads the class files, reads the stream into live races until
+    /// stopped (then stores the last results), and serves viewers, results
+    /// and leaderboards.
+    async fn service(&self, context: &Context, storage: &StorageArgs) -> anyhow::Result<Service> {
+        let consumer = match storage.stream_kind {
+            // One process per embedded stream: a fixed name, so a restart resumes.
+            StreamKind::Embedded => "rankings".to_owned(),
+            StreamKind::Kinesis => consumer_name(self, context.port),
+        };
+        let stop = CancellationToken::new();
+        let started = start(
+            storage.open_stream().await?,
+            storage.open_history_store().await?,
+            &consumer,
+            self,
+            stop.clone(),
+            context.closing.clone(),
+        )
+        .await
+        .context("starting the rankings")?;
+        let engine = Task::from_handle("rankings results", stop, started.engine);
+        Ok(Service::new("rankings", app(started.state)).with_task(engine))
+    }
 }

@@ -80,43 +80,55 @@ pub struct StorageArgs {
     pub history_bucket: String,
 
     /// How long a put to Kinesis retries before the request gets a 503, in ms.
-    #[arg(long, env = "ALLEYCAT_PUT_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    #[arg(long = "put-timeout-ms", env = "ALLEYCAT_PUT_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
     pub put_timeout: Duration,
 
     /// How long a Kinesis shard lease lasts without renewal, in ms: how soon
     /// a live process takes over the shards of a dead one.
-    #[arg(long, env = "ALLEYCAT_LEASE_MS", default_value = "10000", value_parser = parse_millis)]
+    #[arg(long = "lease-ms", env = "ALLEYCAT_LEASE_MS", default_value = "10000", value_parser = parse_millis)]
     pub lease_duration: Duration,
 
     /// Pause after a GetRecords that returned nothing, in ms (a shard allows
     /// 5 GetRecords calls a second across all of its consumers).
-    #[arg(long, env = "ALLEYCAT_KINESIS_IDLE_POLL_MS", default_value = "1000", value_parser = parse_millis)]
+    #[arg(long = "kinesis-idle-poll-ms", env = "ALLEYCAT_KINESIS_IDLE_POLL_MS", default_value = "1000", value_parser = parse_millis)]
     pub idle_poll: Duration,
 
+    /// What is opened already: every service of a process shares one stream
+    /// and one handle per store (the embedded stream admits one opener).
     #[arg(skip)]
-    aws: Arc<OnceCell<aws_config::SdkConfig>>,
+    opened: Arc<Opened>,
+}
+
+#[derive(Default)]
+struct Opened {
+    aws: OnceCell<aws_config::SdkConfig>,
+    stream: OnceCell<Arc<dyn Stream>>,
+    delivery: OnceCell<Arc<dyn ObjectStore>>,
+    history: OnceCell<Arc<dyn ObjectStore>>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("stream", &self.stream.initialized())
+            .field("delivery", &self.delivery.initialized())
+            .field("history", &self.history.initialized())
+            .finish_non_exhaustive()
+    }
 }
 
 impl StorageArgs {
-    /// Embedded backends under `data_dir`, every other setting at its default.
-    #[must_use]
-    pub fn embedded(data_dir: PathBuf) -> StorageArgs {
-        StorageArgs {
-            stream_kind: StreamKind::Embedded,
-            store_kind: StoreKind::Embedded,
-            data_dir,
-            stream_name: "alleycat".into(),
-            delivery_bucket: "alleycat-delivery".into(),
-            history_bucket: "alleycat-history".into(),
-            put_timeout: Duration::from_secs(10),
-            lease_duration: Duration::from_secs(10),
-            idle_poll: Duration::from_secs(1),
-            aws: Arc::default(),
-        }
+    /// The record stream, opened on first use.
+    pub async fn open_stream(&self) -> anyhow::Result<Arc<dyn Stream>> {
+        let stream = self
+            .opened
+            .stream
+            .get_or_try_init(|| self.connect_stream())
+            .await?;
+        Ok(Arc::clone(stream))
     }
 
-    /// The record stream.
-    pub async fn open_stream(&self) -> anyhow::Result<Arc<dyn Stream>> {
+    async fn connect_stream(&self) -> anyhow::Result<Arc<dyn Stream>> {
         match self.stream_kind {
             StreamKind::Embedded => {
                 let dir = self.data_dir.join("stream");
@@ -140,14 +152,24 @@ impl StorageArgs {
         }
     }
 
-    /// The store delivery objects are written to.
+    /// The store delivery objects are written to, opened on first use.
     pub async fn open_delivery_store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        self.open_store("delivery", &self.delivery_bucket).await
+        let store = self
+            .opened
+            .delivery
+            .get_or_try_init(|| self.open_store("delivery", &self.delivery_bucket))
+            .await?;
+        Ok(Arc::clone(store))
     }
 
-    /// The store class files are published to.
+    /// The store class files are published to, opened on first use.
     pub async fn open_history_store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        self.open_store("history", &self.history_bucket).await
+        let store = self
+            .opened
+            .history
+            .get_or_try_init(|| self.open_store("history", &self.history_bucket))
+            .await?;
+        Ok(Arc::clone(store))
     }
 
     async fn open_store(&self, name: &str, bucket: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
@@ -176,7 +198,7 @@ impl StorageArgs {
 
     /// The AWS settings from the SDK's standard chain, loaded once.
     async fn aws(&self) -> &aws_config::SdkConfig {
-        self.aws.get_or_init(load_aws_config).await
+        self.opened.aws.get_or_init(load_aws_config).await
     }
 }
 

@@ -11,5 +11,5 @@ pub mod stream;
 pub use config::{StorageArgs, load_aws_config};
 pub use object_store::{ETag, Object, ObjectStore, Precondition, StoreError};
 pub use stream::{
-    PendingDelivery, PutRecord, Stream, StreamError, StreamRecord, Subscription, compare_sequences,
+    PendingDelivery, PutRecord, SequenceNumber, Stream, StreamError, StreamRecord, Subscription,
 };

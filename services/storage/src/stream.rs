@@ -6,12 +6,13 @@
 
 pub mod embedded;
 pub mod kinesis;
-mod lease;
+mod sequence;
+
+pub use sequence::{ParseSequenceError, SequenceNumber};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::cmp::Ordering;
 use std::time::Duration;
 
 /// A record to append.
@@ -28,9 +29,8 @@ pub struct PutRecord {
 pub struct StreamRecord {
     /// The shard it was read from.
     pub shard_id: String,
-    /// Its position in the shard. Sequence numbers of one shard sort in
-    /// stream order when compared as numbers.
-    pub sequence: String,
+    /// Its position in the shard.
+    pub sequence: SequenceNumber,
     /// When the stream accepted it, ms since the epoch.
     pub arrival_ms: i64,
     /// The bytes that were put.
@@ -62,7 +62,11 @@ pub trait Subscription: Send {
     /// `sequence` has been processed; a restart resumes after it. Clears the
     /// shard's pending delivery. Fails with [`StreamError::LeaseLost`] when
     /// another consumer has taken the shard over.
-    async fn checkpoint(&mut self, shard_id: &str, sequence: &str) -> Result<(), StreamError>;
+    async fn checkpoint(
+        &mut self,
+        shard_id: &str,
+        sequence: &SequenceNumber,
+    ) -> Result<(), StreamError>;
 
     /// Durably records, before writing it, the delivery of `shard_id`'s
     /// records `first..=last` under `key`, so that whoever reads the shard
@@ -91,19 +95,9 @@ pub struct PendingDelivery {
     /// The key of the last object the delivery writes.
     pub key: String,
     /// Sequence of its first record.
-    pub first: String,
+    pub first: SequenceNumber,
     /// Sequence of its last record.
-    pub last: String,
-}
-
-/// Orders two sequence numbers of one shard. They are decimal integers of
-/// any length (Kinesis uses up to 128 bits), so compare them as numbers, not
-/// as strings.
-#[must_use]
-pub fn compare_sequences(a: &str, b: &str) -> Ordering {
-    let a = a.trim_start_matches('0');
-    let b = b.trim_start_matches('0');
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    pub last: SequenceNumber,
 }
 
 /// Why a stream operation failed.
@@ -124,21 +118,33 @@ pub enum StreamError {
     LeaseLost(String),
 }
 
+impl StreamError {
+    /// Whether the shard was taken over: retrying cannot help, the work on
+    /// it must be dropped.
+    #[must_use]
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, StreamError::LeaseLost(_))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn sequences_compare_as_numbers() {
-        assert_eq!(compare_sequences("9", "10"), Ordering::Less);
+    fn a_pending_delivery_is_stored_in_the_same_bytes_as_before() {
+        let stored = r#"{"key":"2026/11/26/10/x.gz","first":"49617562271853452710231452089870573953214820913201119234","last":"49617562271853452710231452089870573953214820913201119299"}"#;
+        let pending: PendingDelivery = serde_json::from_str(stored).unwrap();
+        assert!(pending.first < pending.last);
+        assert_eq!(serde_json::to_string(&pending).unwrap(), stored);
+        let embedded = PendingDelivery {
+            key: "k".into(),
+            first: SequenceNumber::from(0),
+            last: SequenceNumber::from(1),
+        };
         assert_eq!(
-            compare_sequences("00000000000000000010", "9"),
-            Ordering::Greater
+            serde_json::to_string(&embedded).unwrap(),
+            r#"{"key":"k","first":"00000000000000000000","last":"00000000000000000001"}"#
         );
-        let kinesis = "49617562271853452710231452089870573953214820913201119234";
-        let next = "49617562271853452710231452089870573953214820913201119235";
-        assert_eq!(compare_sequences(kinesis, next), Ordering::Less);
-        assert_eq!(compare_sequences(kinesis, kinesis), Ordering::Equal);
-        assert_eq!(compare_sequences("0", "000"), Ordering::Equal);
     }
 }

@@ -5,11 +5,13 @@
 //! delivery that completed from one that did not: completed ones are
 //! skipped ([`recover`]), never written twice.
 
-use alleycat_core::backoff::Backoff;
+use alleycat_core::backoff::{Backoff, retry};
 use alleycat_core::codec;
 use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord};
 use alleycat_core::validate::parse_record;
-use alleycat_storage::{ObjectStore, PendingDelivery, StreamError, StreamRecord, Subscription};
+use alleycat_storage::{
+    ObjectStore, PendingDelivery, SequenceNumber, StreamError, StreamRecord, Subscription,
+};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
@@ -21,7 +23,7 @@ const MAX_KEY_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 /// One stream record after processing: its delivery line, or why it failed.
 #[derive(Debug)]
 pub struct Processed {
-    sequence: String,
+    sequence: SequenceNumber,
     outcome: Result<Vec<u8>, FailedRecord>,
 }
 
@@ -50,7 +52,7 @@ impl Processed {
                     reason,
                     record.arrival_ms,
                     &record.shard_id,
-                    &record.sequence,
+                    &record.sequence.to_string(),
                 ))
             }
         };
@@ -86,29 +88,39 @@ pub(crate) async fn recover(
     store: &dyn ObjectStore,
     subscription: &mut dyn Subscription,
     shard: &str,
-) -> Option<String> {
+) -> Option<SequenceNumber> {
     let mut backoff = Backoff::default();
-    let pending = retry!(
-        backoff,
+    let pending = retry(
+        &mut backoff,
         "reading the pending delivery",
-        subscription.pending_delivery(shard)
+        StreamError::is_lease_lost,
+        &mut (&mut *subscription, shard),
+        |(subscription, shard)| subscription.pending_delivery(shard),
     )
+    .await
     .ok()??;
-    let written = retry!(
-        backoff,
+    let written = retry(
+        &mut backoff,
         "checking a pending delivery",
-        store.exists(&pending.key)
+        // A store error says nothing about who owns the shard: keep trying.
+        |_| false,
+        &mut (store, pending.key.as_str()),
+        |(store, key)| store.exists(key),
     )
+    .await
     .ok()?;
     if !written {
         // Never written: its records are simply delivered again, under a new key.
         return None;
     }
-    retry!(
-        backoff,
+    retry(
+        &mut backoff,
         "checkpoint",
-        subscription.checkpoint(shard, &pending.last)
+        StreamError::is_lease_lost,
+        &mut (&mut *subscription, shard, &pending.last),
+        |(subscription, shard, last)| subscription.checkpoint(shard, last),
     )
+    .await
     .ok()?;
     tracing::info!(shard, key = %pending.key, "found a delivery completed before a restart; skipping its records");
     Some(pending.last)
@@ -129,6 +141,7 @@ pub(crate) async fn deliver(
         return Outcome::Delivered;
     };
     let (first, last) = (first.sequence.clone(), last.sequence.clone());
+    let (first_text, last_text) = (first.to_string(), last.to_string());
     let mut lines = Vec::with_capacity(batch.iter().map(Processed::size).sum());
     let mut failed = Vec::new();
     let mut records = 0usize;
@@ -168,21 +181,25 @@ pub(crate) async fn deliver(
     for (i, (body, key_at, count)) in objects.iter().enumerate() {
         let is_last = i + 1 == objects.len();
         let mut written_at = Utc::now();
+        // Not `retry`: an attempt that keeps failing moves to a fresh key,
+        // which has to be announced again before it is written.
         loop {
-            let key = key_at(written_at, shard, &first, &last);
+            let key = key_at(written_at, shard, &first_text, &last_text);
             if is_last {
                 let pending = PendingDelivery {
                     key: key.clone(),
                     first: first.clone(),
                     last: last.clone(),
                 };
-                if retry!(
-                    backoff,
+                let announced = retry(
+                    &mut backoff,
                     "announcing a delivery",
-                    subscription.begin_delivery(shard, &pending)
+                    StreamError::is_lease_lost,
+                    &mut (&mut *subscription, shard, &pending),
+                    |(subscription, shard, pending)| subscription.begin_delivery(shard, pending),
                 )
-                .is_err()
-                {
+                .await;
+                if announced.is_err() {
                     return Outcome::ShardLost;
                 }
             }
@@ -203,41 +220,16 @@ pub(crate) async fn deliver(
         }
     }
     // Only now, with every object durable, may the stream forget the batch.
-    match retry!(backoff, "checkpoint", subscription.checkpoint(shard, &last)) {
-        Ok(()) => Outcome::Delivered,
-        Err(LeaseLost) => Outcome::ShardLost,
-    }
-}
-
-/// The shard was taken over while retrying.
-struct LeaseLost;
-
-/// Awaits `$attempt` again (with backoff) until it succeeds, or until the
-/// shard turns out to belong to someone else (`Err(LeaseLost)`). A macro,
-/// not a function: each attempt re-borrows the subscription mutably.
-macro_rules! retry {
-    ($backoff:ident, $what:expr, $attempt:expr) => {
-        loop {
-            match $attempt.await {
-                Ok(value) => {
-                    $backoff.reset();
-                    break Ok::<_, LeaseLost>(value);
-                }
-                Err(e) if is_lease_lost(&e) => break Err(LeaseLost),
-                Err(e) => {
-                    let pause = $backoff.next_delay();
-                    tracing::warn!(what = $what, error = %e, ?pause, "failed; retrying");
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        }
-    };
-}
-use retry;
-
-fn is_lease_lost(e: &dyn std::any::Any) -> bool {
-    matches!(
-        e.downcast_ref::<StreamError>(),
-        Some(StreamError::LeaseLost(_))
+    let checkpointed = retry(
+        &mut backoff,
+        "checkpoint",
+        StreamError::is_lease_lost,
+        &mut (&mut *subscription, shard, &last),
+        |(subscription, shard, last)| subscription.checkpoint(shard, last),
     )
+    .await;
+    match checkpointed {
+        Ok(()) => Outcome::Delivered,
+        Err(_) => Outcome::ShardLost,
+    }
 }

@@ -7,7 +7,9 @@
 //! acknowledged and is durable. Consumer offsets live in the same database;
 //! records every registered consumer has checkpointed past are deleted.
 
-use super::{PendingDelivery, PutRecord, Stream, StreamError, StreamRecord, Subscription};
+use super::{
+    PendingDelivery, PutRecord, SequenceNumber, Stream, StreamError, StreamRecord, Subscription,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
@@ -329,15 +331,15 @@ impl Subscription for EmbeddedSubscription {
         Ok(records)
     }
 
-    async fn checkpoint(&mut self, shard_id: &str, sequence: &str) -> Result<(), StreamError> {
-        if shard_id != SHARD_ID {
-            return Err(StreamError::InvalidCheckpoint(format!(
-                "unknown shard {shard_id:?}"
-            )));
-        }
-        let sequence: u64 = sequence
-            .parse()
-            .map_err(|_| StreamError::InvalidCheckpoint(format!("bad sequence {sequence:?}")))?;
+    async fn checkpoint(
+        &mut self,
+        shard_id: &str,
+        sequence: &SequenceNumber,
+    ) -> Result<(), StreamError> {
+        check_shard(shard_id)?;
+        let sequence = sequence
+            .to_u64()
+            .ok_or_else(|| StreamError::InvalidCheckpoint(format!("bad sequence {sequence}")))?;
         let consumer = self.consumer.clone();
         self.stream
             .send(|ack| WriteOp::Checkpoint {
@@ -412,17 +414,12 @@ fn read_range(db: &Database, from: u64, to: u64) -> Result<Vec<StreamRecord>, re
         let (arrival, data) = value.split_at(8);
         out.push(StreamRecord {
             shard_id: SHARD_ID.to_owned(),
-            sequence: format_sequence(key.value()),
+            sequence: SequenceNumber::from(key.value()),
             arrival_ms: i64::from_le_bytes(arrival.try_into().expect("8 bytes")),
             data: Bytes::copy_from_slice(data),
         });
     }
     Ok(out)
-}
-
-/// Zero-padded, so sequences sort as strings too (they appear in object keys).
-fn format_sequence(sequence: u64) -> String {
-    format!("{sequence:020}")
 }
 
 #[cfg(test)]
@@ -455,7 +452,7 @@ mod tests {
                 .unwrap();
             let got = sub.poll(2, WAIT).await.unwrap();
             assert_eq!(datas(&got), [b"a", b"b"]);
-            assert_eq!(got[0].sequence, "00000000000000000000");
+            assert_eq!(got[0].sequence.to_string(), "00000000000000000000");
             assert!(got[0].arrival_ms > 1_600_000_000_000);
             sub.checkpoint(SHARD_ID, &got[0].sequence).await.unwrap();
             assert_eq!(datas(&sub.poll(10, WAIT).await.unwrap()), [b"c"]);
@@ -473,7 +470,8 @@ mod tests {
         stream.put_records(vec![put("d")]).await.unwrap();
         let d = sub.poll(10, WAIT).await.unwrap();
         assert_eq!(
-            d[0].sequence, "00000000000000000003",
+            d[0].sequence.to_string(),
+            "00000000000000000003",
             "sequences continue after reopen"
         );
     }
@@ -559,8 +557,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pending = PendingDelivery {
             key: "2026/11/26/10/x.gz".into(),
-            first: "00000000000000000000".into(),
-            last: "00000000000000000001".into(),
+            first: SequenceNumber::from(0),
+            last: SequenceNumber::from(1),
         };
         {
             let stream = EmbeddedStream::open(dir.path()).unwrap();
@@ -590,7 +588,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stream = EmbeddedStream::open(dir.path()).unwrap();
         let mut sub = stream.subscribe("t").await.unwrap();
-        assert!(sub.checkpoint("shard-9", "1").await.is_err());
-        assert!(sub.checkpoint(SHARD_ID, "x").await.is_err());
+        assert!(
+            sub.checkpoint("shard-9", &SequenceNumber::from(1))
+                .await
+                .is_err()
+        );
+        let beyond_u64 = "18446744073709551616".parse().unwrap();
+        assert!(sub.checkpoint(SHARD_ID, &beyond_u64).await.is_err());
     }
 }

@@ -3,13 +3,11 @@
 //! `infra/local/up`), each service its own process of the real binary.
 //!
 //! Run by `./scripts/test`, which starts the servers; alone:
-//! `eval "$(infra/local/up)"; cargo test --test aws -- --include-ignored`.
-
-mod common;
+//! `eval "$(infra/local/up)"; cargo test --test it aws:: -- --include-ignored`.
 
 use aws_sdk_kinesis::primitives::Blob;
-use common::aws::{Aws, occurrences};
-use common::*;
+use crate::common::aws::{Aws, occurrences};
+use crate::common::*;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

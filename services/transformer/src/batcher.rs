@@ -12,17 +12,17 @@ use tokio::time::Instant;
 
 /// When a batch is flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
+pub(crate) struct BatchLimits {
     /// Flush once the items' sizes add up to this many bytes; a batch never
     /// exceeds it unless one item alone does.
-    pub max_bytes: NonZeroUsize,
+    pub(crate) max_bytes: NonZeroUsize,
     /// Flush once the oldest item has waited this long.
-    pub max_age: Duration,
+    pub(crate) max_age: Duration,
 }
 
 /// A buffer of items that flushes by size or age.
 #[derive(Debug)]
-pub struct Batcher<T> {
+pub(crate) struct Batcher<T> {
     limits: BatchLimits,
     items: Vec<T>,
     bytes: usize,
@@ -32,7 +32,7 @@ pub struct Batcher<T> {
 impl<T> Batcher<T> {
     /// An empty buffer.
     #[must_use]
-    pub fn new(limits: BatchLimits) -> Self {
+    pub(crate) fn new(limits: BatchLimits) -> Self {
         Batcher {
             limits,
             items: Vec::new(),
@@ -44,7 +44,7 @@ impl<T> Batcher<T> {
     /// Adds an item of `size` bytes. Returns a batch to flush now: the
     /// previous items when this one would not fit beside them (it then opens
     /// the next batch), or every item when this one filled the buffer.
-    pub fn push(&mut self, item: T, size: usize) -> Option<Vec<T>> {
+    pub(crate) fn push(&mut self, item: T, size: usize) -> Option<Vec<T>> {
         let max = self.limits.max_bytes.get();
         let flushed = if !self.items.is_empty() && self.bytes + size > max {
             Some(self.take())
@@ -65,12 +65,12 @@ impl<T> Batcher<T> {
 
     /// When the open batch must be flushed, if one is open.
     #[must_use]
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.opened_at.map(|at| at + self.limits.max_age)
     }
 
     /// The open batch, if its deadline has passed.
-    pub fn take_if_due(&mut self) -> Option<Vec<T>> {
+    pub(crate) fn take_if_due(&mut self) -> Option<Vec<T>> {
         match self.deadline() {
             Some(deadline) if deadline <= Instant::now() => Some(self.take()),
             _ => None,
@@ -78,7 +78,7 @@ impl<T> Batcher<T> {
     }
 
     /// Everything buffered (possibly nothing), e.g. at shutdown.
-    pub fn take(&mut self) -> Vec<T> {
+    pub(crate) fn take(&mut self) -> Vec<T> {
         self.bytes = 0;
         self.opened_at = None;
         std::mem::take(&mut self.items)
@@ -86,14 +86,8 @@ impl<T> Batcher<T> {
 
     /// Whether nothing is buffered.
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty()
-    }
-
-    /// Bytes buffered.
-    #[must_use]
-    pub fn bytes(&self) -> usize {
-        self.bytes
     }
 }
 
@@ -123,8 +117,9 @@ mod tests {
         let mut b = Batcher::new(limits(10, 5000));
         assert_eq!(b.push("a", 6), None);
         assert_eq!(b.push("b", 6), Some(vec!["a"]));
-        assert_eq!(b.bytes(), 6);
-        assert_eq!(b.take(), vec!["b"]);
+        // "b" opened the next batch: 4 more bytes fill it.
+        assert_eq!(b.push("c", 4), Some(vec!["b", "c"]));
+        assert_eq!(b.take(), Vec::<&str>::new());
         // An oversized item alone is flushed at once rather than held.
         assert_eq!(b.push("huge", 50), Some(vec!["huge"]));
     }

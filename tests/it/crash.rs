@@ -1,9 +1,7 @@
 //! Crash safety of the real binary: records acknowledged right before a
 //! `kill -9` all reach the class files after a restart.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

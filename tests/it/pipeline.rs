@@ -1,9 +1,7 @@
 //! End to end through real sockets: telemetry in over HTTP and WebSocket,
 //! class files out, on the embedded backends.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;

@@ -1,11 +1,9 @@
 //! The frontend contract: every schema in `frontend-contract/` accepts its
 //! examples and, above all, what the services really send.
 
-mod common;
-
 use alleycat_storage::PutRecord;
 use base64::Engine as _;
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -190,7 +188,7 @@ async fn records_that_fail_processing_go_to_processing_failed_in_the_contract_sh
     // A producer other than our ingest (on Kinesis, anyone with access) can
     // put anything on the stream; the transformer must set it aside.
     let dir = tempfile::tempdir().unwrap();
-    let storage = alleycat_storage::StorageArgs::embedded(dir.path().to_path_buf());
+    let storage = test_config(dir.path()).storage;
     let stream = storage.open_stream().await.unwrap();
     let store = storage.open_delivery_store().await.unwrap();
     let good = race(5, 3, 1, 1, 1)[0][0].json().to_string();

@@ -11,8 +11,8 @@
 //! one ordinary gzip member that any gunzip and the original frontend
 //! decode, byte for byte the same JSON as [`ClassHistory::to_json`].
 
-use crate::Second;
-use crate::history::ClassHistory;
+use alleycat_core::Second;
+use alleycat_core::history::ClassHistory;
 use flate2::{Compress, Compression, FlushCompress};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -151,8 +151,8 @@ impl SegmentedClassFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RacerId;
-    use crate::codec::gunzip;
+    use alleycat_core::RacerId;
+    use alleycat_core::codec::gunzip;
     use proptest::prelude::*;
 
     fn decode(gz: &[u8]) -> Vec<u8> {

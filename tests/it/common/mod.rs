@@ -7,7 +7,6 @@ pub mod aws;
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -24,31 +23,32 @@ pub struct Server {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
-/// All-in-one settings for tests: short buffers so history appears quickly.
+/// Flags that make history and rankings appear quickly; everything else is
+/// the binary's own default.
+pub const QUICK_FLAGS: [(&str, &str); 4] = [
+    ("ALLEYCAT_BUFFER_INTERVAL_MS", "200"),
+    ("ALLEYCAT_HISTORY_POLL_MS", "50"),
+    ("ALLEYCAT_RANKINGS_PUSH_MS", "100"),
+    ("ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS", "200"),
+];
+
+/// All-in-one settings for tests: clap's defaults, the data under
+/// `data_dir`, and [`QUICK_FLAGS`].
 pub fn test_config(data_dir: &Path) -> alleycat::Config {
-    alleycat::Config {
-        server: alleycat_runtime::ServerArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            shutdown_timeout: Duration::from_secs(10),
-        },
-        storage: alleycat_storage::StorageArgs::embedded(data_dir.to_path_buf()),
-        transformer: alleycat_transformer::TransformerArgs {
-            buffer_bytes: NonZeroUsize::new(1 << 20).unwrap(),
-            buffer_interval: Duration::from_millis(200),
-        },
-        history: alleycat_history::HistoryArgs {
-            poll_interval: Duration::from_millis(50),
-            listing_grace: Duration::from_secs(60),
-            gzip_level: 6,
-        },
-        rankings: alleycat_rankings::RankingsArgs {
-            push_interval: Duration::from_millis(100),
-            top: std::num::NonZeroUsize::new(50).unwrap(),
-            replay: Duration::from_secs(330),
-            history_reload: Duration::from_millis(200),
-            instance: None,
-        },
+    use clap::Parser as _;
+    let mut args = vec!["alleycat".to_owned(), "--data-dir".to_owned()];
+    args.push(data_dir.to_str().unwrap().to_owned());
+    for (variable, value) in QUICK_FLAGS {
+        args.push(flag_of(variable));
+        args.push(value.to_owned());
     }
+    alleycat::Config::parse_from(args)
+}
+
+/// The flag of an `ALLEYCAT_*` variable (both share one name scheme).
+pub fn flag_of(variable: &str) -> String {
+    let name = variable.strip_prefix("ALLEYCAT_").expect("an ALLEYCAT_ variable");
+    format!("--{}", name.to_lowercase().replace('_', "-"))
 }
 
 impl Server {
@@ -277,12 +277,10 @@ impl Service {
 
     /// SIGTERM, then wait for a graceful exit.
     pub async fn terminate(mut self) {
-        let pid = self.child.id().expect("running") as i32;
-        std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let pid = self.child.id().expect("running");
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
         let status = tokio::time::timeout(PATIENCE, self.child.wait())
             .await
             .expect("exits in time")
@@ -291,50 +289,82 @@ impl Service {
     }
 }
 
-/// Starts `alleycat <args>` on a random loopback port with `env` added (and
-/// short buffers, as in [`test_config`]); returns once it listens.
-pub async fn spawn_alleycat(args: &[&str], env: &[(String, String)]) -> Service {
-    use tokio::io::{AsyncBufReadExt as _, BufReader};
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"));
-    command
-        .args(args)
-        // Only what this test sets: a developer's shell may export others.
-        .env_remove("ALLEYCAT_STREAM")
-        .env_remove("ALLEYCAT_STORE")
-        .env_remove("ALLEYCAT_DATA_DIR")
-        .env("ALLEYCAT_LISTEN", "127.0.0.1:0")
-        .env("ALLEYCAT_BUFFER_INTERVAL_MS", "200")
-        .env("ALLEYCAT_HISTORY_POLL_MS", "50")
-        .env("ALLEYCAT_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let name = args.first().copied().unwrap_or("all-in-one").to_owned();
-    let addr = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if std::env::var_os("ALLEYCAT_TEST_LOGS").is_some() {
-                eprintln!("[{name}] {line}");
-            }
-            if let Some(rest) = line.split("listening addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
+/// A loopback port no other child of this test run was given: bound by the
+/// kernel's choice, then released for the child to bind.
+fn free_port() -> u16 {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().get_or_insert_default().insert(port) {
+            return port;
         }
-        panic!("alleycat {name} exited before listening");
-    })
-    .await
-    .expect("alleycat starts listening in time");
-    // Keep draining the log so the child never blocks on a full pipe.
+    }
+}
+
+/// Starts `alleycat <args>` on a free loopback port with `env` added (and
+/// [`QUICK_FLAGS`]); returns once its `/healthz` answers 200.
+pub async fn spawn_alleycat(args: &[&str], env: &[(String, String)]) -> Service {
+    let name = args.first().copied().unwrap_or("all-in-one").to_owned();
+    // A port released for the child can be taken by someone else before the
+    // child binds it: then the child exits, and another port is tried.
+    for _ in 0..3 {
+        let base = format!("http://127.0.0.1:{}", free_port());
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"));
+        command
+            .args(args)
+            // Only what this test sets: a developer's shell may export others.
+            .env_remove("ALLEYCAT_STREAM")
+            .env_remove("ALLEYCAT_STORE")
+            .env_remove("ALLEYCAT_DATA_DIR")
+            .env("ALLEYCAT_LISTEN", base.trim_start_matches("http://"))
+            .env("ALLEYCAT_LOG", "info")
+            .envs(QUICK_FLAGS)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap();
+        drain_log(&name, child.stderr.take().unwrap());
+        let healthz = format!("{base}/healthz");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                eprintln!("alleycat {name} exited before serving ({status}); trying another port");
+                break;
+            }
+            let healthy = reqwest::get(&healthz)
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if healthy {
+                return Service { child, base };
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "alleycat {name} did not become healthy in time"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    panic!("alleycat {name} exited before serving three times (ALLEYCAT_TEST_LOGS=1 shows why)");
+}
+
+/// Reads a child's log to the end, so it never blocks on a full pipe; shows
+/// it when `ALLEYCAT_TEST_LOGS` is set.
+fn drain_log(name: &str, stderr: tokio::process::ChildStderr) {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+    let name = name.to_owned();
+    let show = std::env::var_os("ALLEYCAT_TEST_LOGS").is_some();
     tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if std::env::var_os("ALLEYCAT_TEST_LOGS").is_some() {
+            if show {
                 eprintln!("[{name}] {line}");
             }
         }
     });
-    Service {
-        child,
-        base: format!("http://{addr}"),
-    }
 }

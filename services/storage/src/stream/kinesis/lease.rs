@@ -11,7 +11,7 @@
 //! with the shard.
 
 use crate::object_store::{ETag, ObjectStore, Precondition, StoreError};
-use crate::stream::PendingDelivery;
+use crate::stream::{PendingDelivery, SequenceNumber};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -19,33 +19,33 @@ use std::sync::Arc;
 /// One shard's lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct Lease {
+pub(super) struct Lease {
     /// The owning process.
-    pub(crate) owner: String,
+    pub(super) owner: String,
     /// When the claim lapses unless renewed, ms since the epoch.
-    pub(crate) expires_at_ms: i64,
+    pub(super) expires_at_ms: i64,
     /// Fencing token: incremented on every change of owner.
-    pub(crate) token: u64,
+    pub(super) token: u64,
     /// Last sequence processed, if any.
     #[serde(default)]
-    pub(crate) checkpoint: Option<String>,
+    pub(super) checkpoint: Option<SequenceNumber>,
     /// Every record of the (closed) shard was processed; its children may
     /// be read.
     #[serde(default)]
-    pub(crate) finished: bool,
+    pub(super) finished: bool,
     /// A delivery begun after the checkpoint.
     #[serde(default)]
-    pub(crate) pending: Option<PendingDelivery>,
+    pub(super) pending: Option<PendingDelivery>,
 }
 
 impl Lease {
     /// Whether `owner` may take this lease over at `now_ms`.
-    pub(crate) fn is_available_to(&self, owner: &str, now_ms: i64) -> bool {
+    pub(super) fn is_available_to(&self, owner: &str, now_ms: i64) -> bool {
         !self.finished && (self.owner == owner || self.expires_at_ms <= now_ms)
     }
 
     /// This lease claimed by `owner` until `expires_at_ms`.
-    pub(crate) fn claimed_by(&self, owner: &str, expires_at_ms: i64) -> Lease {
+    pub(super) fn claimed_by(&self, owner: &str, expires_at_ms: i64) -> Lease {
         Lease {
             owner: owner.to_owned(),
             expires_at_ms,
@@ -61,13 +61,13 @@ impl Lease {
 
 /// The leases of one consumer, under `_leases/<consumer>/<shard>.json`.
 #[derive(Clone)]
-pub(crate) struct LeaseTable {
+pub(super) struct LeaseTable {
     store: Arc<dyn ObjectStore>,
     prefix: String,
 }
 
 impl LeaseTable {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, consumer: &str) -> LeaseTable {
+    pub(super) fn new(store: Arc<dyn ObjectStore>, consumer: &str) -> LeaseTable {
         LeaseTable {
             store,
             prefix: format!("_leases/{consumer}/"),
@@ -79,7 +79,7 @@ impl LeaseTable {
     }
 
     /// The shard's lease and its version, if it has one.
-    pub(crate) async fn read(&self, shard: &str) -> Result<Option<(Lease, ETag)>, StoreError> {
+    pub(super) async fn read(&self, shard: &str) -> Result<Option<(Lease, ETag)>, StoreError> {
         let key = self.key(shard);
         let Some(object) = self.store.get(&key).await? else {
             return Ok(None);
@@ -93,7 +93,7 @@ impl LeaseTable {
     }
 
     /// Writes the lease if it is still at `version` (`None`: if there is none).
-    pub(crate) async fn write(
+    pub(super) async fn write(
         &self,
         shard: &str,
         lease: &Lease,
@@ -118,7 +118,7 @@ mod tests {
             owner: owner.into(),
             expires_at_ms,
             token: 3,
-            checkpoint: Some("42".into()),
+            checkpoint: Some("42".parse().unwrap()),
             finished: false,
             pending: None,
         }
@@ -135,7 +135,11 @@ mod tests {
             (
                 taken.owner.as_str(),
                 taken.token,
-                taken.checkpoint.as_deref()
+                taken
+                    .checkpoint
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .as_deref()
             ),
             ("b", 4, Some("42"))
         );
@@ -149,6 +153,13 @@ mod tests {
             ..held
         };
         assert!(!done.is_available_to("a", 0));
+    }
+
+    #[test]
+    fn a_lease_is_stored_in_the_same_bytes_as_before() {
+        let stored = r#"{"owner":"a","expiresAtMs":1000,"token":3,"checkpoint":"49617562271853452710231452089870573953214820913201119234","finished":false,"pending":{"key":"k","first":"49617562271853452710231452089870573953214820913201119235","last":"49617562271853452710231452089870573953214820913201119240"}}"#;
+        let lease: Lease = serde_json::from_str(stored).unwrap();
+        assert_eq!(serde_json::to_string(&lease).unwrap(), stored);
     }
 
     #[tokio::test]

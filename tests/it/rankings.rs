@@ -1,9 +1,7 @@
 //! Live rankings, race results and leaderboards through real WebSockets and
 //! HTTP, on the all-in-one.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

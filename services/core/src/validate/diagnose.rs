@@ -1,0 +1,351 @@
+//! The diagnosing path: checks records through [`serde_json::Value`]s and
+//! names every problem of every record and field. Slower than the typed
+//! fast path, so it runs only on what that path refuses.
+
+use super::{BatchError, BodyFormat, FieldError, RecordError, framing, rules};
+use crate::telemetry::{Event, RaceId, RacerId, Telemetry};
+use serde_json::{Map, Value};
+
+/// [`super::parse_batch`] through [`Value`]s, naming every problem.
+pub(super) fn batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, BatchError> {
+    let values = framing::values(body, format)?;
+    framing::check_size(values.len())?;
+    let total = values.len();
+    let mut records = Vec::with_capacity(total);
+    let mut problems = Vec::new();
+    let mut invalid = 0;
+    for (index, value) in values.iter().enumerate() {
+        match validate_value(value) {
+            Ok(record) => records.push(record),
+            Err(errors) => {
+                invalid += 1;
+                problems.extend(errors.into_iter().map(|e| RecordError {
+                    index,
+                    field: e.field,
+                    reason: e.reason,
+                }));
+            }
+        }
+    }
+    if invalid > 0 {
+        return Err(BatchError::Invalid {
+            total,
+            invalid,
+            records: problems,
+        });
+    }
+    Ok(records)
+}
+
+/// [`super::parse_record`] through a [`Value`], naming every problem.
+pub(super) fn record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(value) => validate_value(&value),
+        Err(e) => Err(vec![FieldError {
+            field: None,
+            reason: format!("not valid JSON: {e}"),
+        }]),
+    }
+}
+
+/// Validates one JSON value as a telemetry message, reporting every problem.
+/// Unknown extra fields are ignored.
+pub fn validate_value(value: &Value) -> Result<Telemetry, Vec<FieldError>> {
+    let Value::Object(object) = value else {
+        return Err(vec![FieldError {
+            field: None,
+            reason: format!("must be a JSON object, got {}", type_name(value)),
+        }]);
+    };
+    let mut check = Checker {
+        object,
+        errors: Vec::new(),
+    };
+    let uuid = check.uuid("uuid");
+    let event = check.event("event");
+    let device_timestamp = check.integer("deviceTimestamp", rules::id);
+    let second = check.integer("second", rules::second);
+    let race_id = check.integer("raceId", rules::id);
+    let name = check.name("name");
+    let racer_id = check.integer("racerId", rules::id);
+    let class_id = check.integer("classId", rules::class_id);
+    let cadence = check.sensor("cadence");
+    let resistance = check.sensor("resistance");
+    match (
+        uuid,
+        event,
+        device_timestamp,
+        second,
+        race_id,
+        name,
+        racer_id,
+        class_id,
+        cadence,
+        resistance,
+    ) {
+        (
+            Some(uuid),
+            Some(event),
+            Some(device_timestamp),
+            Some(second),
+            Some(race_id),
+            Some(name),
+            Some(racer_id),
+            Some(class_id),
+            Some(cadence),
+            Some(resistance),
+        ) if check.errors.is_empty() => Ok(Telemetry {
+            uuid,
+            event,
+            device_timestamp,
+            second,
+            race_id: RaceId(race_id),
+            name,
+            racer_id: RacerId(racer_id),
+            class_id,
+            cadence,
+            resistance,
+        }),
+        _ => Err(check.errors),
+    }
+}
+
+/// How a value of the wrong JSON type is named in a reason.
+pub(super) fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks the fields of one object, collecting a [`FieldError`] for each
+/// that is missing, of the wrong JSON type, or breaks its rule.
+struct Checker<'a> {
+    object: &'a Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl<'a> Checker<'a> {
+    fn fail(&mut self, field: &'static str, reason: String) {
+        self.errors.push(FieldError {
+            field: Some(field),
+            reason,
+        });
+    }
+
+    fn required(&mut self, field: &'static str) -> Option<&'a Value> {
+        match self.object.get(field) {
+            None | Some(Value::Null) => {
+                self.fail(field, "is required".to_owned());
+                None
+            }
+            Some(value) => Some(value),
+        }
+    }
+
+    fn integer<T>(&mut self, field: &'static str, rule: fn(u64) -> Result<T, String>) -> Option<T> {
+        let value = self.required(field)?;
+        let reason = match value {
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(v), _) => match rule(v) {
+                    Ok(v) => return Some(v),
+                    Err(reason) => reason,
+                },
+                (None, Some(v)) => format!("must not be negative, got {v}"),
+                (None, None) => format!("must be an integer, got {n}"),
+            },
+            other => format!("must be an integer, got {}", type_name(other)),
+        };
+        self.fail(field, reason);
+        None
+    }
+
+    fn sensor(&mut self, field: &'static str) -> Option<f64> {
+        let value = self.required(field)?;
+        let reason = match value.as_f64() {
+            Some(v) => match rules::sensor(v) {
+                Ok(v) => return Some(v),
+                Err(reason) => reason,
+            },
+            None => format!("must be a number, got {}", type_name(value)),
+        };
+        self.fail(field, reason);
+        None
+    }
+
+    fn event(&mut self, field: &'static str) -> Option<Event> {
+        let value = self.required(field)?;
+        let reason = match value {
+            Value::String(s) => match rules::event(s) {
+                Ok(event) => return Some(event),
+                Err(reason) => reason,
+            },
+            other => format!("must be a string, got {}", type_name(other)),
+        };
+        self.fail(field, reason);
+        None
+    }
+
+    fn name(&mut self, field: &'static str) -> Option<String> {
+        let value = self.required(field)?;
+        let reason = match value {
+            Value::String(s) => match rules::name(s) {
+                Ok(()) => return Some(s.clone()),
+                Err(reason) => reason,
+            },
+            other => format!("must be a string, got {}", type_name(other)),
+        };
+        self.fail(field, reason);
+        None
+    }
+
+    /// `uuid` is optional: absent or null is fine; if present it must be one.
+    fn uuid(&mut self, field: &'static str) -> Option<Option<String>> {
+        let reason = match self.object.get(field) {
+            None | Some(Value::Null) => return Some(None),
+            Some(Value::String(s)) => match rules::uuid(s) {
+                Ok(()) => return Some(Some(s.clone())),
+                Err(reason) => reason,
+            },
+            Some(other) => format!("must be a string, got {}", type_name(other)),
+        };
+        self.fail(field, reason);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{only_error, valid, with, without};
+    use super::super::parse_batch;
+    use super::*;
+    use crate::telemetry::{CLASS_COUNT, ClassId, Second};
+    use serde_json::json;
+
+    #[test]
+    fn accepts_the_reference_message() {
+        let t = validate_value(&valid()).unwrap();
+        assert_eq!(t.racer_id, RacerId(101));
+        assert_eq!(t.class_id, ClassId(1));
+        assert_eq!(t.second, Second(3));
+        assert_eq!(t.event, Event::Update);
+        assert_eq!(t.cadence, 80.25);
+        assert_eq!(
+            t.uuid.as_deref(),
+            Some("0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12")
+        );
+    }
+
+    #[test]
+    fn uuid_is_optional_and_extra_fields_are_ignored() {
+        let t = validate_value(&without("uuid")).unwrap();
+        assert_eq!(t.uuid, None);
+        assert!(validate_value(&with("uuid", Value::Null)).is_ok());
+        assert!(validate_value(&with("firmware", json!("1.2.3"))).is_ok());
+    }
+
+    #[test]
+    fn every_required_field_is_reported_missing() {
+        for field in [
+            "event",
+            "deviceTimestamp",
+            "second",
+            "raceId",
+            "name",
+            "racerId",
+            "classId",
+            "cadence",
+            "resistance",
+        ] {
+            let (f, reason) = only_error(&without(field));
+            assert_eq!(f, Some(field));
+            assert_eq!(reason, "is required");
+            assert_eq!(only_error(&with(field, Value::Null)).0, Some(field));
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        assert_eq!(
+            only_error(&with("racerId", json!("101"))),
+            (Some("racerId"), "must be an integer, got a string".into())
+        );
+        assert_eq!(
+            only_error(&with("cadence", json!("fast"))),
+            (Some("cadence"), "must be a number, got a string".into())
+        );
+        assert_eq!(
+            only_error(&with("event", json!(1))),
+            (Some("event"), "must be a string, got a number".into())
+        );
+        assert_eq!(only_error(&with("name", json!(7))).0, Some("name"));
+        assert_eq!(only_error(&with("uuid", json!(7))).0, Some("uuid"));
+        assert_eq!(
+            only_error(&with("uuid", json!("not-a-uuid"))).0,
+            Some("uuid")
+        );
+        let unhyphenated = "0b7e4f1e5a3c4d3e9f1a2c7b8d9e0f12";
+        assert_eq!(
+            only_error(&with("uuid", json!(unhyphenated))).0,
+            Some("uuid")
+        );
+    }
+
+    #[test]
+    fn ids_must_be_non_negative_integers() {
+        for field in ["racerId", "raceId"] {
+            assert_eq!(
+                only_error(&with(field, json!(-1))),
+                (Some(field), "must not be negative, got -1".into())
+            );
+            assert_eq!(
+                only_error(&with(field, json!(1.5))),
+                (Some(field), "must be an integer, got 1.5".into())
+            );
+            assert_eq!(only_error(&with(field, json!(1u64 << 60))).0, Some(field));
+            assert!(validate_value(&with(field, json!(0))).is_ok());
+        }
+    }
+
+    #[test]
+    fn every_problem_of_a_record_is_reported() {
+        let mut v = with("classId", json!(9));
+        v["cadence"] = json!(-1);
+        v.as_object_mut().unwrap().remove("name");
+        let fields: Vec<_> = validate_value(&v)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, [Some("name"), Some("classId"), Some("cadence")]);
+    }
+
+    #[test]
+    fn non_objects_are_rejected_as_a_whole() {
+        assert_eq!(only_error(&json!([1])).0, None);
+        assert_eq!(only_error(&json!("x")).0, None);
+    }
+
+    #[test]
+    fn a_batch_is_all_or_nothing() {
+        let body =
+            serde_json::to_vec(&json!([valid(), with("classId", json!(9)), valid()])).unwrap();
+        let err = parse_batch(&body, BodyFormat::Json).unwrap_err();
+        assert_eq!(
+            err.records(),
+            [RecordError {
+                index: 1,
+                field: Some("classId"),
+                reason: format!("must be an integer from 1 to {CLASS_COUNT}, got 9")
+            }]
+        );
+        assert_eq!(
+            err.to_string(),
+            "1 of 3 records is invalid; nothing was accepted"
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The typed fast path: decodes well-typed records straight into a
+//! borrowing struct, without building a [`serde_json::Value`] tree. Whatever
+//! it refuses, it leaves to the diagnosing path, which says what is wrong.
+
+use super::{BodyFormat, framing, rules};
+use crate::telemetry::{RaceId, RacerId, Telemetry};
+use std::borrow::Cow;
+
+/// A well-typed message as it arrives, strings borrowed where the JSON has
+/// no escapes: decoding it costs no allocation per field, unlike a
+/// `Value` map. Anything it refuses (a wrong type, a missing or repeated
+/// field) goes to the diagnosing path, which says what is wrong.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    uuid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    device_timestamp: u64,
+    second: u64,
+    race_id: u64,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    racer_id: u64,
+    class_id: u64,
+    cadence: f64,
+    resistance: f64,
+}
+
+impl Wire<'_> {
+    /// The record, if every rule holds; `None` sends the caller to the
+    /// diagnosing path.
+    fn into_telemetry(self) -> Option<Telemetry> {
+        let uuid = match self.uuid {
+            Some(uuid) => {
+                rules::uuid(&uuid).ok()?;
+                Some(uuid.into_owned())
+            }
+            None => None,
+        };
+        rules::name(&self.name).ok()?;
+        Some(Telemetry {
+            uuid,
+            event: rules::event(&self.event).ok()?,
+            device_timestamp: rules::id(self.device_timestamp).ok()?,
+            second: rules::second(self.second).ok()?,
+            race_id: RaceId(rules::id(self.race_id).ok()?),
+            name: self.name.into_owned(),
+            racer_id: RacerId(rules::id(self.racer_id).ok()?),
+            class_id: rules::class_id(self.class_id).ok()?,
+            cadence: rules::sensor(self.cadence).ok()?,
+            resistance: rules::sensor(self.resistance).ok()?,
+        })
+    }
+}
+
+/// Deserializes `T` only from a JSON object: a derived struct would also
+/// take the positional array form, which the contract does not allow.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        deserializer.deserialize_map(Object(std::marker::PhantomData))
+    }
+}
+
+/// The typed fast path of one record.
+pub(super) fn record(bytes: &[u8]) -> Option<Telemetry> {
+    serde_json::from_slice::<ObjectOnly<Wire<'_>>>(bytes)
+        .ok()?
+        .0
+        .into_telemetry()
+}
+
+/// The typed fast path of a whole body: every record, or `None` when any
+/// record (or the batch's size) needs the diagnosing path.
+pub(super) fn batch(body: &[u8], format: BodyFormat) -> Option<Vec<Telemetry>> {
+    let records: Vec<Telemetry> = match format {
+        BodyFormat::Json => match body.trim_ascii_start().first()? {
+            b'[' => serde_json::from_slice::<Vec<ObjectOnly<Wire<'_>>>>(body)
+                .ok()?
+                .into_iter()
+                .map(|wire| wire.0.into_telemetry())
+                .collect::<Option<_>>()?,
+            _ => vec![record(body)?],
+        },
+        BodyFormat::NdJson => framing::ndjson_lines(body)
+            .map(record)
+            .collect::<Option<_>>()?,
+    };
+    framing::check_size(records.len()).ok()?;
+    Some(records)
+}
+
+/// The fast path must agree with the diagnosing path on every input:
+/// the same records, or (by falling back) the same errors.
+#[cfg(test)]
+mod fast_path_agrees {
+    use super::super::diagnose;
+    use super::super::{BodyFormat, parse_batch, parse_record};
+    use proptest::prelude::*;
+
+    const FIELDS: [(&str, &str); 10] = [
+        ("uuid", r#""0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12""#),
+        ("event", r#""final""#),
+        ("deviceTimestamp", "1619185789753"),
+        ("second", "3600"),
+        ("raceId", "9007199254740991"),
+        ("name", r#""Hub\u0065rt \u00e9""#),
+        ("racerId", "0"),
+        ("classId", "6"),
+        ("cadence", "80.25"),
+        ("resistance", "1000"),
+    ];
+
+    /// Values of every JSON type, in and out of each field's range.
+    const OTHERS: [&str; 31] = [
+        "null",
+        "true",
+        r#""x""#,
+        r#""update""#,
+        r#""final""#,
+        r#""0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f1""#,
+        r#""{0b7e4f1e-5a3c-4d3e-9f1a-2c7b8d9e0f12}""#,
+        r#""a\u0007b""#,
+        r#""ééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé""#,
+        r#""éééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé""#,
+        "-1",
+        "0",
+        "1",
+        "6",
+        "7",
+        "3601",
+        "-0",
+        "1.5",
+        "3.0",
+        "1e3",
+        "1000.0000001",
+        "9007199254740992",
+        "18446744073709551615",
+        "18446744073709551616",
+        "1e308",
+        "-1e-320",
+        "[]",
+        "{}",
+        "[1]",
+        r#"{"a":1}"#,
+        r#""""#,
+    ];
+
+    /// A valid record with up to two fields changed (to another value or
+    /// left out), perhaps one field repeated, perhaps an extra field; as
+    /// an object and in the positional array form.
+    fn record() -> impl Strategy<Value = (String, String)> {
+        let change = (
+            0..FIELDS.len(),
+            proptest::option::weighted(0.9, proptest::sample::select(&OTHERS[..])),
+        );
+        (
+            proptest::collection::vec(change, 0..=2),
+            proptest::option::weighted(
+                0.1,
+                (0..FIELDS.len(), proptest::sample::select(&OTHERS[..])),
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(changes, repeated, extra)| {
+                let mut values: Vec<Option<&str>> =
+                    FIELDS.iter().map(|(_, valid)| Some(*valid)).collect();
+                for (field, value) in changes {
+                    values[field] = value;
+                }
+                let mut members: Vec<String> = FIELDS
+                    .iter()
+                    .zip(&values)
+                    .filter_map(|((field, _), v)| v.map(|v| format!(r#""{field}":{v}"#)))
+                    .collect();
+                if let Some((field, v)) = repeated {
+                    members.push(format!(r#""{}":{v}"#, FIELDS[field].0));
+                }
+                if extra {
+                    members.push(r#""firmware":"1.2.3""#.to_owned());
+                }
+                let positional: Vec<&str> = values.iter().map(|v| v.unwrap_or("null")).collect();
+                (
+                    format!("{{{}}}", members.join(",")),
+                    format!("[{}]", positional.join(",")),
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn on_single_records((object, positional) in record()) {
+            for text in [&object, &positional] {
+                let fast = parse_record(text.as_bytes());
+                prop_assert_eq!(&fast, &diagnose::record(text.as_bytes()), "{}", text);
+                prop_assert_eq!(
+                    parse_batch(text.as_bytes(), BodyFormat::Json),
+                    diagnose::batch(text.as_bytes(), BodyFormat::Json),
+                    "{}", text
+                );
+            }
+            prop_assert!(parse_record(positional.as_bytes()).is_err(), "positional form refused");
+        }
+
+        #[test]
+        fn on_batches((a, _) in record(), (b, positional) in record()) {
+            for body in [format!("[{a},{b}]"), format!("[{a},{positional}]"), format!(" [{a}]")] {
+                prop_assert_eq!(
+                    parse_batch(body.as_bytes(), BodyFormat::Json),
+                    diagnose::batch(body.as_bytes(), BodyFormat::Json),
+                    "{}", body
+                );
+            }
+            for body in [format!("{a}\n{b}\n"), format!("{a}\r\n\n{positional}")] {
+                prop_assert_eq!(
+                    parse_batch(body.as_bytes(), BodyFormat::NdJson),
+                    diagnose::batch(body.as_bytes(), BodyFormat::NdJson),
+                    "{}", body
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_path_takes_valid_records() {
+        let valid = FIELDS
+            .iter()
+            .map(|(field, v)| format!(r#""{field}":{v}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let record = format!("{{{valid}}}");
+        let t = super::record(record.as_bytes()).expect("the fast path takes it");
+        assert_eq!(t.name, "Hubert é", "escapes decoded");
+        assert_eq!(Ok(t), diagnose::record(record.as_bytes()));
+        let body = format!("[{record},{record}]");
+        assert_eq!(
+            super::batch(body.as_bytes(), BodyFormat::Json).map(|r| r.len()),
+            Some(2)
+        );
+    }
+}

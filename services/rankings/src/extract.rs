@@ -1,0 +1,179 @@
+//! The rankings routes' parameters, parsed and checked before a handler
+//! runs: each extractor rejects with the service's JSON [`AppError`], so a
+//! handler only ever sees valid, typed values.
+
+use crate::AppError;
+use crate::results::RECENT_RACES;
+use crate::viewers::Filter;
+use alleycat_core::{ClassId, RaceId, RacerId};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use std::collections::HashMap;
+
+/// Races `GET /v1/races` lists when no `limit` is given.
+const RACES_LIMIT_DEFAULT: usize = 20;
+/// Most races `GET /v1/races` lists: no more than a class's index keeps.
+const RACES_LIMIT_MAX: usize = RECENT_RACES;
+/// Entries of a `GET /v1/leaderboard` page when no `limit` is given.
+const LEADERBOARD_LIMIT_DEFAULT: usize = 50;
+/// Most entries of a `GET /v1/leaderboard` page.
+const LEADERBOARD_LIMIT_MAX: usize = 1000;
+
+/// A query string by name: unknown names are ignored, and a repeated name
+/// counts once (its last value).
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn from_parts(parts: &Parts) -> Result<Params, AppError> {
+        let Query(params) = Query::try_from_uri(&parts.uri)?;
+        Ok(Params(params))
+    }
+
+    fn integer(&self, name: &'static str) -> Result<Option<u64>, AppError> {
+        self.0
+            .get(name)
+            .map(|value| {
+                value.parse().map_err(|_| AppError::NotAnInteger {
+                    name,
+                    value: value.clone(),
+                })
+            })
+            .transpose()
+    }
+
+    fn class_id(&self) -> Result<ClassId, AppError> {
+        let raw = self.integer("classId")?.ok_or(AppError::ClassIdMissing)?;
+        ClassId::new(raw).ok_or(AppError::ClassIdOutOfRange(raw))
+    }
+
+    fn limit(&self, default: usize, max: usize) -> Result<usize, AppError> {
+        let Some(got) = self.integer("limit")? else {
+            return Ok(default);
+        };
+        usize::try_from(got)
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or(AppError::LimitOutOfRange { max, got })
+    }
+}
+
+/// `GET /v1/rankings/ws?classId=N[&raceId=R][&racerId=X]`: what the viewer
+/// follows.
+pub(crate) struct ViewerQuery(pub(crate) Filter);
+
+impl<S: Send + Sync> FromRequestParts<S> for ViewerQuery {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let params = Params::from_parts(parts)?;
+        Ok(ViewerQuery(Filter {
+            class_id: params.class_id()?,
+            race_id: params.integer("raceId")?.map(RaceId),
+            racer_id: params.integer("racerId")?.map(RacerId),
+        }))
+    }
+}
+
+/// A WebSocket upgrade; anything else is refused with a JSON 400.
+pub(crate) struct Upgrade(pub(crate) WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        Ok(Upgrade(
+            WebSocketUpgrade::from_request_parts(parts, state).await?,
+        ))
+    }
+}
+
+/// `GET /v1/races?classId=N[&limit=L]`.
+pub(crate) struct RacesQuery {
+    /// The class.
+    pub(crate) class_id: ClassId,
+    /// Most races listed.
+    pub(crate) limit: usize,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RacesQuery {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let params = Params::from_parts(parts)?;
+        Ok(RacesQuery {
+            class_id: params.class_id()?,
+            limit: params.limit(RACES_LIMIT_DEFAULT, RACES_LIMIT_MAX)?,
+        })
+    }
+}
+
+/// The `{raceId}` of `GET /v1/races/{raceId}`.
+pub(crate) struct RaceIdPath(pub(crate) RaceId);
+
+impl<S: Send + Sync> FromRequestParts<S> for RaceIdPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let not_an_integer = |value: String| AppError::NotAnInteger {
+            name: "raceId",
+            value,
+        };
+        // A segment that is not even UTF-8 is no integer either.
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_an_integer(last_segment(parts)))?;
+        raw.parse()
+            .map(|id| RaceIdPath(RaceId(id)))
+            .map_err(|_| not_an_integer(raw))
+    }
+}
+
+fn last_segment(parts: &Parts) -> String {
+    let path = parts.uri.path();
+    path.rsplit('/').next().unwrap_or(path).to_owned()
+}
+
+/// `GET /v1/leaderboard?classId=N[&limit=L][&cursor=C][&around=X]`.
+pub(crate) struct LeaderboardQuery {
+    /// The class.
+    pub(crate) class_id: ClassId,
+    /// Entries in the answer.
+    pub(crate) limit: usize,
+    /// Which entries.
+    pub(crate) position: Position,
+}
+
+/// Which part of a leaderboard is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// A page, from this offset (`cursor`, a `next` this API returned).
+    Page(usize),
+    /// A racer and its neighbours (`around`); `cursor` is then ignored.
+    Around(RacerId),
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for LeaderboardQuery {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let params = Params::from_parts(parts)?;
+        let class_id = params.class_id()?;
+        let limit = params.limit(LEADERBOARD_LIMIT_DEFAULT, LEADERBOARD_LIMIT_MAX)?;
+        let position = match params.integer("around")? {
+            Some(racer) => Position::Around(RacerId(racer)),
+            None => match params.0.get("cursor") {
+                None => Position::Page(0),
+                Some(cursor) => cursor
+                    .parse()
+                    .map(Position::Page)
+                    .map_err(|_| AppError::UnknownCursor(cursor.clone()))?,
+            },
+        };
+        Ok(LeaderboardQuery {
+            class_id,
+            limit,
+            position,
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! The stream on Kinesis Data Streams, through `aws-sdk-kinesis`.
+//!
+//! Producing ([`producer`]): PutRecords in batches of at most 500 records /
+//! 5 MiB; only the records a call reports as failed are retried, with capped
+//! exponential backoff and jitter, until they are all on the stream or the
+//! put timeout passes (then the caller answers 503 and nothing counts as
+//! accepted).
+//!
+//! Consuming: every shard is read with GetShardIterator and GetRecords,
+//! within the per-shard limit of 5 calls a second ([`reader`]). A consumer
+//! name's shards are leased ([`lease`], [`coordinator`]): one process reads
+//! a shard at a time, a live process takes over the shards of a dead one
+//! once their leases expire, and a child shard (after resharding) is read
+//! only once every parent is finished, so one racer's records stay in
+//! order. Checkpoints live in the lease and are written only by its owner
+//! ([`subscription`]).
+
+mod coordinator;
+mod lease;
+mod producer;
+mod reader;
+mod subscription;
+
+use super::{PutRecord, Stream, StreamError, Subscription};
+use crate::object_store::ObjectStore;
+use async_trait::async_trait;
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::SdkError;
+use coordinator::Coordinator;
+use lease::LeaseTable;
+use std::sync::Arc;
+use std::time::Duration;
+use subscription::KinesisSubscription;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Record batches buffered between the shard readers and the consumer.
+const QUEUE: usize = 64;
+
+/// Settings of the Kinesis stream.
+#[derive(Debug, Clone)]
+pub struct KinesisSettings {
+    /// The stream's name.
+    pub stream_name: String,
+    /// How long a put keeps retrying failed records before giving up.
+    pub put_timeout: Duration,
+    /// How long a shard lease lasts without renewal.
+    pub lease_duration: Duration,
+    /// How long a reader waits after an empty GetRecords.
+    pub idle_poll: Duration,
+}
+
+/// A Kinesis data stream; consumers keep their leases in `leases`.
+#[derive(Clone)]
+pub struct KinesisStream {
+    client: Client,
+    settings: Arc<KinesisSettings>,
+    leases: Arc<dyn ObjectStore>,
+}
+
+impl KinesisStream {
+    /// The stream `settings.stream_name`, with leases in `leases`.
+    #[must_use]
+    pub fn new(
+        client: Client,
+        settings: KinesisSettings,
+        leases: Arc<dyn ObjectStore>,
+    ) -> KinesisStream {
+        KinesisStream {
+            client,
+            settings: Arc::new(settings),
+            leases,
+        }
+    }
+}
+
+#[async_trait]
+impl Stream for KinesisStream {
+    async fn put_records(&self, records: Vec<PutRecord>) -> Result<(), StreamError> {
+        producer::put_records(&self.client, &self.settings, records).await
+    }
+
+    async fn subscribe(&self, consumer: &str) -> Result<Box<dyn Subscription>, StreamError> {
+        let (records, queue) = mpsc::channel(QUEUE);
+        let coordinator = Arc::new(Coordinator::new(
+            self.client.clone(),
+            Arc::clone(&self.settings),
+            LeaseTable::new(Arc::clone(&self.leases), consumer),
+            records,
+        ));
+        // The first round runs now, so a missing stream fails loudly here.
+        coordinator.refresh().await?;
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&coordinator).coordinate(stop.clone()));
+        tracing::info!(consumer, owner = %coordinator.owner, "reading the Kinesis stream");
+        Ok(Box::new(KinesisSubscription::new(coordinator, queue, stop)))
+    }
+}
+
+/// An SDK error as one line: the service's own message when it answered.
+fn describe<E: std::error::Error + 'static>(e: &SdkError<E>) -> String {
+    match e.as_service_error() {
+        Some(service) => service.to_string(),
+        None => format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(e)
+        ),
+    }
+}
+
+fn unavailable(what: &str, detail: impl std::fmt::Display) -> StreamError {
+    StreamError::Unavailable(format!("{what}: {detail}"))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,606 @@
+//! The transformer's loop: poll the stream, buffer per shard, deliver when
+//! a buffer is full or due, checkpoint after each durable delivery.
+
+use crate::batcher::{BatchLimits, Batcher};
+use crate::deliver::{self, Processed};
+use crate::{CONSUMER, TransformerArgs};
+use alleycat_core::backoff::Backoff;
+use alleycat_storage::{ObjectStore, SequenceNumber, Stream, StreamRecord, Subscription};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Most records taken from the stream per poll.
+const POLL_RECORDS: usize = 10_000;
+/// Longest a poll waits when no batch is due sooner.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Reads the stream and delivers batches until `stop` is cancelled, then
+/// delivers every open batch and returns.
+pub async fn run_pipeline(
+    stream: Arc<dyn Stream>,
+    store: Arc<dyn ObjectStore>,
+    args: TransformerArgs,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let subscription = stream.subscribe(CONSUMER).await?;
+    let mut pipeline = Pipeline {
+        store,
+        subscription,
+        limits: args.limits(),
+        shards: HashMap::new(),
+    };
+    let mut backoff = Backoff::default();
+    tracing::info!(buffer_bytes = pipeline.limits.max_bytes, buffer_interval = ?pipeline.limits.max_age, "transformer started");
+    loop {
+        let polled = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            polled = pipeline.subscription.poll(POLL_RECORDS, pipeline.wait()) => polled,
+        };
+        match polled {
+            Ok(records) => {
+                backoff.reset();
+                for record in records {
+                    pipeline.take(record).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the stream failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+        pipeline.flush_due().await;
+    }
+    pipeline.flush_all().await;
+    pipeline.subscription.close().await;
+    tracing::info!("transformer stopped; open batches delivered");
+    Ok(())
+}
+
+/// The transformer's state: one buffer per shard it reads.
+struct Pipeline {
+    store: Arc<dyn ObjectStore>,
+    subscription: Box<dyn Subscription>,
+    limits: BatchLimits,
+    shards: HashMap<String, Shard>,
+}
+
+struct Shard {
+    batcher: Batcher<Processed>,
+    /// Records up to here were delivered by a previous reader whose
+    /// checkpoint did not land; they are skipped, not delivered again.
+    delivered_through: Option<SequenceNumber>,
+}
+
+impl Pipeline {
+    /// How long the next poll may wait: until the earliest batch is due.
+    fn wait(&self) -> Duration {
+        let next_due = self
+            .shards
+            .values()
+            .filter_map(|s| s.batcher.deadline())
+            .min();
+        next_due.map_or(IDLE_POLL, |due| {
+            due.saturating_duration_since(Instant::now()).min(IDLE_POLL)
+        })
+    }
+
+    async fn take(&mut self, record: StreamRecord) {
+        if !self.shards.contains_key(&record.shard_id) {
+            let delivered_through = deliver::recover(
+                self.store.as_ref(),
+                self.subscription.as_mut(),
+                &record.shard_id,
+            )
+            .await;
+            let shard = Shard {
+                batcher: Batcher::new(self.limits),
+                delivered_through,
+            };
+            self.shards.insert(record.shard_id.clone(), shard);
+        }
+        let shard = self
+            .shards
+            .get_mut(&record.shard_id)
+            .expect("inserted above");
+        if let Some(through) = &shard.delivered_through {
+            if record.sequence <= *through {
+                return;
+            }
+            shard.delivered_through = None;
+        }
+        let shard_id = record.shard_id.clone();
+        let processed = Processed::from_record(record);
+        let size = processed.size();
+        if let Some(batch) = shard.batcher.push(processed, size) {
+            self.deliver(&shard_id, batch).await;
+        }
+    }
+
+    async fn flush_due(&mut self) {
+        let due: Vec<(String, Vec<Processed>)> = self
+            .shards
+            .iter_mut()
+            .filter_map(|(id, shard)| shard.batcher.take_if_due().map(|batch| (id.clone(), batch)))
+            .collect();
+        for (shard, batch) in due {
+            self.deliver(&shard, batch).await;
+        }
+    }
+
+    async fn flush_all(&mut self) {
+        let open: Vec<(String, Vec<Processed>)> = self
+            .shards
+            .iter_mut()
+            .filter(|(_, shard)| !shard.batcher.is_empty())
+            .map(|(id, shard)| (id.clone(), shard.batcher.take()))
+            .collect();
+        for (shard, batch) in open {
+            self.deliver(&shard, batch).await;
+        }
+    }
+
+    async fn deliver(&mut self, shard: &str, batch: Vec<Processed>) {
+        let outcome = deliver::deliver(
+            self.store.as_ref(),
+            self.subscription.as_mut(),
+            shard,
+            batch,
+        )
+        .await;
+        if outcome == deliver::Outcome::ShardLost {
+            // Its new owner re-reads it from the last checkpoint.
+            tracing::info!(
+                shard,
+                "shard taken over by another transformer; dropping its buffer"
+            );
+            self.shards.remove(shard);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alleycat_core::codec;
+    use alleycat_storage::object_store::fs::FsStore;
+    use alleycat_storage::stream::embedded::{EmbeddedStream, SHARD_ID};
+    use alleycat_storage::{
+        ETag, Object, PendingDelivery, Precondition, PutRecord, StoreError, StreamError,
+    };
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use std::num::NonZeroUsize;
+    use tokio::sync::Notify;
+
+    fn record(i: u32) -> PutRecord {
+        let json = format!(
+            r#"{{"event":"update","deviceTimestamp":1,"second":{},"raceId":1,"name":"R","racerId":{i},"classId":1,"cadence":50.5,"resistance":60}}"#,
+            i % 300 + 1
+        );
+        PutRecord {
+            partition_key: i.to_string(),
+            data: json.into_bytes().into(),
+        }
+    }
+
+    fn args(buffer_bytes: usize, buffer_interval: Duration) -> TransformerArgs {
+        TransformerArgs {
+            buffer_bytes: NonZeroUsize::new(buffer_bytes).unwrap(),
+            buffer_interval,
+        }
+    }
+
+    /// Every object in the store, gunzipped, by key.
+    async fn delivered(store: &FsStore) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for key in store.list("", None).await.unwrap() {
+            let body = store.get(&key).await.unwrap().unwrap();
+            out.push((key, codec::gunzip(&body.body, 1 << 30).unwrap()));
+        }
+        out
+    }
+
+    /// The racer ids of every delivered line, sorted.
+    fn racers(objects: &[(String, Vec<u8>)]) -> Vec<u64> {
+        let mut racers: Vec<u64> = objects
+            .iter()
+            .flat_map(|(_, body)| body.split(|b| *b == b'\n').filter(|l| !l.is_empty()))
+            .map(|line| {
+                serde_json::from_slice::<serde_json::Value>(line).unwrap()["racerId"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        racers.sort_unstable();
+        racers
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_respect_the_buffer_size_and_hold_every_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream: Arc<dyn Stream> =
+            Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        stream
+            .put_records((0..2000).map(record).collect())
+            .await
+            .unwrap();
+
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_pipeline(
+            stream.clone(),
+            Arc::new(store.clone()),
+            args(16 * 1024, Duration::from_secs(3600)),
+            stop.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Size flushes alone deliver all but the last partial buffer.
+        let lines = |objects: Vec<(String, Vec<u8>)>| {
+            objects
+                .iter()
+                .map(|(_, b)| b.iter().filter(|c| **c == b'\n').count())
+                .sum::<usize>()
+        };
+        while lines(delivered(&store).await) < 1800 {
+            assert!(Instant::now() < deadline, "size flushes did not happen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.unwrap().unwrap();
+
+        let objects = delivered(&store).await;
+        assert!(objects.len() > 10, "{} objects", objects.len());
+        for (key, body) in &objects {
+            assert!(body.len() <= 16 * 1024, "{key} holds {} bytes", body.len());
+            assert!(
+                key.starts_with(&chrono::Utc::now().format("%Y/%m/%d/").to_string()),
+                "{key}"
+            );
+            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+                assert_eq!(v["output"], 106.875, "((50.5 + 35) * (60 + 65)) / 100");
+            }
+        }
+        assert_eq!(
+            racers(&objects),
+            (0..2000).collect::<Vec<_>>(),
+            "every record exactly once, shutdown flush included"
+        );
+
+        // Everything was checkpointed: a restarted transformer delivers nothing new.
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_pipeline(
+            stream,
+            Arc::new(store.clone()),
+            args(16 * 1024, Duration::from_millis(10)),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(delivered(&store).await.len(), objects.len());
+    }
+
+    /// A store whose writes land, then never return: a process dying right
+    /// after its delivery object became durable, before the checkpoint.
+    struct DiesAfterWrite {
+        inner: FsStore,
+        written: Notify,
+    }
+
+    #[async_trait]
+    impl ObjectStore for DiesAfterWrite {
+        async fn put_if(
+            &self,
+            key: &str,
+            body: Bytes,
+            content_type: &'static str,
+            condition: Precondition,
+        ) -> Result<ETag, StoreError> {
+            self.inner
+                .put_if(key, body, content_type, condition)
+                .await?;
+            self.written.notify_one();
+            std::future::pending().await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
+            self.inner.head(key).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            start_after: Option<&str>,
+        ) -> Result<Vec<String>, StoreError> {
+            self.inner.list(prefix, start_after).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delivery_completed_before_a_crash_is_not_delivered_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let args = args(1 << 20, Duration::from_millis(50));
+        {
+            let stream: Arc<dyn Stream> =
+                Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
+            stream
+                .put_records((0..10).map(record).collect())
+                .await
+                .unwrap();
+            let dying = Arc::new(DiesAfterWrite {
+                inner: store.clone(),
+                written: Notify::new(),
+            });
+            let task = tokio::spawn(run_pipeline(
+                stream,
+                dying.clone(),
+                args.clone(),
+                CancellationToken::new(),
+            ));
+            tokio::time::timeout(Duration::from_secs(30), dying.written.notified())
+                .await
+                .unwrap();
+            task.abort();
+            let _ = task.await;
+        }
+        assert_eq!(
+            delivered(&store).await.len(),
+            1,
+            "the object was written, the checkpoint was not"
+        );
+
+        let stream: Arc<dyn Stream> =
+            Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
+        stream
+            .put_records((10..20).map(record).collect())
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_pipeline(
+            stream,
+            Arc::new(store.clone()),
+            args,
+            stop.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while delivered(&store).await.len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the new records were not delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(
+            racers(&delivered(&store).await),
+            (0..20).collect::<Vec<_>>(),
+            "each record once: the first batch was not re-delivered"
+        );
+    }
+
+    const WAIT: Duration = Duration::from_millis(200);
+    /// The key a previous reader announced for records 0..=4.
+    const EARLIER: &str = "earlier-delivery.gz";
+
+    /// A pipeline over a new subscription, as `run_pipeline` builds it.
+    async fn pipeline(
+        stream: &EmbeddedStream,
+        store: &FsStore,
+        args: &TransformerArgs,
+    ) -> Pipeline {
+        Pipeline {
+            store: Arc::new(store.clone()),
+            subscription: stream.subscribe(CONSUMER).await.unwrap(),
+            limits: args.limits(),
+            shards: HashMap::new(),
+        }
+    }
+
+    /// Feeds everything on the stream to `pipeline`.
+    async fn take_all(pipeline: &mut Pipeline) {
+        for record in pipeline.subscription.poll(1000, WAIT).await.unwrap() {
+            pipeline.take(record).await;
+        }
+    }
+
+    /// Ten records on the stream, of which a previous reader announced the
+    /// delivery of the first five, and wrote it if `written`, but crashed
+    /// before its checkpoint.
+    async fn after_a_crash(written: bool) -> (tempfile::TempDir, EmbeddedStream, FsStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        stream
+            .put_records((0..10).map(record).collect())
+            .await
+            .unwrap();
+        let mut previous = stream.subscribe(CONSUMER).await.unwrap();
+        let announced = PendingDelivery {
+            key: EARLIER.into(),
+            first: SequenceNumber::from(0),
+            last: SequenceNumber::from(4),
+        };
+        previous.begin_delivery(SHARD_ID, &announced).await.unwrap();
+        if written {
+            let body = Bytes::from(codec::gzip(b"", codec::DEFAULT_LEVEL));
+            store.put(EARLIER, body, "application/gzip").await.unwrap();
+        }
+        (dir, stream, store)
+    }
+
+    #[tokio::test]
+    async fn records_a_previous_reader_delivered_are_skipped() {
+        let (_dir, stream, store) = after_a_crash(true).await;
+        let mut pipeline =
+            pipeline(&stream, &store, &args(1 << 20, Duration::from_secs(3600))).await;
+        take_all(&mut pipeline).await;
+        pipeline.flush_all().await;
+        let new: Vec<_> = delivered(&store)
+            .await
+            .into_iter()
+            .filter(|(key, _)| key != EARLIER)
+            .collect();
+        assert_eq!(new.len(), 1);
+        assert_eq!(racers(&new), [5, 6, 7, 8, 9]);
+        // The completed delivery was checkpointed, so it is settled for good.
+        let mut next = stream.subscribe(CONSUMER).await.unwrap();
+        assert_eq!(next.pending_delivery(SHARD_ID).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn records_of_a_delivery_never_written_are_delivered_again() {
+        let (_dir, stream, store) = after_a_crash(false).await;
+        let mut pipeline =
+            pipeline(&stream, &store, &args(1 << 20, Duration::from_secs(3600))).await;
+        take_all(&mut pipeline).await;
+        pipeline.flush_all().await;
+        let objects = delivered(&store).await;
+        assert_eq!(objects.len(), 1);
+        assert_eq!(racers(&objects), (0..10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_delivered_once_its_oldest_record_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let interval = Duration::from_millis(500);
+        let mut pipeline = pipeline(&stream, &store, &args(1 << 20, interval)).await;
+        assert_eq!(pipeline.wait(), IDLE_POLL, "nothing buffered");
+
+        stream
+            .put_records((0..3).map(record).collect())
+            .await
+            .unwrap();
+        take_all(&mut pipeline).await;
+        let wait = pipeline.wait();
+        assert!(wait > Duration::ZERO && wait <= interval, "{wait:?}");
+        pipeline.flush_due().await;
+        assert!(delivered(&store).await.is_empty(), "not due yet");
+
+        tokio::time::advance(wait).await;
+        assert_eq!(pipeline.wait(), Duration::ZERO);
+        pipeline.flush_due().await;
+        let objects = delivered(&store).await;
+        assert_eq!(objects.len(), 1);
+        assert_eq!(racers(&objects), [0, 1, 2]);
+        assert_eq!(pipeline.wait(), IDLE_POLL, "the buffer is empty again");
+    }
+
+    /// The embedded stream, telling when its reader has polled records.
+    struct Watched {
+        inner: EmbeddedStream,
+        read: Arc<Notify>,
+    }
+
+    #[async_trait]
+    impl Stream for Watched {
+        async fn put_records(&self, records: Vec<PutRecord>) -> Result<(), StreamError> {
+            self.inner.put_records(records).await
+        }
+
+        async fn subscribe(&self, consumer: &str) -> Result<Box<dyn Subscription>, StreamError> {
+            Ok(Box::new(WatchedSubscription {
+                inner: self.inner.subscribe(consumer).await?,
+                read: Arc::clone(&self.read),
+            }))
+        }
+    }
+
+    struct WatchedSubscription {
+        inner: Box<dyn Subscription>,
+        read: Arc<Notify>,
+    }
+
+    #[async_trait]
+    impl Subscription for WatchedSubscription {
+        async fn poll(
+            &mut self,
+            max: usize,
+            wait: Duration,
+        ) -> Result<Vec<StreamRecord>, StreamError> {
+            let records = self.inner.poll(max, wait).await?;
+            if !records.is_empty() {
+                self.read.notify_one();
+            }
+            Ok(records)
+        }
+
+        async fn checkpoint(
+            &mut self,
+            shard_id: &str,
+            sequence: &SequenceNumber,
+        ) -> Result<(), StreamError> {
+            self.inner.checkpoint(shard_id, sequence).await
+        }
+
+        async fn begin_delivery(
+            &mut self,
+            shard_id: &str,
+            delivery: &PendingDelivery,
+        ) -> Result<(), StreamError> {
+            self.inner.begin_delivery(shard_id, delivery).await
+        }
+
+        async fn pending_delivery(
+            &mut self,
+            shard_id: &str,
+        ) -> Result<Option<PendingDelivery>, StreamError> {
+            self.inner.pending_delivery(shard_id).await
+        }
+
+        async fn close(&mut self) {
+            self.inner.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_delivers_and_checkpoints_what_is_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let read = Arc::new(Notify::new());
+        let stream = Arc::new(Watched {
+            inner: embedded.clone(),
+            read: Arc::clone(&read),
+        });
+        stream
+            .put_records((0..10).map(record).collect())
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_pipeline(
+            stream,
+            Arc::new(store.clone()),
+            args(1 << 20, Duration::from_secs(3600)),
+            stop.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(30), read.notified())
+            .await
+            .unwrap();
+        // A poll's records are all buffered before the loop looks at `stop`.
+        assert!(delivered(&store).await.is_empty(), "neither limit reached");
+        stop.cancel();
+        task.await.unwrap().unwrap();
+
+        let objects = delivered(&store).await;
+        assert_eq!(objects.len(), 1);
+        assert_eq!(racers(&objects), (0..10).collect::<Vec<_>>());
+        let mut next = embedded.subscribe(CONSUMER).await.unwrap();
+        assert!(
+            next.poll(10, WAIT).await.unwrap().is_empty(),
+            "checkpointed past every record"
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! The `alleycat` command line: with no subcommand, the whole backend in one
+//! process; with one, a single service as its own process.
+
+use crate::Config;
+use alleycat_runtime::{Process, ServerArgs, ServiceArgs};
+use alleycat_storage::StorageArgs;
+use clap::{Parser, Subcommand};
+
+/// `alleycat [SERVICE]`.
+#[derive(Parser)]
+#[command(
+    name = "alleycat",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    service: Option<Command>,
+    #[command(flatten)]
+    all_in_one: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Only the ingest service (POST /v1/telemetry, /v1/telemetry/ws).
+    Ingest(Standalone<alleycat_ingest::IngestArgs>),
+    /// Only the transformer (stream -> delivery objects).
+    Transformer(Standalone<alleycat_transformer::TransformerArgs>),
+    /// Only the history service (delivery objects -> class-N.gz).
+    History(Standalone<alleycat_history::HistoryArgs>),
+    /// Only the rankings service (live standings, results, leaderboards).
+    Rankings(Standalone<alleycat_rankings::RankingsArgs>),
+}
+
+/// Settings of one service run as its own process.
+#[derive(clap::Args)]
+struct Standalone<A: ServiceArgs> {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(flatten)]
+    service: A,
+}
+
+impl<A: ServiceArgs> Standalone<A> {
+    async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let process = Process::bind(&self.server).await?;
+        let service = self.service.service(process.context(), &self.storage).await?;
+        process.run(vec![service], shutdown).await
+    }
+}
+
+impl Cli {
+    /// Runs what the command line asks for until SIGINT or SIGTERM.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = alleycat_runtime::shutdown_signal();
+        match self.service {
+            None => {
+                let config = self.all_in_one;
+                let process = Process::bind(&config.server).await?;
+                crate::run_process(process, config, shutdown).await
+            }
+            Some(Command::Ingest(service)) => service.run(shutdown).await,
+            Some(Command::Transformer(service)) => service.run(shutdown).await,
+            Some(Command::History(service)) => service.run(shutdown).await,
+            Some(Command::Rankings(service)) => service.run(shutdown).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// `--flag-name` and `ALLEYCAT_FLAG_NAME` name the same setting, in every
+    /// subcommand: one scheme, so that neither needs looking up.
+    #[test]
+    fn every_flag_is_named_after_its_variable() {
+        let cli = Cli::command();
+        let mut checked = 0;
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if ["help", "version"].contains(&long) {
+                    continue;
+                }
+                let env = arg.get_env().and_then(|e| e.to_str());
+                let expected = format!("ALLEYCAT_{}", long.to_uppercase().replace('-', "_"));
+                assert_eq!(env, Some(expected.as_str()), "--{long} of `{}`", command.get_name());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4 * 5, "only {checked} flags found");
+    }
+
+    #[test]
+    fn defaults_come_from_clap_and_flags_override_them() {
+        let defaults = Config::parse_from(["alleycat"]);
+        assert_eq!(defaults.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(defaults.transformer.buffer_bytes.get(), 1 << 20);
+        let config = Config::parse_from(["alleycat", "--buffer-interval-ms", "200"]);
+        assert_eq!(config.transformer.buffer_interval.as_millis(), 200);
+        assert_eq!(config.history.poll_interval, defaults.history.poll_interval);
+    }
+
+    #[test]
+    fn each_service_parses_alone() {
+        for service in ["ingest", "transformer", "history", "rankings"] {
+            let cli = Cli::try_parse_from(["alleycat", service, "--data-dir", "/tmp/x"]);
+            assert!(cli.is_ok_and(|c| c.service.is_some()), "{service}");
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Alleycat's integration tests, one binary (one link): the all-in-one and
+//! the real `alleycat` binary through real sockets, on the embedded
+//! backends and on local Kinesis and S3 servers.
+
+mod aws;
+mod common;
+mod contract;
+mod crash;
+mod pipeline;
+mod rankings;
