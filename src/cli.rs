@@ -47,7 +47,10 @@ struct Standalone<A: ServiceArgs> {
 impl<A: ServiceArgs> Standalone<A> {
     async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let process = Process::bind(&self.server).await?;
-        let service = self.service.service(process.context(), &self.storage).await?;
+        let service = self
+            .service
+            .service(process.context(), &self.storage)
+            .await?;
         process.run(vec![service], shutdown).await
     }
 }
@@ -89,7 +92,12 @@ mod tests {
                 }
                 let env = arg.get_env().and_then(|e| e.to_str());
                 let expected = format!("ALLEYCAT_{}", long.to_uppercase().replace('-', "_"));
-                assert_eq!(env, Some(expected.as_str()), "--{long} of `{}`", command.get_name());
+                assert_eq!(
+                    env,
+                    Some(expected.as_str()),
+                    "--{long} of `{}`",
+                    command.get_name()
+                );
                 checked += 1;
             }
         }

@@ -5,9 +5,9 @@
 //! Run by `./scripts/test`, which starts the servers; alone:
 //! `eval "$(infra/local/up)"; cargo test --test it aws:: -- --include-ignored`.
 
-use aws_sdk_kinesis::primitives::Blob;
 use crate::common::aws::{Aws, occurrences};
 use crate::common::*;
+use aws_sdk_kinesis::primitives::Blob;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,9 +1,9 @@
 //! The frontend contract: every schema in `frontend-contract/` accepts its
 //! examples and, above all, what the services really send.
 
+use crate::common::*;
 use alleycat_storage::PutRecord;
 use base64::Engine as _;
-use crate::common::*;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};

@@ -6,5 +6,7 @@ mod aws;
 mod common;
 mod contract;
 mod crash;
+mod hostile_http;
+mod hostile_rankings;
 mod pipeline;
 mod rankings;

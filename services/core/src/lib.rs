@@ -4,7 +4,7 @@
 //! - [`telemetry`]: the wire type a bike sends and its identifiers;
 //! - [`validate`]: parsing request bodies into validated telemetry, with
 //!   per-record, per-field errors;
-//! - [`output`]: the power formula;
+//! - [`output`](mod@output): the power formula;
 //! - [`delivery`]: the delivery-object line formats and object keys;
 //! - [`backoff`]: retry delays;
 //! - [`history`]: per-class, per-second personal bests and their merge;

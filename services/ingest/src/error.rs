@@ -78,8 +78,20 @@ impl AppError {
     }
 }
 
+/// Seconds a client is asked to wait before retrying when the stream cannot
+/// store (`Retry-After` of a 503): about how long the embedded stream takes
+/// to notice that a full disk has room again.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body(None))).into_response()
+        let mut response = (self.status(), Json(self.body(None))).into_response();
+        if let AppError::Unavailable(_) = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }

@@ -15,7 +15,6 @@ use alleycat_core::Telemetry;
 use alleycat_runtime::{Context, Service, ServiceArgs};
 use alleycat_storage::{PutRecord, StorageArgs, Stream};
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -30,14 +29,27 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub struct IngestArgs {}
 
 impl ServiceArgs for IngestArgs {
-    /// Opens the stream; ingest has no background work.
+    /// Opens the stream; ingest has no background work. `/readyz` asks the
+    /// stream whether it takes records (part `stream`).
     async fn service(&self, context: &Context, storage: &StorageArgs) -> anyhow::Result<Service> {
+        let stream = storage.open_stream().await?;
+        probe_stream(context, &stream);
         let state = AppState {
-            stream: storage.open_stream().await?,
+            stream,
             shutdown: context.closing.clone(),
         };
         Ok(Service::new("ingest", app(state)))
     }
+}
+
+/// Makes `/readyz` report the stream (part `stream`) as not ready while it
+/// cannot take records (a failed write not yet healed, its file deleted).
+pub fn probe_stream(context: &Context, stream: &Arc<dyn Stream>) {
+    let stream = Arc::clone(stream);
+    context.readiness.probe("stream", move || {
+        let stream = Arc::clone(&stream);
+        async move { stream.ready().await.map_err(|e| e.to_string()) }
+    });
 }
 
 /// What the handlers share.
@@ -54,7 +66,6 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/telemetry", post(http::post_telemetry))
         .route("/v1/telemetry/ws", get(ws::upgrade))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Bikes in a browser post from their own origin.
         .layer(CorsLayer::permissive())
         .with_state(state)

@@ -3,7 +3,15 @@
 //! [`MAX_BATCH_RECORDS`](alleycat_core::validate::MAX_BATCH_RECORDS)) per
 //! text frame. Each frame
 //! is answered, in order, with an ack or an error frame; the socket stays
-//! open after an error.
+//! open after an error in the records.
+//!
+//! A frame the protocol does not allow closes the socket with a close code
+//! saying why (RFC 6455 section 7.4.1): 1009 for a frame or message larger
+//! than [`MAX_BODY_BYTES`] (refused on its header, before its payload is
+//! read or buffered), 1007 for a text frame that is not UTF-8, 1003 for a
+//! binary frame, 1002 for any other protocol violation (an unknown opcode,
+//! an unmasked frame, reserved bits, a bad continuation, a fragmented or
+//! oversized control frame).
 
 use crate::error::AppError;
 use crate::extract::Upgrade;
@@ -11,14 +19,19 @@ use crate::http::Accepted;
 use crate::{AppState, MAX_BODY_BYTES};
 use alleycat_core::validate::{BodyFormat, parse_batch};
 use axum::extract::State;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use axum::response::Response;
 
 pub(crate) async fn upgrade(State(state): State<AppState>, Upgrade(ws): Upgrade) -> Response {
     // A bike sends about 300 bytes a second: small buffers keep ten
     // thousand open sockets from costing gigabytes (the defaults are
-    // 128 KiB each way per socket).
+    // 128 KiB each way per socket). A frame may be no larger than a
+    // message: tungstenite checks the frame limit on the frame's header
+    // and reserves the frame's length only once it passed, so a header
+    // announcing more than MAX_BODY_BYTES is refused before any payload is
+    // read (the default 16 MiB frame limit let each socket hold 16 MiB).
     ws.max_message_size(MAX_BODY_BYTES)
+        .max_frame_size(MAX_BODY_BYTES)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| serve_bike(socket, state))
@@ -35,13 +48,77 @@ async fn serve_bike(mut socket: WebSocket, state: AppState) {
         };
         let reply = match message {
             Some(Ok(Message::Text(text))) => answer(&state, text.as_bytes()).await,
-            Some(Ok(Message::Binary(_))) => error_frame(&AppError::BinaryFrame),
+            Some(Ok(Message::Binary(_))) => {
+                let reason = AppError::BinaryFrame.to_string();
+                close(&mut socket, close_code::UNSUPPORTED, &reason).await;
+                return;
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+            Some(Err(error)) => {
+                if let Some((code, reason)) = protocol_close(error) {
+                    close(&mut socket, code, reason).await;
+                }
+                return;
+            }
+            Some(Ok(Message::Close(_))) | None => return,
         };
         if socket.send(Message::Text(reply)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Sends a close frame (tungstenite does not when it refuses a frame: the
+/// peer would see a bare TCP close); the socket is dropped after it.
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    // A close reason is at most 123 bytes.
+    let reason = truncate(reason, 123);
+    tracing::debug!(code, reason, "closing a bike's WebSocket");
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The close code and reason a read error deserves, or `None` when the
+/// connection is already gone (reset, I/O error) and nothing can be sent.
+///
+/// axum hands tungstenite's error over boxed, and this crate does not
+/// depend on tungstenite to downcast it, so the error is told apart by its
+/// variant's name (`Capacity(..)`, `Utf8(..)`, `Protocol(..)`: public,
+/// stable names; the integration tests in `tests/it/hostile_rankings.rs`
+/// check every case over a real socket).
+fn protocol_close(error: axum::Error) -> Option<(u16, &'static str)> {
+    classify(&format!("{:?}", error.into_inner()))
+}
+
+fn classify(debug: &str) -> Option<(u16, &'static str)> {
+    if debug.starts_with("Capacity(") {
+        Some((
+            close_code::SIZE,
+            "message too big: at most 1048576 bytes per message and frame",
+        ))
+    } else if debug.starts_with("Utf8(") {
+        Some((close_code::INVALID, "a text frame must be valid UTF-8"))
+    } else if debug.starts_with("Protocol(ResetWithoutClosingHandshake")
+        || debug.starts_with("Protocol(SendAfterClosing")
+        || debug.starts_with("Protocol(ReceivedAfterClosing")
+    {
+        None
+    } else if debug.starts_with("Protocol(") {
+        Some((close_code::PROTOCOL, "WebSocket protocol violation"))
+    } else {
+        None
     }
 }
 
@@ -67,4 +144,50 @@ fn to_frame(value: &impl serde::Serialize) -> Utf8Bytes {
     serde_json::to_string(value)
         .expect("frames always serialize")
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_errors_map_to_their_close_codes() {
+        let cases = [
+            (
+                "Capacity(MessageTooLong { size: 16777216, max_size: 1048576 })",
+                Some(close_code::SIZE),
+            ),
+            (
+                "Utf8(\"invalid utf-8 sequence\")",
+                Some(close_code::INVALID),
+            ),
+            (
+                "Protocol(UnknownDataFrameType(3))",
+                Some(close_code::PROTOCOL),
+            ),
+            (
+                "Protocol(UnmaskedFrameFromClient)",
+                Some(close_code::PROTOCOL),
+            ),
+            ("Protocol(ResetWithoutClosingHandshake)", None),
+            ("Io(Kind(BrokenPipe))", None),
+            ("ConnectionClosed", None),
+        ];
+        for (debug, code) in cases {
+            assert_eq!(classify(debug).map(|(c, _)| c), code, "{debug}");
+        }
+        assert!(
+            classify("Capacity(x)")
+                .unwrap()
+                .1
+                .contains(&MAX_BODY_BYTES.to_string())
+        );
+    }
+
+    #[test]
+    fn close_reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate("abc", 123), "abc");
+        assert_eq!(truncate("é", 1), "");
+        assert_eq!(truncate(&"x".repeat(200), 123).len(), 123);
+    }
 }

@@ -8,9 +8,10 @@
 
 use crate::RankingsArgs;
 use crate::all_time::AllTime;
+use crate::pending::Pending;
 use crate::push::Snapshot;
 use crate::race::Race;
-use crate::store::{Finals, ResultsStore};
+use crate::store::{Final, Finals, ResultsStore};
 use crate::viewers::Viewers;
 use alleycat_core::backoff::Backoff;
 use alleycat_core::history::{ClassHistory, class_file_key};
@@ -29,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 const RACE_IDLE: Duration = Duration::from_secs(120);
 /// How often finished results are written.
 const RESULTS_FLUSH: Duration = Duration::from_millis(500);
+/// Most races written at once: a race finishing behind a flood of others
+/// waits for at most one such batch (one document write each, plus each
+/// class's index and leaderboard).
+const WRITE_BATCH: usize = 32;
 /// How often the replay checkpoint moves.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// Most records read from the stream at once.
@@ -44,6 +49,11 @@ fn millis(duration: Duration) -> i64 {
 
 struct LiveRace {
     race: Race,
+    /// Records that changed it: a race with more is kept over one with
+    /// fewer when live races must be evicted.
+    records: u64,
+    /// The stream order of the last record that changed it.
+    last_order: u64,
     dirty: bool,
     /// When it was last pushed, ms since the epoch.
     last_push: Option<i64>,
@@ -54,6 +64,9 @@ struct LiveRace {
 /// The engine's state.
 pub(crate) struct Engine {
     races: HashMap<(ClassId, RaceId), LiveRace>,
+    /// Most live races kept.
+    max_live_races: usize,
+    evictions: Evictions,
     all_time: HashMap<ClassId, Arc<AllTime>>,
     viewers: Arc<Viewers>,
     finals: Finals,
@@ -65,6 +78,19 @@ pub(crate) struct Engine {
     read: HashMap<String, VecDeque<(i64, SequenceNumber)>>,
 }
 
+/// Live races evicted to stay within the bound, counted and logged.
+#[derive(Debug, Default)]
+struct Evictions {
+    total: u64,
+    /// Evicted since the last warning.
+    unreported: u64,
+    /// When the last warning was logged, ms since the epoch.
+    warned: Option<i64>,
+}
+
+/// Least time between two warnings about evicted races, in ms.
+const EVICTION_WARN_EVERY_MS: i64 = 10_000;
+
 impl Engine {
     pub(crate) fn new(
         viewers: Arc<Viewers>,
@@ -73,6 +99,8 @@ impl Engine {
     ) -> Engine {
         Engine {
             races: HashMap::new(),
+            max_live_races: args.max_live_races.get(),
+            evictions: Evictions::default(),
             all_time,
             viewers,
             finals: Vec::new(),
@@ -97,23 +125,74 @@ impl Engine {
                 continue;
             };
             self.order += 1;
-            let live = self
-                .races
-                .entry((t.class_id, t.race_id))
-                .or_insert_with(|| LiveRace {
-                    race: Race::new(t.class_id, t.race_id),
-                    dirty: false,
-                    last_push: None,
-                    last_data: now,
-                });
+            let key = (t.class_id, t.race_id);
+            if !self.races.contains_key(&key) && self.races.len() >= self.max_live_races {
+                self.evict(now);
+            }
+            let live = self.races.entry(key).or_insert_with(|| LiveRace {
+                race: Race::new(t.class_id, t.race_id),
+                records: 0,
+                last_order: 0,
+                dirty: false,
+                last_push: None,
+                last_data: now,
+            });
             let (changed, result) = live.race.apply(&t, self.order);
             if changed {
                 live.dirty = true;
                 live.last_data = now;
+                live.records += 1;
+                live.last_order = self.order;
             }
             if let Some(result) = result {
-                self.finals.push((t.class_id, t.race_id, result));
+                self.finals.push(Final {
+                    class: t.class_id,
+                    race: t.race_id,
+                    result,
+                    finished_ms: record.arrival_ms,
+                });
             }
+        }
+    }
+
+    /// Makes room for a new race: evicts the live races with the fewest
+    /// records, the least recently updated first, an eighth of the bound at
+    /// once (so a flood of new races costs one pass per many races, not
+    /// one per race). A real race has a record per racer per second and
+    /// outweighs made-up one-record races; evicted ones are counted and
+    /// logged at most every [`EVICTION_WARN_EVERY_MS`].
+    fn evict(&mut self, now: i64) {
+        let mut by_weight: Vec<(u64, u64, (ClassId, RaceId))> = self
+            .races
+            .iter()
+            .map(|(key, live)| (live.records, live.last_order, *key))
+            .collect();
+        let target = self.max_live_races - self.max_live_races / 8;
+        let excess = (by_weight.len() + 1).saturating_sub(target).max(1);
+        let excess = excess.min(by_weight.len());
+        if excess == 0 {
+            return;
+        }
+        by_weight.select_nth_unstable(excess - 1);
+        for (_, _, key) in &by_weight[..excess] {
+            self.races.remove(key);
+        }
+        let evictions = &mut self.evictions;
+        evictions.total += excess as u64;
+        evictions.unreported += excess as u64;
+        let due = evictions
+            .warned
+            .is_none_or(|at| now.saturating_sub(at) >= EVICTION_WARN_EVERY_MS || now < at);
+        if due {
+            tracing::warn!(
+                evicted = evictions.unreported,
+                total = evictions.total,
+                bound = self.max_live_races,
+                "too many live races: evicted those with the fewest records \
+                 (made-up race ids?)"
+            );
+            evictions.unreported = 0;
+            evictions.warned = Some(now);
         }
     }
 
@@ -246,10 +325,10 @@ pub(crate) async fn run(
     mut loader: AllTimeLoader,
     history_reload: Duration,
     results: ResultsStore,
+    pending: Arc<Pending>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (to_writer, from_engine) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_results(results, from_engine));
+    let writer = tokio::spawn(write_results(results, Arc::clone(&pending)));
     let (all_time_tx, mut all_time_rx) = mpsc::unbounded_channel();
     let loader_stop = stop.child_token();
     let loading = {
@@ -311,10 +390,7 @@ pub(crate) async fn run(
             now + Duration::from_millis(u64::try_from(due.saturating_sub(wall)).unwrap_or(0))
         });
         if now >= next_flush {
-            let finals = engine.take_finals();
-            if !finals.is_empty() {
-                let _ = to_writer.send(finals);
-            }
+            pending.push(engine.take_finals());
             engine.expire(wall);
             next_flush = now + RESULTS_FLUSH;
         }
@@ -329,11 +405,8 @@ pub(crate) async fn run(
     }
     loader_stop.cancel();
     let _ = loading.await;
-    let finals = engine.take_finals();
-    if !finals.is_empty() {
-        let _ = to_writer.send(finals);
-    }
-    drop(to_writer);
+    pending.push(engine.take_finals());
+    pending.close();
     writer.await?;
     subscription.close().await;
     Ok(())
@@ -344,9 +417,11 @@ fn wall_clock_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Writes finished results, retrying until the store takes them.
-async fn write_results(results: ResultsStore, mut finals: mpsc::UnboundedReceiver<Finals>) {
-    while let Some(batch) = finals.recv().await {
+/// Writes finished results, heaviest races first, [`WRITE_BATCH`] races at
+/// a time, retrying until the store takes them; returns once `pending` is
+/// closed and empty.
+async fn write_results(results: ResultsStore, pending: Arc<Pending>) {
+    while let Some(batch) = pending.take(WRITE_BATCH).await {
         let mut backoff = Backoff::default();
         while let Err(e) = results.record(&batch).await {
             let pause = backoff.next_delay();
@@ -381,6 +456,9 @@ mod tests {
             top: NonZeroUsize::new(50).unwrap(),
             replay: REPLAY,
             history_reload: Duration::from_secs(10),
+            max_live_races: NonZeroUsize::new(1_000).unwrap(),
+            max_pending_races: NonZeroUsize::new(1_000).unwrap(),
+            results_retention: Duration::ZERO,
             instance: None,
         }
     }
@@ -567,18 +645,19 @@ mod tests {
         let outputs: Vec<f64> = messages.iter().map(Telemetry::output).collect();
         assert_eq!(
             engine.take_finals(),
-            [(
-                ClassId(1),
-                RaceId(7),
-                RaceResult {
+            [Final {
+                class: ClassId(1),
+                race: RaceId(7),
+                result: RaceResult {
                     racer_id: RacerId(1),
                     name: "R1".into(),
                     output: outputs[1],
                     average: ((outputs[0] + outputs[1]) / 2.0 * 1e4).round() / 1e4,
                     best: outputs[1],
                     seconds: 2,
-                }
-            )]
+                },
+                finished_ms: T0,
+            }]
         );
         assert!(engine.take_finals().is_empty(), "handed over once");
         // The stream read again after a restart: no second result.
@@ -632,20 +711,77 @@ mod tests {
         assert!(engine.races.is_empty());
     }
 
+    #[test]
+    fn a_flood_of_made_up_races_is_bounded_and_evicts_them_not_the_real_race() {
+        let viewers = Arc::new(Viewers::default());
+        let mut viewer = viewers.add(Filter {
+            class_id: ClassId(1),
+            race_id: Some(RaceId(7)),
+            racer_id: None,
+        });
+        let mut engine = Engine::new(
+            Arc::clone(&viewers),
+            HashMap::new(),
+            &RankingsArgs {
+                max_live_races: NonZeroUsize::new(100).unwrap(),
+                ..args()
+            },
+        );
+        // A real race of 20 racers, second 1.
+        let real: Vec<Telemetry> = (1..=20).map(|r| update(1, r, 1, 60.0)).collect();
+        engine.apply(fresh(1, T0, &real), T0);
+        // 10,000 one-record races with made-up ids.
+        let flood: Vec<StreamRecord> = (0..10_000u64)
+            .map(|i| {
+                let t = Telemetry {
+                    race_id: RaceId(1_000_000 + i),
+                    ..update(1, 1, 1, 60.0)
+                };
+                record(100 + i, T0, &t)
+            })
+            .collect();
+        engine.apply(flood, T0);
+        assert!(
+            engine.races.len() <= 100,
+            "{} live races",
+            engine.races.len()
+        );
+        assert!(engine.races.contains_key(&(ClassId(1), RaceId(7))));
+        // Every race not kept was evicted and counted.
+        assert_eq!(
+            engine.evictions.total,
+            10_001 - engine.races.len() as u64,
+            "every race not kept was evicted"
+        );
+        // The real race goes on and is pushed with all its racers.
+        let second: Vec<Telemetry> = (1..=20).map(|r| update(1, r, 2, 60.0)).collect();
+        engine.apply(fresh(20_000, T0 + 1_000, &second), T0 + 1_000);
+        engine.push_due(T0 + 1_000);
+        let mut pushed = None;
+        while let Some(message) = next_message(&mut viewer) {
+            if message["raceId"] == 7 {
+                pushed = Some(message);
+            }
+        }
+        let pushed = pushed.expect("the real race was pushed");
+        assert_eq!(pushed["second"], 2);
+        assert_eq!(racer_ids(&pushed, "hereNow").len(), 20);
+    }
+
     #[tokio::test]
     async fn the_results_writer_stores_every_batch_it_is_handed() {
         let dir = tempfile::tempdir().unwrap();
         let results = ResultsStore::new(Arc::new(FsStore::open(dir.path()).unwrap()));
-        let (to_writer, from_engine) = mpsc::unbounded_channel();
+        let pending = Arc::new(Pending::new(10));
         let viewers = Arc::new(Viewers::default());
         let mut engine = engine(&viewers);
         for (seq, racer) in [(1, 1), (2, 2)] {
             let last = telemetry(3, racer, 1, 60.0 + racer as f64, Event::Final);
-            engine.apply(fresh(seq, T0, &[last]), T0);
-            to_writer.send(engine.take_finals()).unwrap();
+            engine.apply(fresh(seq, T0 + seq as i64, &[last]), T0);
+            pending.push(engine.take_finals());
         }
-        drop(to_writer);
-        write_results(results.clone(), from_engine).await;
+        pending.close();
+        write_results(results.clone(), pending).await;
         let race = results.race(RaceId(7)).await.unwrap().unwrap();
         let ranked: Vec<u64> = race
             .ranked(ClassId(3))
@@ -653,8 +789,11 @@ mod tests {
             .map(|r| r.result.racer_id.0)
             .collect();
         assert_eq!(ranked, [2, 1]);
+        assert_eq!(race.finished_ms, T0 + 2, "the last final's arrival");
         let (board, _) = results.leaderboard(ClassId(3)).await.unwrap().unwrap();
         assert_eq!(board.entries.len(), 2);
+        let index = results.index(ClassId(3)).await.unwrap();
+        assert_eq!(index.races[&RaceId(7)], T0 + 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,6 +811,7 @@ mod tests {
             AllTimeLoader::new(store),
             args().history_reload,
             results.clone(),
+            Arc::new(Pending::new(10)),
             stop.clone(),
         ));
         let last = telemetry(4, 1, 1, 60.0, Event::Final);

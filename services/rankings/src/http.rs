@@ -1,6 +1,7 @@
 //! The rankings HTTP API: the viewers' WebSocket, race results and class
 //! leaderboards.
 
+use crate::close::{self, VIEWER_MAX_MESSAGE};
 use crate::extract::{LeaderboardQuery, Position, RaceIdPath, RacesQuery, Upgrade, ViewerQuery};
 use crate::results::{RankedEntry, RankedResult, around, page};
 use crate::store::ResultsStore;
@@ -11,7 +12,7 @@ use alleycat_storage::{ETag, StoreError};
 use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket, close_code};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -127,8 +128,12 @@ async fn viewer(
     ViewerQuery(filter): ViewerQuery,
     Upgrade(upgrade): Upgrade,
 ) -> Response {
-    // Viewers only listen: a small read buffer, and pushes written at once.
+    // Viewers only listen: small frame and message limits (checked on a
+    // frame's header, before its payload is read), a small read buffer, and
+    // pushes written at once.
     upgrade
+        .max_frame_size(VIEWER_MAX_MESSAGE)
+        .max_message_size(VIEWER_MAX_MESSAGE)
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| watch(socket, state, filter))
@@ -154,8 +159,18 @@ async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
                 }
             },
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                Some(Ok(_)) => {} // viewers have nothing to say
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Binary(_))) => {
+                    close::send(&mut socket, close_code::UNSUPPORTED, "viewers send no binary frames").await;
+                    break;
+                }
+                Some(Err(error)) => {
+                    if let Some((code, reason)) = close::for_read_error(error) {
+                        close::send(&mut socket, code, reason).await;
+                    }
+                    break;
+                }
+                Some(Ok(_)) => {} // pings, and small texts some clients send to stay alive
             },
             () = state.shutdown.cancelled() => {
                 let _ = socket.send(Message::Close(None)).await;
@@ -187,7 +202,7 @@ async fn races(
 ) -> Result<Json<RacesBody>, AppError> {
     let index = state.results.index(class_id).await?;
     let mut races = Vec::new();
-    for race_id in index.newest().take(limit) {
+    for race_id in index.newest().into_iter().take(limit) {
         if let Some(doc) = state.results.race(race_id).await? {
             races.push(RaceSummary {
                 race_id,
@@ -297,6 +312,7 @@ async fn ranked_leaderboard(
 mod tests {
     use super::*;
     use crate::race::RaceResult;
+    use crate::store::Final;
     use alleycat_storage::object_store::fs::FsStore;
     use alleycat_storage::{ObjectStore, Precondition};
     use axum::body::Body;
@@ -346,7 +362,7 @@ mod tests {
 
         /// Stores the finals of race `race` in `class`, racer `r` at output `r`.
         async fn finals(&self, class: u8, race: u64, racers: &[u64]) {
-            let finals = racers
+            let finals: Vec<Final> = racers
                 .iter()
                 .map(|&r| {
                     let result = RaceResult {
@@ -357,7 +373,12 @@ mod tests {
                         best: r as f64,
                         seconds: 300,
                     };
-                    (ClassId(class), RaceId(race), result)
+                    Final {
+                        class: ClassId(class),
+                        race: RaceId(race),
+                        result,
+                        finished_ms: race as i64,
+                    }
                 })
                 .collect();
             self.state.results.record(&finals).await.unwrap();

@@ -7,9 +7,11 @@
 //! process updates with conditional writes.
 
 pub mod all_time;
+mod close;
 mod engine;
 mod extract;
 mod http;
+mod pending;
 pub mod push;
 pub mod race;
 pub mod results;
@@ -54,10 +56,47 @@ pub struct RankingsArgs {
     #[arg(long = "rankings-history-reload-ms", env = "ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS", default_value = "10000", value_parser = parse_millis)]
     pub history_reload: Duration,
 
+    /// Most live races kept (all classes). Race ids come from clients: past
+    /// this, the races with the fewest records (the least recently updated
+    /// first) are evicted, counted and logged. A real race has a record per
+    /// racer per second, so made-up one-record races go first.
+    #[arg(
+        long = "rankings-max-live-races",
+        env = "ALLEYCAT_RANKINGS_MAX_LIVE_RACES",
+        default_value = "1000"
+    )]
+    pub max_live_races: NonZeroUsize,
+
+    /// Most races whose results wait to be written. Past this, the races
+    /// with the fewest results (the oldest first) are dropped, counted and
+    /// logged; the heaviest races are written first, so a flood of
+    /// made-up one-result races does not delay a real race's results.
+    #[arg(
+        long = "rankings-max-pending-races",
+        env = "ALLEYCAT_RANKINGS_MAX_PENDING_RACES",
+        default_value = "1000"
+    )]
+    pub max_pending_races: NonZeroUsize,
+
+    /// How long a race's results are listed (`/v1/races`) and served
+    /// (`/v1/races/{raceId}`) after it finished, in milliseconds (e.g.
+    /// 2592000000 for 30 days); 0 keeps them for ever. Leaderboards keep
+    /// every racer's best whatever its age.
+    #[arg(long = "rankings-results-retention-ms", env = "ALLEYCAT_RANKINGS_RESULTS_RETENTION_MS", default_value = "0", value_parser = parse_millis)]
+    pub results_retention: Duration,
+
     /// This process's name among the rankings processes reading a Kinesis
     /// stream (each keeps its own checkpoints); defaults to host and port.
     #[arg(long = "rankings-instance", env = "ALLEYCAT_RANKINGS_INSTANCE")]
     pub instance: Option<String>,
+}
+
+impl RankingsArgs {
+    /// How long race results are kept, `None` for ever.
+    #[must_use]
+    pub fn results_retention(&self) -> Option<Duration> {
+        (!self.results_retention.is_zero()).then_some(self.results_retention)
+    }
 }
 
 /// A started rankings engine: its routes' state and its task.
@@ -82,14 +121,16 @@ pub async fn start(
     let all_time = loader.changed().await?.into_iter().collect();
     let viewers = Arc::new(viewers::Viewers::default());
     let subscription = stream.subscribe(consumer).await?;
-    let results = store::ResultsStore::new(history_store);
+    let results = store::ResultsStore::new(history_store).with_retention(args.results_retention());
     let engine_state = engine::Engine::new(Arc::clone(&viewers), all_time, args);
+    let pending = Arc::new(pending::Pending::new(args.max_pending_races.get()));
     let engine = tokio::spawn(engine::run(
         subscription,
         engine_state,
         loader,
         args.history_reload,
         results.clone(),
+        pending,
         stop,
     ));
     Ok(Started {

@@ -9,7 +9,7 @@ use crate::race::RaceResult;
 use alleycat_core::{ClassId, RaceId, RacerId};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Races kept in a class's index of recent races.
 pub const RECENT_RACES: usize = 200;
@@ -23,6 +23,10 @@ pub struct RaceResults {
     pub race_id: RaceId,
     /// Per class, per racer.
     pub classes: BTreeMap<ClassId, BTreeMap<RacerId, RaceResult>>,
+    /// When its last `final` record seen arrived, ms since the epoch (0 in
+    /// documents stored before it was kept): what the retention goes by.
+    #[serde(default)]
+    pub finished_ms: i64,
 }
 
 impl Default for RaceResults {
@@ -31,6 +35,7 @@ impl Default for RaceResults {
         RaceResults {
             race_id: RaceId(0),
             classes: BTreeMap::new(),
+            finished_ms: 0,
         }
     }
 }
@@ -66,9 +71,17 @@ impl RaceResults {
         }
     }
 
+    /// Notes a `final` record that arrived at `at` (ms since the epoch);
+    /// returns whether the document changed.
+    pub fn finished(&mut self, at: i64) -> bool {
+        let changed = at > self.finished_ms;
+        self.finished_ms = self.finished_ms.max(at);
+        changed
+    }
+
     /// Merges another version of this document; returns whether ours changed.
     pub fn merge(&mut self, other: &RaceResults) -> bool {
-        let mut changed = false;
+        let mut changed = self.finished(other.finished_ms);
         for (class, results) in &other.classes {
             for result in results.values() {
                 changed |= self.offer(*class, result.clone());
@@ -101,28 +114,97 @@ impl RaceResults {
     }
 }
 
-/// The recent races of a class, newest last.
+/// The most recently finished races of a class.
+///
+/// Races are ordered by when they finished (the arrival time of their last
+/// `final` record seen), not by their id: race ids come from clients, so a
+/// few `final` records with ids near 2^53 would otherwise outrank every real
+/// race for good. Stored as `{"races": [{"raceId", "finishedMs"}]}`; the
+/// earlier form, a list of ids, still reads (as finished at time 0, so any
+/// race finishing since outranks them).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RaceIndex {
-    /// Race ids, at most [`RECENT_RACES`].
-    pub races: BTreeSet<RaceId>,
+    /// When each race finished, ms since the epoch; at most [`RECENT_RACES`].
+    #[serde(with = "index_entries")]
+    pub races: BTreeMap<RaceId, i64>,
 }
 
 impl RaceIndex {
-    /// Adds races, keeping the newest [`RECENT_RACES`]; returns whether it changed.
-    pub fn merge(&mut self, races: impl IntoIterator<Item = RaceId>) -> bool {
+    /// Adds races with when they finished (a race already listed keeps the
+    /// later time), drops those finished before `cutoff` (ms since the
+    /// epoch; the retention), and keeps the [`RECENT_RACES`] most recently
+    /// finished (ties: the higher id). Deterministic and idempotent, so
+    /// every process converges. Returns whether it changed.
+    pub fn merge(&mut self, races: impl IntoIterator<Item = (RaceId, i64)>, cutoff: i64) -> bool {
         let before = self.races.clone();
-        self.races.extend(races);
-        while self.races.len() > RECENT_RACES {
-            self.races.pop_first();
+        for (race, finished) in races {
+            let at = self.races.entry(race).or_insert(finished);
+            *at = (*at).max(finished);
+        }
+        self.races.retain(|_, finished| *finished >= cutoff);
+        if self.races.len() > RECENT_RACES {
+            let mut by_finish: Vec<(i64, RaceId)> =
+                self.races.iter().map(|(race, at)| (*at, *race)).collect();
+            by_finish.sort_unstable();
+            for (_, race) in &by_finish[..by_finish.len() - RECENT_RACES] {
+                self.races.remove(race);
+            }
         }
         self.races != before
     }
 
-    /// Newest first.
-    pub fn newest(&self) -> impl Iterator<Item = RaceId> + '_ {
-        self.races.iter().rev().copied()
+    /// Most recently finished first.
+    #[must_use]
+    pub fn newest(&self) -> Vec<RaceId> {
+        let mut by_finish: Vec<(i64, RaceId)> =
+            self.races.iter().map(|(race, at)| (*at, *race)).collect();
+        by_finish.sort_unstable_by(|a, b| b.cmp(a));
+        by_finish.into_iter().map(|(_, race)| race).collect()
+    }
+}
+
+/// The index's entries as stored, and the earlier form (bare ids).
+mod index_entries {
+    use alleycat_core::RaceId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Entry {
+        race_id: RaceId,
+        finished_ms: i64,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Entry(Entry),
+        Legacy(RaceId),
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        races: &BTreeMap<RaceId, i64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(races.iter().map(|(race, at)| Entry {
+            race_id: *race,
+            finished_ms: *at,
+        }))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<RaceId, i64>, D::Error> {
+        let stored = Vec::<Stored>::deserialize(deserializer)?;
+        Ok(stored
+            .into_iter()
+            .map(|s| match s {
+                Stored::Entry(e) => (e.race_id, e.finished_ms),
+                Stored::Legacy(race) => (race, 0),
+            })
+            .collect())
     }
 }
 
@@ -345,11 +427,60 @@ mod tests {
     }
 
     #[test]
-    fn the_index_keeps_the_newest_races() {
+    fn the_index_keeps_the_most_recently_finished_races() {
         let mut index = RaceIndex::default();
-        assert!(index.merge((0..250).map(RaceId)));
+        assert!(index.merge((0..250).map(|r| (RaceId(r), 1_000 + r as i64)), 0));
         assert_eq!(index.races.len(), RECENT_RACES);
-        assert_eq!(index.newest().next(), Some(RaceId(249)));
-        assert!(!index.merge([RaceId(249)]));
+        assert_eq!(index.newest().first(), Some(&RaceId(249)));
+        assert_eq!(index.newest().last(), Some(&RaceId(50)));
+        assert!(!index.merge([(RaceId(249), 1_249)], 0), "idempotent");
+        assert!(!index.merge([(RaceId(249), 5)], 0), "keeps the later time");
+
+        // 200 races with ids near 2^53 finished long ago: a race finishing
+        // now still heads the list, and they do not push it out.
+        let huge = (1u64 << 53) - 1;
+        index.merge((0..200).map(|i| (RaceId(huge - i), 2_000)), 0);
+        assert_eq!(index.newest().first(), Some(&RaceId(huge)));
+        assert!(index.merge([(RaceId(7), 3_000)], 0));
+        assert_eq!(index.newest().first(), Some(&RaceId(7)));
+        assert!(index.races.contains_key(&RaceId(7)));
+        assert_eq!(index.races.len(), RECENT_RACES);
+
+        // Retention: what finished before the cutoff goes.
+        assert!(index.merge([], 2_500));
+        assert_eq!(index.newest(), [RaceId(7)]);
+    }
+
+    #[test]
+    fn index_merges_converge_in_any_order() {
+        let a: Vec<(RaceId, i64)> = (0..150).map(|r| (RaceId(r), r as i64 % 40)).collect();
+        let b: Vec<(RaceId, i64)> = (100..300).map(|r| (RaceId(r), 300 - r as i64)).collect();
+        let mut ab = RaceIndex::default();
+        ab.merge(a.clone(), 0);
+        ab.merge(b.clone(), 0);
+        let mut ba = RaceIndex::default();
+        ba.merge(b, 0);
+        ba.merge(a, 0);
+        assert_eq!(ab, ba);
+    }
+
+    #[test]
+    fn the_index_reads_its_earlier_form_and_writes_finish_times() {
+        let legacy: RaceIndex = serde_json::from_str(r#"{"races":[5,9]}"#).unwrap();
+        assert_eq!(
+            legacy.races,
+            BTreeMap::from([(RaceId(5), 0), (RaceId(9), 0)])
+        );
+        assert_eq!(legacy.newest(), [RaceId(9), RaceId(5)]);
+        let mut index = legacy;
+        index.merge([(RaceId(1), 10)], 0);
+        let json = serde_json::to_value(&index).unwrap();
+        assert_eq!(
+            json["races"][0],
+            serde_json::json!({"raceId": 1, "finishedMs": 10})
+        );
+        let back: RaceIndex = serde_json::from_value(json).unwrap();
+        assert_eq!(back, index);
+        assert_eq!(back.newest()[0], RaceId(1));
     }
 }

@@ -11,15 +11,32 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Results and leaderboards, as documents in a store.
 #[derive(Clone)]
 pub struct ResultsStore {
     store: Arc<dyn ObjectStore>,
+    /// How long a race's results are listed and served after it finished.
+    retention: Option<Duration>,
 }
 
-/// A class's finished results, as handed to [`ResultsStore::record`].
-pub type Finals = Vec<(ClassId, RaceId, RaceResult)>;
+/// A racer's result, from its `final` record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Final {
+    /// The racer's class.
+    pub class: ClassId,
+    /// The race.
+    pub race: RaceId,
+    /// The result.
+    pub result: RaceResult,
+    /// When the `final` record arrived on the stream, ms since the epoch:
+    /// races are listed by it.
+    pub finished_ms: i64,
+}
+
+/// Finished results, as handed to [`ResultsStore::record`].
+pub type Finals = Vec<Final>;
 
 fn race_key(race: RaceId) -> String {
     format!("results/races/{race}.json")
@@ -37,37 +54,65 @@ impl ResultsStore {
     /// Results kept in `store`.
     #[must_use]
     pub fn new(store: Arc<dyn ObjectStore>) -> ResultsStore {
-        ResultsStore { store }
+        ResultsStore {
+            store,
+            retention: None,
+        }
+    }
+
+    /// Lists and serves a race's results for `retention` after it finished
+    /// (`None`: for ever). Older races leave the class indexes; their
+    /// documents answer as absent.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Option<Duration>) -> ResultsStore {
+        self.retention = retention;
+        self
+    }
+
+    /// Races that finished before this (ms since the epoch) are past the
+    /// retention.
+    fn cutoff(&self) -> i64 {
+        self.retention.map_or(i64::MIN, |keep| {
+            let keep = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+            chrono::Utc::now().timestamp_millis().saturating_sub(keep)
+        })
+    }
+
+    fn expired(&self, doc: &RaceResults, cutoff: i64) -> bool {
+        // Documents stored before finish times were kept (0) stay.
+        doc.finished_ms != 0 && doc.finished_ms < cutoff
     }
 
     /// Stores race results: each race's document, each class's index of
     /// recent races and its leaderboard, one conditional write each.
-    pub async fn record(&self, finals: &Finals) -> Result<(), StoreError> {
-        let mut by_race: BTreeMap<RaceId, Vec<(ClassId, &RaceResult)>> = BTreeMap::new();
-        let mut by_class: BTreeMap<ClassId, Vec<(RaceId, &RaceResult)>> = BTreeMap::new();
-        for (class, race, result) in finals {
-            by_race.entry(*race).or_default().push((*class, result));
-            by_class.entry(*class).or_default().push((*race, result));
+    pub async fn record(&self, finals: &[Final]) -> Result<(), StoreError> {
+        let mut by_race: BTreeMap<RaceId, Vec<&Final>> = BTreeMap::new();
+        let mut by_class: BTreeMap<ClassId, Vec<&Final>> = BTreeMap::new();
+        for last in finals {
+            by_race.entry(last.race).or_default().push(last);
+            by_class.entry(last.class).or_default().push(last);
         }
         for (race, results) in &by_race {
             self.update(&race_key(*race), |doc: &mut RaceResults| {
                 doc.race_id = *race;
                 let mut changed = false;
-                for (class, result) in results {
-                    changed |= doc.offer(*class, (*result).clone());
+                for last in results {
+                    changed |= doc.offer(last.class, last.result.clone());
+                    changed |= doc.finished(last.finished_ms);
                 }
                 changed
             })
             .await?;
         }
+        let cutoff = self.cutoff();
         for (class, results) in &by_class {
             self.update(&index_key(*class), |index: &mut RaceIndex| {
-                index.merge(results.iter().map(|(race, _)| *race))
+                index.merge(results.iter().map(|f| (f.race, f.finished_ms)), cutoff)
             })
             .await?;
             self.update(&leaderboard_key(*class), |board: &mut Leaderboard| {
                 let mut changed = false;
-                for (race, result) in results {
+                for Final { race, result, .. } in results.iter().copied() {
                     let entry = LeaderboardEntry {
                         name: result.name.clone(),
                         output: result.output,
@@ -82,18 +127,25 @@ impl ResultsStore {
         Ok(())
     }
 
-    /// One race's results.
+    /// One race's results (`None` past the retention).
     pub async fn race(&self, race: RaceId) -> Result<Option<RaceResults>, StoreError> {
-        Ok(self.read(&race_key(race)).await?.map(|(doc, _)| doc))
+        let cutoff = self.cutoff();
+        Ok(self
+            .read(&race_key(race))
+            .await?
+            .map(|(doc, _)| doc)
+            .filter(|doc| !self.expired(doc, cutoff)))
     }
 
-    /// A class's recent races.
+    /// A class's recent races (without those past the retention).
     pub async fn index(&self, class: ClassId) -> Result<RaceIndex, StoreError> {
-        Ok(self
+        let mut index: RaceIndex = self
             .read(&index_key(class))
             .await?
             .map(|(doc, _)| doc)
-            .unwrap_or_default())
+            .unwrap_or_default();
+        index.merge([], self.cutoff());
+        Ok(index)
     }
 
     /// A class's leaderboard and its version (for caching).
@@ -171,6 +223,15 @@ mod tests {
         }
     }
 
+    fn last(class: u8, race: u64, result: RaceResult, finished_ms: i64) -> Final {
+        Final {
+            class: ClassId(class),
+            race: RaceId(race),
+            result,
+            finished_ms,
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_lose_no_result() {
         let dir = tempfile::tempdir().unwrap();
@@ -181,8 +242,7 @@ mod tests {
                 tokio::spawn(async move {
                     for r in 0..5u64 {
                         let racer = w * 10 + r;
-                        let finals =
-                            vec![(ClassId(1), RaceId(100 + r), result(racer, racer as f64))];
+                        let finals = vec![last(1, 100 + r, result(racer, racer as f64), 1_000)];
                         store.record(&finals).await.unwrap();
                     }
                 })
@@ -199,9 +259,35 @@ mod tests {
         // Recording the same finals again changes nothing.
         let before = store.leaderboard_version(ClassId(1)).await.unwrap();
         store
-            .record(&vec![(ClassId(1), RaceId(100), result(0, 0.0))])
+            .record(&[last(1, 100, result(0, 0.0), 1_000)])
             .await
             .unwrap();
         assert_eq!(store.leaderboard_version(ClassId(1)).await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn races_past_the_retention_are_neither_listed_nor_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ResultsStore::new(Arc::new(FsStore::open(dir.path()).unwrap()))
+            .with_retention(Some(Duration::from_secs(3600)));
+        let now = chrono::Utc::now().timestamp_millis();
+        let two_hours = 2 * 3_600_000;
+        store
+            .record(&[
+                last(2, 1, result(1, 10.0), now - two_hours),
+                last(2, 2, result(1, 20.0), now),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.index(ClassId(2)).await.unwrap().newest(), [RaceId(2)]);
+        assert!(store.race(RaceId(1)).await.unwrap().is_none(), "expired");
+        let kept = store.race(RaceId(2)).await.unwrap().unwrap();
+        assert_eq!(kept.finished_ms, now);
+        // Without a retention, the old race is still there.
+        let forever = store.clone().with_retention(None);
+        assert!(forever.race(RaceId(1)).await.unwrap().is_some());
+        // The leaderboard keeps every result, whatever its age.
+        let (board, _) = store.leaderboard(ClassId(2)).await.unwrap().unwrap();
+        assert_eq!(board.entries[&RacerId(1)].output, 20.0);
     }
 }

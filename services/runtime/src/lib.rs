@@ -2,13 +2,17 @@
 //! the health check, and assembling services into a process that serves
 //! HTTP and shuts down in order ([`Process`]).
 
+mod errors;
+mod health;
 mod process;
+mod server;
 mod shutdown;
 
+pub use health::Readiness;
 pub use process::{Context, Process, Service, ServiceArgs, Task};
 pub use shutdown::shutdown_signal;
 
-use axum::{Json, Router, routing::get};
+use axum::Json;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,6 +29,21 @@ pub struct ServerArgs {
     /// lost either way: unflushed records are still on the stream.
     #[arg(long = "shutdown-timeout-ms", env = "ALLEYCAT_SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
     pub shutdown_timeout: Duration,
+
+    /// Longest a client may take to send a request's headers, in
+    /// milliseconds; also how long an idle keep-alive connection is kept.
+    #[arg(long = "header-timeout-ms", env = "ALLEYCAT_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    pub header_timeout: Duration,
+
+    /// Longest a client may take to send a request's body, in milliseconds.
+    #[arg(long = "body-timeout-ms", env = "ALLEYCAT_BODY_TIMEOUT_MS", default_value = "30000", value_parser = parse_millis)]
+    pub body_timeout: Duration,
+
+    /// Most connections (WebSockets included) open at once; past it a new
+    /// connection is answered 503 at once. Lowered to what the process's
+    /// file limit allows.
+    #[arg(long = "max-connections", env = "ALLEYCAT_MAX_CONNECTIONS", default_value = "50000")]
+    pub max_connections: std::num::NonZeroUsize,
 }
 
 pub use alleycat_core::parse_millis;
@@ -39,16 +58,6 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-}
-
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-}
-
-/// `GET /healthz`: 200 once the service is serving (it is only mounted then).
-fn health_routes() -> Router {
-    Router::new().route("/healthz", get(|| async { Json(Health { status: "ok" }) }))
 }
 
 /// An error answer: `{"error": message}` with `status`.

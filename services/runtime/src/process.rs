@@ -3,15 +3,15 @@
 //! listener, with the cross-cutting layers added once here, and stops
 //! everything in order.
 
-use crate::{ServerArgs, health_routes};
+use crate::{Readiness, ServerArgs, errors, health, server};
 use alleycat_storage::StorageArgs;
 use anyhow::Context as _;
 use axum::Router;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// What one service contributes to a process.
@@ -92,13 +92,15 @@ pub struct Context {
     pub closing: CancellationToken,
     /// The port the process listens on (names per-process stream consumers).
     pub port: u16,
+    /// Where the services report whether they can work (`/readyz`).
+    pub readiness: Readiness,
 }
 
 /// A process being assembled: its listener and shutdown settings.
 pub struct Process {
     listener: TcpListener,
     context: Context,
-    shutdown_timeout: Duration,
+    server: ServerArgs,
 }
 
 impl Process {
@@ -118,8 +120,9 @@ impl Process {
             context: Context {
                 closing: CancellationToken::new(),
                 port,
+                readiness: Readiness::default(),
             },
-            shutdown_timeout: server.shutdown_timeout,
+            server: server.clone(),
         })
     }
 
@@ -144,7 +147,7 @@ impl Process {
         let Process {
             listener,
             context,
-            shutdown_timeout,
+            server,
         } = self;
         let mut router = Router::new();
         let mut tasks = Vec::new();
@@ -156,7 +159,15 @@ impl Process {
         let http = Task::from_handle(
             "http",
             context.closing.clone(),
-            tokio::spawn(serve(listener, layers(router), context.closing.clone())),
+            tokio::spawn(server::serve(
+                listener,
+                layers(router, &context, &server),
+                server::Limits {
+                    header_timeout: server.header_timeout,
+                    max_connections: server.max_connections.get(),
+                },
+                context.closing.clone(),
+            )),
         );
         tasks.insert(0, http);
 
@@ -168,7 +179,7 @@ impl Process {
             tracing::error!(task = tasks[*index].name, result = ?result, "stopped unexpectedly; shutting down");
         }
 
-        let deadline = Instant::now() + shutdown_timeout;
+        let deadline = Instant::now() + server.shutdown_timeout;
         for (index, task) in tasks.iter_mut().enumerate() {
             task.stop.cancel();
             if failure.as_ref().is_some_and(|(failed, _)| *failed == index) {
@@ -178,10 +189,16 @@ impl Process {
             match tokio::time::timeout(budget, &mut task.handle).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => {
-                    tracing::error!(task = task.name, error = format!("{e:#}"), "failed while stopping");
+                    tracing::error!(
+                        task = task.name,
+                        error = format!("{e:#}"),
+                        "failed while stopping"
+                    );
                 }
                 Ok(Err(e)) => tracing::error!(task = task.name, error = %e, "panicked"),
-                Err(_) => tracing::warn!(task = task.name, timeout = ?shutdown_timeout, "shutdown timed out"),
+                Err(_) => {
+                    tracing::warn!(task = task.name, timeout = ?server.shutdown_timeout, "shutdown timed out")
+                }
             }
         }
         match failure {
@@ -194,9 +211,11 @@ impl Process {
 }
 
 /// The layers every service's routes get, in one place.
-fn layers(router: Router) -> Router {
+fn layers(router: Router, context: &Context, server: &ServerArgs) -> Router {
     router
-        .merge(health_routes())
+        .merge(health::routes(context.readiness.clone()))
+        .layer(axum::middleware::from_fn(errors::json_errors))
+        .layer(RequestBodyTimeoutLayer::new(server.body_timeout))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -206,19 +225,4 @@ async fn first_to_end(tasks: &mut [Task]) -> (anyhow::Result<()>, usize) {
         futures_util::future::select_all(tasks.iter_mut().map(|t| &mut t.handle)).await;
     let result = joined.context("task panicked").and_then(|r| r);
     (result, index)
-}
-
-/// Serves `router` on `listener` until `shutdown` is cancelled, then stops
-/// accepting and lets in-flight requests finish.
-async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
 }

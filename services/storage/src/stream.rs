@@ -48,6 +48,14 @@ pub trait Stream: Send + Sync + 'static {
     /// Starts (or resumes, from its last checkpoint) reading as `consumer`.
     /// A consumer seen for the first time starts at the oldest record kept.
     async fn subscribe(&self, consumer: &str) -> Result<Box<dyn Subscription>, StreamError>;
+
+    /// Whether the stream can take records now, as far as it knows without
+    /// writing (readiness probes ask it, so it must be cheap); `Err` says
+    /// why not. The embedded stream reports a failed write until it has
+    /// reopened its database, and a database file deleted while open.
+    async fn ready(&self) -> Result<(), StreamError> {
+        Ok(())
+    }
 }
 
 /// One consumer's reading position.

@@ -15,10 +15,10 @@ mod pipeline;
 use crate::batcher::BatchLimits;
 use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_millis};
 use alleycat_storage::StorageArgs;
-use tokio_util::sync::CancellationToken;
 use axum::Router;
 use std::num::NonZeroUsize;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 pub use deliver::Processed;
 pub use pipeline::run_pipeline;

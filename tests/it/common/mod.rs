@@ -47,7 +47,9 @@ pub fn test_config(data_dir: &Path) -> alleycat::Config {
 
 /// The flag of an `ALLEYCAT_*` variable (both share one name scheme).
 pub fn flag_of(variable: &str) -> String {
-    let name = variable.strip_prefix("ALLEYCAT_").expect("an ALLEYCAT_ variable");
+    let name = variable
+        .strip_prefix("ALLEYCAT_")
+        .expect("an ALLEYCAT_ variable");
     format!("--{}", name.to_lowercase().replace('_', "-"))
 }
 

@@ -4,11 +4,11 @@
 //! a batch is all-or-nothing, so the caller gets either every record or every
 //! problem.
 //!
-//! Two paths do the work. The typed fast path ([`fast`]) decodes well-formed
+//! Two paths do the work. The typed fast path (`fast`) decodes well-formed
 //! records without building a JSON tree; anything it refuses goes to the
-//! diagnosing path ([`diagnose`]), which names every problem. Both apply the
-//! same per-field [`rules`] and split bodies the same way ([`framing`]), so
-//! they accept exactly the same records.
+//! diagnosing path (`diagnose`), which names every problem. Both apply the
+//! same per-field `rules` and split bodies the same way (`framing`), so they
+//! accept exactly the same records.
 
 mod diagnose;
 mod fast;

@@ -6,6 +6,28 @@
 //! only ever see committed records, so whatever a consumer read has been
 //! acknowledged and is durable. Consumer offsets live in the same database;
 //! records every registered consumer has checkpointed past are deleted.
+//!
+//! # Faults
+//!
+//! The writer heals the stream by itself (see [`EmbeddedStream::health`]):
+//!
+//! - **A failed write** (a full disk, an I/O error): redb refuses every later
+//!   call until the database is closed and opened again. The writer answers
+//!   the group with an error (nothing of it was acknowledged), marks the
+//!   stream broken (appends fail at once, readiness says why), closes the
+//!   database once no reader holds it, and opens it again (redb repairs it
+//!   to its last commit) with backoff from 50 ms to 1 s until that works.
+//! - **The database file deleted or replaced** (the data directory removed
+//!   while running): a commit into an unlinked file is not durable, so the
+//!   writer compares the path's inode with the open file's after every
+//!   commit (and every second when idle) and refuses the group when they
+//!   differ. The unlinked file is still readable through the writer's own
+//!   handle, so it is copied back to the path (directories recreated, the
+//!   copy fsynced and renamed into place) and reopened: every record
+//!   acknowledged before the deletion, the consumers' checkpoints and the
+//!   sequence numbers survive. Until that copy lands, appends are refused.
+//!
+//! Sequence numbers never go back, whatever the reopened file holds.
 
 use super::{
     PendingDelivery, PutRecord, SequenceNumber, Stream, StreamError, StreamRecord, Subscription,
@@ -13,13 +35,21 @@ use super::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The embedded stream's only shard.
 pub const SHARD_ID: &str = "shard-000000";
+
+/// The database file in the stream's directory.
+const FILE_NAME: &str = "stream.redb";
+/// Where a rescued copy is written before it is renamed into place.
+const RESCUE_NAME: &str = "stream.redb.rescue";
 
 /// Record sequence -> `arrival_ms (i64 LE) ++ data`.
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
@@ -36,6 +66,14 @@ const MAX_GROUP: usize = 4096;
 const QUEUE: usize = 8192;
 /// Page cache of the stream database.
 const CACHE_BYTES: usize = 64 << 20;
+/// First pause between attempts to reopen a broken database...
+const REOPEN_FIRST: Duration = Duration::from_millis(50);
+/// ...doubling up to this: how long a healed disk may wait to be noticed.
+const REOPEN_CAP: Duration = Duration::from_secs(1);
+/// How often an idle writer checks that its file is still in place.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Longest the writer waits for readers to let go of a database it closes.
+const READERS_WAIT: Duration = Duration::from_secs(5);
 
 /// A durable single-shard stream on local disk. Clones share the stream;
 /// dropping the last one stops the writer and closes the database.
@@ -45,18 +83,94 @@ pub struct EmbeddedStream {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     writer: Option<mpsc::Sender<WriteOp>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     committed: watch::Receiver<u64>,
+}
+
+/// What the handles and the writer thread share.
+struct Shared {
+    /// The database file.
+    path: PathBuf,
+    /// The open database; `None` while the writer reopens it.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Why the stream cannot take records now; `None` when it can.
+    problem: Mutex<Option<String>>,
+    /// Device and inode of the open file, to tell when the path no longer
+    /// leads to it.
+    identity: Mutex<Option<(u64, u64)>>,
+    /// Set when the last handle is dropped: the writer stops.
+    closing: AtomicBool,
+    /// Faults the unit tests inject.
+    #[cfg(test)]
+    faults: tests::Faults,
+}
+
+impl Shared {
+    fn db(&self) -> Result<Arc<Database>, StreamError> {
+        let db = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        db.as_ref().map(Arc::clone).ok_or_else(|| {
+            StreamError::Unavailable(self.problem().unwrap_or_else(|| "reopening".to_owned()))
+        })
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_problem(&self, problem: Option<String>) {
+        let mut current = self
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (&*current, &problem) {
+            (None, Some(p)) => {
+                tracing::error!(problem = %p, "embedded stream broken; refusing records until it heals")
+            }
+            (Some(_), None) => tracing::info!("embedded stream healed; taking records again"),
+            _ => {}
+        }
+        *current = problem;
+    }
+
+    /// Whether the path still leads to the file the database has open.
+    fn check_in_place(&self) -> Result<(), String> {
+        let expected = *self
+            .identity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(expected) = expected else {
+            return Ok(());
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == expected => Ok(()),
+            Ok(_) => Err(format!(
+                "the stream database {} was replaced by another file while open",
+                self.path.display()
+            )),
+            Err(e) => Err(format!(
+                "the stream database {} is gone ({e}): its directory was deleted or moved while open",
+                self.path.display()
+            )),
+        }
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue ends the writer loop; joining it releases the
         // database file, so the same process can reopen it (a restart).
+        self.shared.closing.store(true, Ordering::SeqCst);
         self.writer.take();
         if let Some(thread) = self.writer_thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -88,63 +202,70 @@ impl WriteOp {
     }
 }
 
+/// The open file's own handle: the way back to its bytes if its path is
+/// deleted, and its identity.
+struct OpenFile {
+    file: File,
+    id: (u64, u64),
+}
+
+impl OpenFile {
+    fn open(path: &Path) -> std::io::Result<OpenFile> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        Ok(OpenFile {
+            file,
+            id: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
 impl EmbeddedStream {
     /// Opens (creating if needed) the stream in `dir`. Only one process may
     /// have it open at a time.
     pub fn open(dir: &Path) -> Result<EmbeddedStream, StreamError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| unavailable("creating the stream directory", e))?;
-        // redb's page cache defaults to 1 GiB; the stream is read once, at
-        // its tail, so a small cache serves it.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(dir.join("stream.redb"))
-            .map_err(|e| {
-                match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StreamError::Unavailable(
-                "the embedded stream is already open in another process; run the services in one \
-                 process (`alleycat`), or use Kinesis (ALLEYCAT_STREAM=kinesis) to run them apart"
-                    .to_owned(),
-            ),
+        let path = dir.join(FILE_NAME);
+        create_dirs(dir).map_err(|e| unavailable("creating the stream directory", e))?;
+        // A file left by a rescue that did not finish was never renamed into
+        // place: the database it copied is the one at `path`, or gone.
+        let _ = std::fs::remove_file(dir.join(RESCUE_NAME));
+        let (db, next) = open_db(&path, 0).map_err(|e| match e {
+            OpenError::Database(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                StreamError::Unavailable(
+                    "the embedded stream is already open in another process; run the services \
+                     in one process (`alleycat`), or use Kinesis (ALLEYCAT_STREAM=kinesis) to run \
+                     them apart"
+                        .to_owned(),
+                )
+            }
             e => unavailable("opening the stream database", e),
-        }
-            })?;
-        let next = {
-            let txn = db.begin_write().map_err(|e| unavailable("opening", e))?;
-            let next = {
-                // Creating the tables here lets readers open them unconditionally.
-                txn.open_table(CONSUMERS)
-                    .map_err(|e| unavailable("opening", e))?;
-                let records = txn
-                    .open_table(RECORDS)
-                    .map_err(|e| unavailable("opening", e))?;
-                let meta = txn
-                    .open_table(META)
-                    .map_err(|e| unavailable("opening", e))?;
-                let stored = meta
-                    .get("next")
-                    .map_err(|e| unavailable("opening", e))?
-                    .map(|v| v.value());
-                let last = records
-                    .last()
-                    .map_err(|e| unavailable("opening", e))?
-                    .map(|(k, _)| k.value() + 1);
-                stored.max(last).unwrap_or(0)
-            };
-            txn.commit().map_err(|e| unavailable("opening", e))?;
-            next
-        };
-        let db = Arc::new(db);
+        })?;
+        let open_file = OpenFile::open(&path).map_err(|e| unavailable("opening", e))?;
+        let shared = Arc::new(Shared {
+            path,
+            db: RwLock::new(Some(Arc::new(db))),
+            problem: Mutex::new(None),
+            identity: Mutex::new(Some(open_file.id)),
+            closing: AtomicBool::new(false),
+            #[cfg(test)]
+            faults: tests::Faults::default(),
+        });
         let (writer, queue) = mpsc::channel(QUEUE);
         let (committed_tx, committed) = watch::channel(next);
-        let writer_db = Arc::clone(&db);
+        let mut state = Writer {
+            shared: Arc::clone(&shared),
+            queue,
+            committed: committed_tx,
+            next,
+            open_file: Some(open_file),
+        };
         let writer_thread = std::thread::Builder::new()
             .name("alleycat-stream-writer".into())
-            .spawn(move || write_loop(&writer_db, queue, next, &committed_tx))
+            .spawn(move || state.run())
             .map_err(|e| unavailable("starting the writer", e))?;
         Ok(EmbeddedStream {
             inner: Arc::new(Inner {
-                db,
+                shared,
                 writer: Some(writer),
                 writer_thread: Some(writer_thread),
                 committed,
@@ -152,16 +273,40 @@ impl EmbeddedStream {
         })
     }
 
+    /// `Ok` when the stream takes records now, else why not: a write failed
+    /// and the database is being reopened, or its file was deleted. Cheap
+    /// (a lock and a `stat`): readiness probes ask it.
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(problem) = self.inner.shared.problem() {
+            return Err(problem);
+        }
+        self.inner.shared.check_in_place().inspect_err(|_| {
+            // Let the writer see to it now rather than at its next check.
+            self.wake_writer();
+        })
+    }
+
+    fn wake_writer(&self) {
+        if let Some(thread) = &self.inner.writer_thread {
+            thread.thread().unpark();
+        }
+    }
+
     async fn send(
         &self,
         op: impl FnOnce(oneshot::Sender<Result<(), StreamError>>) -> WriteOp,
     ) -> Result<(), StreamError> {
+        // A broken stream refuses at once: nothing would be stored.
+        if let Some(problem) = self.inner.shared.problem() {
+            return Err(StreamError::Unavailable(problem));
+        }
         let (ack, done) = oneshot::channel();
         let writer = self.inner.writer.as_ref().ok_or(StreamError::Closed)?;
         writer
             .send(op(ack))
             .await
             .map_err(|_| StreamError::Closed)?;
+        self.wake_writer();
         done.await.map_err(|_| StreamError::Closed)?
     }
 }
@@ -170,35 +315,306 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StreamError {
     StreamError::Unavailable(format!("{what}: {e}"))
 }
 
-/// The writer thread: one transaction and one fsync per group of queued ops.
-fn write_loop(
-    db: &Arc<Database>,
-    mut queue: mpsc::Receiver<WriteOp>,
-    mut next: u64,
-    committed: &watch::Sender<u64>,
-) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while let Some(op) = queue.blocking_recv() {
-        group.push(op);
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(op) => group.push(op),
-                Err(_) => break,
+/// Creates `dir` and its missing ancestors, each made durable in its parent.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_parent(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes `path`'s entry in its directory durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => File::open(parent)?.sync_all(),
+        None => File::open(".")?.sync_all(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error(transparent)]
+    Database(#[from] redb::DatabaseError),
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<redb::TransactionError> for OpenError {
+    fn from(e: redb::TransactionError) -> Self {
+        OpenError::Redb(e.into())
+    }
+}
+impl From<redb::TableError> for OpenError {
+    fn from(e: redb::TableError) -> Self {
+        OpenError::Redb(e.into())
+    }
+}
+impl From<redb::StorageError> for OpenError {
+    fn from(e: redb::StorageError) -> Self {
+        OpenError::Redb(e.into())
+    }
+}
+impl From<redb::CommitError> for OpenError {
+    fn from(e: redb::CommitError) -> Self {
+        OpenError::Redb(e.into())
+    }
+}
+
+/// Opens (creating, or repairing to its last commit) the database at `path`
+/// and returns it with the sequence the next record gets: never below
+/// `at_least`, so that sequences never go back.
+fn open_db(path: &Path, at_least: u64) -> Result<(Database, u64), OpenError> {
+    // redb's page cache defaults to 1 GiB; the stream is read once, at
+    // its tail, so a small cache serves it.
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)?;
+    // One commit: proves the file takes writes again after a fault.
+    let txn = db.begin_write()?;
+    let next = {
+        // Creating the tables here lets readers open them unconditionally.
+        txn.open_table(CONSUMERS)?;
+        txn.open_table(PENDING)?;
+        let records = txn.open_table(RECORDS)?;
+        let mut meta = txn.open_table(META)?;
+        let stored = meta.get("next")?.map(|v| v.value());
+        let last = records.last()?.map(|(k, _)| k.value() + 1);
+        let next = stored.max(last).unwrap_or(0).max(at_least);
+        meta.insert("next", next)?;
+        next
+    };
+    txn.commit()?;
+    // A database file just created is durable only once its entry is.
+    sync_parent(path)?;
+    Ok((db, next))
+}
+
+/// The writer thread's state.
+struct Writer {
+    shared: Arc<Shared>,
+    queue: mpsc::Receiver<WriteOp>,
+    committed: watch::Sender<u64>,
+    /// Sequence of the next record appended.
+    next: u64,
+    /// Our own handle on the database file (`None` only if reopening the
+    /// file failed after the database was opened).
+    open_file: Option<OpenFile>,
+}
+
+impl Writer {
+    /// One transaction and one fsync per group of queued ops.
+    fn run(&mut self) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut checked = Instant::now();
+        loop {
+            if self.shared.closing.load(Ordering::SeqCst) {
+                break;
             }
-        }
-        match commit_group(db, &group, next) {
-            Ok(new_next) => {
-                next = new_next;
-                // Publish before acking: an acknowledged record is readable.
-                committed.send_replace(next);
-                for op in group.drain(..) {
-                    op.ack(Ok(()));
+            match self.queue.try_recv() {
+                Ok(op) => group.push(op),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Appenders unpark this thread after queueing.
+                    std::thread::park_timeout(IDLE_CHECK);
+                    if checked.elapsed() >= IDLE_CHECK {
+                        checked = Instant::now();
+                        if let Err(problem) = self.shared.check_in_place() {
+                            self.recover(problem);
+                        }
+                    }
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+            while group.len() < MAX_GROUP {
+                match self.queue.try_recv() {
+                    Ok(op) => group.push(op),
+                    Err(_) => break,
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "embedded stream commit failed");
-                for op in group.drain(..) {
-                    op.ack(Err(StreamError::Unavailable(e.to_string())));
+            #[cfg(test)]
+            let group_fails = self.shared.faults.fail_commit();
+            #[cfg(not(test))]
+            let group_fails = false;
+            let committed = self
+                .shared
+                .db()
+                .map_err(|e| e.to_string())
+                .and_then(|db| {
+                    if group_fails {
+                        Err("injected I/O error".to_owned())
+                    } else {
+                        Ok(db)
+                    }
+                })
+                .and_then(|db| commit_group(&db, &group, self.next).map_err(|e| e.to_string()));
+            match committed {
+                Ok(new_next) => {
+                    self.next = new_next;
+                    // Readable (the records are in the open file), but only
+                    // durable if that file is still the one at the path.
+                    self.committed.send_replace(new_next);
+                    checked = Instant::now();
+                    match self.shared.check_in_place() {
+                        Ok(()) => {
+                            for op in group.drain(..) {
+                                op.ack(Ok(()));
+                            }
+                        }
+                        Err(problem) => {
+                            // Broken before anyone hears of it: a retry is
+                            // refused until the stream has healed.
+                            self.shared.set_problem(Some(problem.clone()));
+                            for op in group.drain(..) {
+                                op.ack(Err(StreamError::Unavailable(problem.clone())));
+                            }
+                            self.recover(problem);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let problem = format!("a write to the stream database failed: {e}");
+                    self.shared.set_problem(Some(problem.clone()));
+                    for op in group.drain(..) {
+                        op.ack(Err(StreamError::Unavailable(problem.clone())));
+                    }
+                    self.recover(problem);
+                }
+            }
+        }
+    }
+
+    /// Marks the stream broken and reopens it, with backoff, until that
+    /// works or the stream is closed. Ops queued meanwhile are refused.
+    fn recover(&mut self, problem: String) {
+        self.shared.set_problem(Some(problem.clone()));
+        let mut pause = REOPEN_FIRST;
+        let mut attempts = 0u32;
+        let started = Instant::now();
+        loop {
+            while let Ok(op) = self.queue.try_recv() {
+                op.ack(Err(StreamError::Unavailable(problem.clone())));
+            }
+            if self.shared.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            attempts += 1;
+            match self.reopen() {
+                Ok(()) => {
+                    tracing::info!(attempts, took = ?started.elapsed(), next = self.next, "embedded stream reopened");
+                    self.shared.set_problem(None);
+                    return;
+                }
+                Err(e) => {
+                    let problem = format!("{problem}; reopening failed, retrying: {e}");
+                    if attempts == 1 || attempts.is_power_of_two() {
+                        tracing::warn!(attempts, error = %e, "reopening the embedded stream failed; retrying");
+                    }
+                    self.shared.set_problem(Some(problem));
+                }
+            }
+            std::thread::park_timeout(pause);
+            pause = (pause * 2).min(REOPEN_CAP);
+        }
+    }
+
+    /// Closes the database and opens it again; first copies it back into
+    /// place if its path no longer leads to it.
+    fn reopen(&mut self) -> Result<(), String> {
+        #[cfg(test)]
+        if self.shared.faults.reopen_blocked.load(Ordering::SeqCst) {
+            return Err("injected: the disk is still full".to_owned());
+        }
+        if let (Err(gone), Some(open_file)) = (self.shared.check_in_place(), &self.open_file) {
+            self.rescue(open_file)
+                .map_err(|e| format!("{gone}; copying it back failed: {e}"))?;
+            tracing::warn!(path = %self.shared.path.display(), "copied the deleted stream database back into place");
+        }
+        self.close_db()?;
+        let (db, next) = open_db(&self.shared.path, self.next).map_err(|e| e.to_string())?;
+        let open_file = OpenFile::open(&self.shared.path).map_err(|e| e.to_string())?;
+        *self
+            .shared
+            .identity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(open_file.id);
+        self.open_file = Some(open_file);
+        *self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
+        self.next = next;
+        self.committed.send_replace(next);
+        Ok(())
+    }
+
+    /// Copies the open (deleted) file to a new file at the path: written
+    /// aside, fsynced, renamed into place, the directory fsynced. The
+    /// writer is this thread, so no commit runs meanwhile; the copy is the
+    /// file as of its last commit, which redb opens as after a crash.
+    fn rescue(&self, open_file: &OpenFile) -> std::io::Result<()> {
+        use std::io::Seek as _;
+        let path = &self.shared.path;
+        let dir = path.parent().expect("the database file is in a directory");
+        create_dirs(dir)?;
+        let aside = dir.join(RESCUE_NAME);
+        let copy = || -> std::io::Result<()> {
+            let mut out = File::create(&aside)?;
+            let mut from = &open_file.file;
+            from.seek(std::io::SeekFrom::Start(0))?;
+            std::io::copy(&mut from, &mut out)?;
+            out.sync_all()?;
+            std::fs::rename(&aside, path)?;
+            sync_parent(path)
+        };
+        copy().inspect_err(|_| {
+            let _ = std::fs::remove_file(&aside);
+        })
+    }
+
+    /// Closes the database once no reader holds it.
+    fn close_db(&self) -> Result<(), String> {
+        let taken = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(mut db) = taken else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + READERS_WAIT;
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    if let Err(e) = db.close() {
+                        // Expected after an I/O error: the next open repairs.
+                        tracing::debug!(error = %e, "closing the broken stream database");
+                    }
+                    return Ok(());
+                }
+                Err(shared) if Instant::now() < deadline => {
+                    db = shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(shared) => {
+                    *self
+                        .shared
+                        .db
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shared);
+                    return Err(format!(
+                        "readers held the database for more than {READERS_WAIT:?}"
+                    ));
                 }
             }
         }
@@ -269,7 +685,7 @@ impl Stream for EmbeddedStream {
     }
 
     async fn subscribe(&self, consumer: &str) -> Result<Box<dyn Subscription>, StreamError> {
-        let db = Arc::clone(&self.inner.db);
+        let db = self.inner.shared.db()?;
         let name = consumer.to_owned();
         let start = tokio::task::spawn_blocking(move || -> Result<Option<u64>, redb::Error> {
             let txn = db.begin_read()?;
@@ -295,6 +711,10 @@ impl Stream for EmbeddedStream {
             next: start,
         }))
     }
+
+    async fn ready(&self) -> Result<(), StreamError> {
+        self.health().map_err(StreamError::Unavailable)
+    }
 }
 
 struct EmbeddedSubscription {
@@ -319,7 +739,7 @@ impl Subscription for EmbeddedSubscription {
                 Ok(Ok(())) => {}
             }
         };
-        let db = Arc::clone(&self.stream.inner.db);
+        let db = self.stream.inner.shared.db()?;
         let from = self.next;
         let to = end.min(from.saturating_add(max.max(1) as u64));
         let records = tokio::task::spawn_blocking(move || read_range(&db, from, to))
@@ -372,7 +792,7 @@ impl Subscription for EmbeddedSubscription {
         shard_id: &str,
     ) -> Result<Option<PendingDelivery>, StreamError> {
         check_shard(shard_id)?;
-        let db = Arc::clone(&self.stream.inner.db);
+        let db = self.stream.inner.shared.db()?;
         let consumer = self.consumer.clone();
         let stored =
             tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, redb::Error> {
@@ -426,6 +846,44 @@ fn read_range(db: &Database, from: u64, to: u64) -> Result<Vec<StreamRecord>, re
 mod tests {
     use super::*;
     use redb::ReadableTableMetadata as _;
+    use std::sync::atomic::AtomicU32;
+
+    /// Faults injected into the writer.
+    #[derive(Default)]
+    pub(super) struct Faults {
+        /// Commits still to fail.
+        failing_commits: AtomicU32,
+        /// Reopening fails while set (the disk is still full).
+        pub(super) reopen_blocked: AtomicBool,
+    }
+
+    impl Faults {
+        pub(super) fn fail_commit(&self) -> bool {
+            self.failing_commits
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        }
+    }
+
+    /// Waits (at most 10 s) until the stream says it takes records again.
+    async fn healed(stream: &EmbeddedStream) -> Duration {
+        let started = Instant::now();
+        while let Err(problem) = stream.health() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "still broken: {problem}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    }
+
+    fn refused(result: Result<(), StreamError>) -> String {
+        match result {
+            Err(StreamError::Unavailable(reason)) => reason,
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
 
     fn put(data: &str) -> PutRecord {
         PutRecord {
@@ -506,7 +964,7 @@ mod tests {
         // "slow" has checkpointed nothing: every record must still be there.
         assert_eq!(slow.poll(10, WAIT).await.unwrap().len(), 5);
         let count = || {
-            let txn = stream.inner.db.begin_read().unwrap();
+            let txn = stream.inner.shared.db().unwrap().begin_read().unwrap();
             txn.open_table(RECORDS).unwrap().len().unwrap()
         };
         assert_eq!(count(), 5);
@@ -595,5 +1053,184 @@ mod tests {
         );
         let beyond_u64 = "18446744073709551616".parse().unwrap();
         assert!(sub.checkpoint(SHARD_ID, &beyond_u64).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_is_refused_and_the_stream_reopens_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(dir.path()).unwrap();
+        let mut sub = stream.subscribe("t").await.unwrap();
+        stream.put_records(vec![put("a"), put("b")]).await.unwrap();
+        let got = sub.poll(10, WAIT).await.unwrap();
+        sub.checkpoint(SHARD_ID, &got[0].sequence).await.unwrap();
+
+        let faults = &stream.inner.shared.faults;
+        faults.reopen_blocked.store(true, Ordering::SeqCst);
+        faults.failing_commits.store(1, Ordering::SeqCst);
+        let reason = refused(stream.put_records(vec![put("lost")]).await);
+        assert!(reason.contains("injected I/O error"), "{reason}");
+        // Broken: refused at once, and said so, until the disk heals.
+        let problem = stream.health().unwrap_err();
+        assert!(
+            problem.contains("write to the stream database failed"),
+            "{problem}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(stream.health().unwrap_err().contains("reopening failed"));
+        refused(stream.put_records(vec![put("refused")]).await);
+        assert!(sub.poll(10, Duration::from_millis(20)).await.is_err() || stream.health().is_err());
+
+        faults.reopen_blocked.store(false, Ordering::SeqCst);
+        let took = healed(&stream).await;
+        assert!(took < Duration::from_millis(1500), "healed after {took:?}");
+        stream.put_records(vec![put("c")]).await.unwrap();
+        // The subscription from before the fault reads on, after "b".
+        let got = sub.poll(10, WAIT).await.unwrap();
+        assert_eq!(datas(&got), [b"c"]);
+        assert_eq!(
+            got[0].sequence.to_string(),
+            "00000000000000000002",
+            "the refused records took no sequence"
+        );
+        drop(sub);
+        drop(stream);
+        // Durable: a restart finds the checkpoint and every acknowledged record.
+        let stream = EmbeddedStream::open(dir.path()).unwrap();
+        let mut sub = stream.subscribe("t").await.unwrap();
+        assert_eq!(datas(&sub.poll(10, WAIT).await.unwrap()), [b"b", b"c"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reopen_waits_for_readers_and_they_read_on_afterwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(dir.path()).unwrap();
+        stream
+            .put_records((0..100).map(|i| put(&i.to_string())).collect())
+            .await
+            .unwrap();
+        // Readers polling all along, each from the start.
+        let mut subs = Vec::new();
+        for i in 0..4 {
+            subs.push(stream.subscribe(&format!("r{i}")).await.unwrap());
+        }
+        let readers: Vec<_> = subs
+            .into_iter()
+            .map(|mut sub| {
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while seen.len() < 200 && Instant::now() < deadline {
+                        if let Ok(records) = sub.poll(7, Duration::from_millis(20)).await {
+                            seen.extend(records.into_iter().map(|r| r.data));
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for round in 0..5 {
+            stream
+                .inner
+                .shared
+                .faults
+                .failing_commits
+                .store(1, Ordering::SeqCst);
+            refused(stream.put_records(vec![put("refused")]).await);
+            healed(&stream).await;
+            stream
+                .put_records(
+                    (0..20)
+                        .map(|i| put(&(100 + round * 20 + i).to_string()))
+                        .collect(),
+                )
+                .await
+                .unwrap();
+        }
+        let expected: Vec<Bytes> = (0..200).map(|i: u32| Bytes::from(i.to_string())).collect();
+        for reader in readers {
+            assert_eq!(
+                reader.await.unwrap(),
+                expected,
+                "every record once, in order"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_database_is_refused_then_copied_back_without_losing_anything() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data").join("stream");
+        let stream = EmbeddedStream::open(&dir).unwrap();
+        let mut sub = stream.subscribe("t").await.unwrap();
+        stream.put_records(vec![put("a"), put("b")]).await.unwrap();
+        let got = sub.poll(10, WAIT).await.unwrap();
+        sub.checkpoint(SHARD_ID, &got[0].sequence).await.unwrap();
+        let pending = PendingDelivery {
+            key: "k".into(),
+            first: SequenceNumber::from(1),
+            last: SequenceNumber::from(1),
+        };
+        sub.begin_delivery(SHARD_ID, &pending).await.unwrap();
+
+        // The data directory deleted, and a file where it was: it cannot
+        // be recreated yet.
+        std::fs::remove_dir_all(root.path().join("data")).unwrap();
+        std::fs::write(root.path().join("data"), b"in the way").unwrap();
+        let problem = stream.health().unwrap_err();
+        assert!(problem.contains("is gone"), "{problem}");
+        let reason = refused(stream.put_records(vec![put("not durable")]).await);
+        assert!(reason.contains("stream.redb"), "{reason}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        refused(stream.put_records(vec![put("refused")]).await);
+        assert!(
+            stream
+                .health()
+                .unwrap_err()
+                .contains("copying it back failed")
+        );
+
+        std::fs::remove_file(root.path().join("data")).unwrap();
+        healed(&stream).await;
+        assert!(dir.join(FILE_NAME).is_file(), "copied back into place");
+        stream.put_records(vec![put("c")]).await.unwrap();
+        drop(sub);
+        drop(stream);
+
+        let stream = EmbeddedStream::open(&dir).unwrap();
+        let mut sub = stream.subscribe("t").await.unwrap();
+        assert_eq!(sub.pending_delivery(SHARD_ID).await.unwrap(), Some(pending));
+        let got = sub.poll(10, WAIT).await.unwrap();
+        let data = datas(&got);
+        // "b" and "c" were acknowledged; the refused record that reached the
+        // deleted file may come along (a retried request's duplicate).
+        assert_eq!(data.first(), Some(&&b"b"[..]), "{data:?}");
+        assert_eq!(data.last(), Some(&&b"c"[..]), "{data:?}");
+        assert!(
+            data.len() <= 3 && !data.contains(&&b"refused"[..]),
+            "{data:?}"
+        );
+        let sequences: Vec<_> = got.iter().map(|r| r.sequence.to_u64().unwrap()).collect();
+        assert!(sequences.is_sorted() && sequences[0] == 1, "{sequences:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_stream_notices_its_file_was_deleted_and_restores_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("stream");
+        let stream = EmbeddedStream::open(&dir).unwrap();
+        stream.put_records(vec![put("a")]).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // No request needed: the writer's idle check copies it back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.join(FILE_NAME).is_file() {
+            assert!(Instant::now() < deadline, "not restored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        healed(&stream).await;
+        stream.put_records(vec![put("b")]).await.unwrap();
+        drop(stream);
+        let stream = EmbeddedStream::open(&dir).unwrap();
+        let mut sub = stream.subscribe("t").await.unwrap();
+        assert_eq!(datas(&sub.poll(10, WAIT).await.unwrap()), [b"a", b"b"]);
     }
 }

@@ -1,8 +1,8 @@
 //! Sequence numbers: a record's position in its shard.
 //!
-//! Kinesis hands them out as decimal strings of up to 128 bits (about 56
-//! digits, beyond `u128`); the embedded stream numbers its records with a
-//! `u64`. Either way they are compared as numbers, and written out exactly
+//! Kinesis hands them out as decimal strings (56 digits today, up to 129
+//! by its API: beyond `u128`); the embedded stream numbers its records with
+//! a `u64`. Either way they are compared as numbers, and written out exactly
 //! as the stream gave them, because they appear in object keys, lease and
 //! checkpoint objects and pending deliveries that are already stored.
 

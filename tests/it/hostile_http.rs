@@ -1,0 +1,203 @@
+//! Hostile and broken HTTP clients through real sockets: slow headers,
+//! idle connections, too many connections, slow bodies, and requests no
+//! route serves. None may stop legitimate requests, hold up shutdown, or
+//! get anything but the contract's JSON error.
+
+use crate::common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+fn addr(server: &Server) -> String {
+    server.base.trim_start_matches("http://").to_owned()
+}
+
+/// A connection that sent part of a request's headers and stalls.
+async fn slow_client(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    stream
+}
+
+/// Reads until the server closes (or `limit` passes); returns what it sent.
+async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut answer = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+async fn healthz(client: &reqwest::Client, server: &Server) -> u16 {
+    client
+        .get(format!("{}/healthz", server.base))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_idle_connections_are_cut_off_and_never_block_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.header_timeout = Duration::from_millis(600);
+    let server = Server::start_with(config).await;
+    let client = reqwest::Client::new();
+
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        slow.push(slow_client(&addr(&server)).await);
+    }
+    // An idle keep-alive connection after one whole request.
+    let mut idle = TcpStream::connect(addr(&server)).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // While they hang, legitimate requests are served.
+    for _ in 0..5 {
+        assert_eq!(healthz(&client, &server).await, 200);
+    }
+    let started = Instant::now();
+    for stream in &mut slow {
+        assert!(
+            read_to_close(stream, Duration::from_secs(10)).await.is_some(),
+            "a slow connection was not closed"
+        );
+    }
+    let answer = read_to_close(&mut idle, Duration::from_secs(10))
+        .await
+        .expect("the idle connection is closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "slow connections held {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_new_connections_get_503_json_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.max_connections = std::num::NonZeroUsize::new(20).unwrap();
+    config.server.header_timeout = Duration::from_secs(2);
+    let server = Server::start_with(config).await;
+
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(slow_client(&addr(&server)).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut refused = TcpStream::connect(addr(&server)).await.unwrap();
+    let answer = read_to_close(&mut refused, Duration::from_secs(2))
+        .await
+        .expect("refused at once");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("too many connections"));
+
+    // Once the slow ones time out, there is room again.
+    let client = reqwest::Client::new();
+    eventually("room for a new connection", || async {
+        (healthz(&client, &server).await == 200).then_some(())
+    })
+    .await;
+    drop(slow);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_slow_and_idle_connections_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.header_timeout = Duration::from_secs(60);
+    let server = Server::start_with(config).await;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        slow.push(slow_client(&addr(&server)).await);
+    }
+    let mut idle = TcpStream::connect(addr(&server)).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?} with slow connections open",
+        started.elapsed()
+    );
+    for stream in &mut slow {
+        assert!(read_to_close(stream, Duration::from_secs(1)).await.is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_is_answered_with_a_json_error_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.body_timeout = Duration::from_millis(500);
+    let server = Server::start_with(config).await;
+    let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v1/telemetry HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[{\"event\":",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered once the body timed out")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    let status: u16 = answer[9..12].parse().unwrap();
+    assert!((400..500).contains(&status), "{answer}");
+    assert!(answer.contains("application/json"), "{answer}");
+    assert_eq!(fetch_class(&server.base, 1).await, None);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_no_route_serves_get_the_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let client = reqwest::Client::new();
+    let cases = [
+        (reqwest::Method::GET, "/no/such/route", 404),
+        (reqwest::Method::GET, "/v1/telemetry", 405),
+        (reqwest::Method::DELETE, "/history/class-1.gz", 405),
+        (reqwest::Method::GET, "/v1/races/%FF", 400),
+        (reqwest::Method::GET, "/v1/races?classId=%FF", 400),
+    ];
+    for (method, path, status) in cases {
+        let response = client
+            .request(method.clone(), format!("{}{path}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        assert_eq!(
+            response.headers()["content-type"], "application/json",
+            "{method} {path}"
+        );
+        if status == 405 {
+            assert!(response.headers().contains_key("allow"), "{method} {path}");
+        }
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            !body["error"].as_str().unwrap().is_empty(),
+            "{method} {path}: {body}"
+        );
+    }
+    server.stop().await;
+}
