@@ -3,6 +3,7 @@
 //! backends and on local Kinesis and S3 servers.
 
 mod aws;
+mod aws_faults;
 mod common;
 mod contract;
 mod crash;

@@ -81,7 +81,7 @@ impl AppError {
 /// Seconds a client is asked to wait before retrying when the stream cannot
 /// store (`Retry-After` of a 503): about how long the embedded stream takes
 /// to notice that a full disk has room again.
-pub const RETRY_AFTER_SECONDS: u64 = 1;
+pub(crate) const RETRY_AFTER_SECONDS: u64 = 1;
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {

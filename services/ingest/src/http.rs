@@ -256,4 +256,58 @@ mod tests {
             "HTTP error bodies have no frame type"
         );
     }
+
+    /// A stream that cannot store (a full disk). The trait's methods as
+    /// `#[async_trait]` declares them.
+    struct Refusing;
+
+    type Boxed<'a, T> = std::pin::Pin<
+        Box<dyn Future<Output = Result<T, alleycat_storage::StreamError>> + Send + 'a>,
+    >;
+
+    impl alleycat_storage::Stream for Refusing {
+        fn put_records<'a, 'b>(&'a self, _: Vec<alleycat_storage::PutRecord>) -> Boxed<'b, ()>
+        where
+            'a: 'b,
+        {
+            Box::pin(async {
+                Err(alleycat_storage::StreamError::Unavailable(
+                    "No space left on device".into(),
+                ))
+            })
+        }
+
+        fn subscribe<'a, 'b, 'c>(
+            &'a self,
+            _: &'b str,
+        ) -> Boxed<'c, Box<dyn alleycat_storage::Subscription>>
+        where
+            'a: 'c,
+            'b: 'c,
+        {
+            Box::pin(async { Err(alleycat_storage::StreamError::Closed) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_cannot_store_is_503_with_retry_after_and_no_internals() {
+        let state = AppState {
+            stream: Arc::new(Refusing),
+            shutdown: CancellationToken::new(),
+        };
+        let request = Request::post("/v1/telemetry")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(message(1).to_string()))
+            .unwrap();
+        let response = crate::app(state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            refused("the stream is unavailable; nothing from this request was stored, retry later")
+        );
+    }
 }

@@ -164,7 +164,7 @@ impl Pending {
             {
                 let mut state = self.lock();
                 if !state.races.is_empty() {
-                    return Some(Self::take_now(&mut *state, max_races));
+                    return Some(Self::take_now(&mut state, max_races));
                 }
                 if state.closed {
                     return None;

@@ -5,15 +5,18 @@
 //! delivery that completed from one that did not: completed ones are
 //! skipped ([`recover`]), never written twice.
 
-use alleycat_core::backoff::{Backoff, retry};
+use alleycat_core::backoff::{Attempt, Backoff};
 use alleycat_core::codec;
 use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord};
 use alleycat_core::validate::parse_record;
+use alleycat_runtime::Readiness;
 use alleycat_storage::{
     ObjectStore, PendingDelivery, SequenceNumber, StreamError, StreamRecord, Subscription,
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use std::fmt::Display;
+use tokio_util::sync::CancellationToken;
 
 /// A delivery whose object write has been failing this long is renamed with
 /// a fresh write time, so the key stays inside the history service's
@@ -79,49 +82,130 @@ pub(crate) enum Outcome {
     Delivered,
     /// Another process owns the shard now; the batch must be dropped.
     ShardLost,
+    /// A step failed while the transformer was stopping: nothing waits for
+    /// a backend that is down at shutdown. Nothing is checkpointed after
+    /// this, so the records stay on the stream for the next start.
+    Abandoned,
+}
+
+/// The readiness part the transformer reports.
+pub(crate) const PART: &str = "transformer";
+
+/// What paces the retries of a delivery: when to give up, where to say that
+/// it cannot make progress.
+#[derive(Clone, Default)]
+pub(crate) struct Control {
+    /// Cancelled at shutdown: a failing step is then not retried.
+    pub(crate) stop: CancellationToken,
+    /// Not ready while a step keeps failing; ready after one succeeds.
+    pub(crate) readiness: Readiness,
+}
+
+/// Why [`Control::retry`] gave up.
+pub(crate) enum GaveUp<E> {
+    /// An error no retry can fix.
+    Final(E),
+    /// A failure while stopping.
+    Stopped,
+}
+
+impl Control {
+    /// A step failed (and is retried unless stopping).
+    pub(crate) fn failing(&self, what: &str, error: &dyn Display) {
+        self.readiness
+            .set(PART, Err(format!("{what} failed, retrying: {error}")));
+    }
+
+    /// The transformer progresses.
+    pub(crate) fn working(&self) {
+        self.readiness.set(PART, Ok(()));
+    }
+
+    /// Pauses for `backoff`'s next delay, or less if the transformer stops.
+    async fn pause(&self, backoff: &mut Backoff, what: &str, error: String) {
+        let pause = backoff.next_delay();
+        tracing::warn!(what, %error, ?pause, "failed; retrying");
+        tokio::select! {
+            () = self.stop.cancelled() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+
+    /// [`alleycat_core::backoff::retry`], reporting readiness, and giving up
+    /// on a failure once the transformer is stopping.
+    async fn retry<S: ?Sized, T, E: Display>(
+        &self,
+        backoff: &mut Backoff,
+        what: &str,
+        is_final: impl Fn(&E) -> bool,
+        state: &mut S,
+        mut attempt: impl FnMut(&mut S) -> Attempt<'_, T, E>,
+    ) -> Result<T, GaveUp<E>> {
+        loop {
+            match attempt(state).await {
+                Ok(value) => {
+                    backoff.reset();
+                    return Ok(value);
+                }
+                Err(e) if is_final(&e) => return Err(GaveUp::Final(e)),
+                Err(e) => {
+                    self.failing(what, &e);
+                    if self.stop.is_cancelled() {
+                        tracing::warn!(what, error = %e, "failed while stopping; left on the stream for the next start");
+                        return Err(GaveUp::Stopped);
+                    }
+                    self.pause(backoff, what, e.to_string()).await;
+                }
+            }
+        }
+    }
 }
 
 /// Settles what a previous reader of `shard` left half done: if its last
 /// announced delivery was written, checkpoints past it and returns its last
 /// sequence, so those records are skipped rather than delivered twice.
 pub(crate) async fn recover(
+    control: &Control,
     store: &dyn ObjectStore,
     subscription: &mut dyn Subscription,
     shard: &str,
 ) -> Option<SequenceNumber> {
     let mut backoff = Backoff::default();
-    let pending = retry(
-        &mut backoff,
-        "reading the pending delivery",
-        StreamError::is_lease_lost,
-        &mut (&mut *subscription, shard),
-        |(subscription, shard)| subscription.pending_delivery(shard),
-    )
-    .await
-    .ok()??;
-    let written = retry(
-        &mut backoff,
-        "checking a pending delivery",
-        // A store error says nothing about who owns the shard: keep trying.
-        |_| false,
-        &mut (store, pending.key.as_str()),
-        |(store, key)| store.exists(key),
-    )
-    .await
-    .ok()?;
+    let pending = control
+        .retry(
+            &mut backoff,
+            "reading the pending delivery",
+            StreamError::is_lease_lost,
+            &mut (&mut *subscription, shard),
+            |(subscription, shard)| subscription.pending_delivery(shard),
+        )
+        .await
+        .ok()??;
+    let written = control
+        .retry(
+            &mut backoff,
+            "checking a pending delivery",
+            // A store error says nothing about who owns the shard: keep trying.
+            |_| false,
+            &mut (store, pending.key.as_str()),
+            |(store, key)| store.exists(key),
+        )
+        .await
+        .ok()?;
     if !written {
         // Never written: its records are simply delivered again, under a new key.
         return None;
     }
-    retry(
-        &mut backoff,
-        "checkpoint",
-        StreamError::is_lease_lost,
-        &mut (&mut *subscription, shard, &pending.last),
-        |(subscription, shard, last)| subscription.checkpoint(shard, last),
-    )
-    .await
-    .ok()?;
+    control
+        .retry(
+            &mut backoff,
+            "checkpoint",
+            StreamError::is_lease_lost,
+            &mut (&mut *subscription, shard, &pending.last),
+            |(subscription, shard, last)| subscription.checkpoint(shard, last),
+        )
+        .await
+        .ok()?;
     tracing::info!(shard, key = %pending.key, "found a delivery completed before a restart; skipping its records");
     Some(pending.last)
 }
@@ -132,6 +216,7 @@ pub(crate) async fn recover(
 /// the records stay on the stream meanwhile, so giving up would only delay
 /// them. Stops early only if the shard was taken over.
 pub(crate) async fn deliver(
+    control: &Control,
     store: &dyn ObjectStore,
     subscription: &mut dyn Subscription,
     shard: &str,
@@ -191,16 +276,21 @@ pub(crate) async fn deliver(
                     first: first.clone(),
                     last: last.clone(),
                 };
-                let announced = retry(
-                    &mut backoff,
-                    "announcing a delivery",
-                    StreamError::is_lease_lost,
-                    &mut (&mut *subscription, shard, &pending),
-                    |(subscription, shard, pending)| subscription.begin_delivery(shard, pending),
-                )
-                .await;
-                if announced.is_err() {
-                    return Outcome::ShardLost;
+                let announced = control
+                    .retry(
+                        &mut backoff,
+                        "announcing a delivery",
+                        StreamError::is_lease_lost,
+                        &mut (&mut *subscription, shard, &pending),
+                        |(subscription, shard, pending)| {
+                            subscription.begin_delivery(shard, pending)
+                        },
+                    )
+                    .await;
+                match announced {
+                    Ok(()) => {}
+                    Err(GaveUp::Final(_)) => return Outcome::ShardLost,
+                    Err(GaveUp::Stopped) => return Outcome::Abandoned,
                 }
             }
             match store.put(&key, body.clone(), "application/gzip").await {
@@ -209,9 +299,14 @@ pub(crate) async fn deliver(
                     break;
                 }
                 Err(e) => {
-                    let pause = backoff.next_delay();
-                    tracing::warn!(%key, error = %e, ?pause, "writing a delivery object failed; retrying");
-                    tokio::time::sleep(pause).await;
+                    control.failing("writing a delivery object", &e);
+                    if control.stop.is_cancelled() {
+                        tracing::warn!(%key, error = %e, "writing a delivery object failed while stopping; left on the stream for the next start");
+                        return Outcome::Abandoned;
+                    }
+                    control
+                        .pause(&mut backoff, "writing a delivery object", e.to_string())
+                        .await;
                     if Utc::now() - written_at > MAX_KEY_AGE {
                         written_at = Utc::now();
                     }
@@ -220,16 +315,21 @@ pub(crate) async fn deliver(
         }
     }
     // Only now, with every object durable, may the stream forget the batch.
-    let checkpointed = retry(
-        &mut backoff,
-        "checkpoint",
-        StreamError::is_lease_lost,
-        &mut (&mut *subscription, shard, &last),
-        |(subscription, shard, last)| subscription.checkpoint(shard, last),
-    )
-    .await;
+    let checkpointed = control
+        .retry(
+            &mut backoff,
+            "checkpoint",
+            StreamError::is_lease_lost,
+            &mut (&mut *subscription, shard, &last),
+            |(subscription, shard, last)| subscription.checkpoint(shard, last),
+        )
+        .await;
     match checkpointed {
-        Ok(()) => Outcome::Delivered,
-        Err(_) => Outcome::ShardLost,
+        Ok(()) => {
+            control.working();
+            Outcome::Delivered
+        }
+        Err(GaveUp::Final(_)) => Outcome::ShardLost,
+        Err(GaveUp::Stopped) => Outcome::Abandoned,
     }
 }

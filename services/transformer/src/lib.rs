@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::Processed;
-pub use pipeline::run_pipeline;
+pub use pipeline::{run_pipeline, run_pipeline_reporting};
 
 /// The transformer's consumer name on the stream.
 pub const CONSUMER: &str = "transformer";
@@ -51,11 +51,17 @@ impl TransformerArgs {
 impl ServiceArgs for TransformerArgs {
     /// Reads the stream into the delivery store until stopped, then delivers
     /// what it holds.
-    async fn service(&self, _: &Context, storage: &StorageArgs) -> anyhow::Result<Service> {
+    async fn service(&self, context: &Context, storage: &StorageArgs) -> anyhow::Result<Service> {
         let stream = storage.open_stream().await?;
         let delivery = storage.open_delivery_store().await?;
         let stop = CancellationToken::new();
-        let pipeline = run_pipeline(stream, delivery, self.clone(), stop.clone());
+        let pipeline = run_pipeline_reporting(
+            stream,
+            delivery,
+            self.clone(),
+            stop.clone(),
+            context.readiness.clone(),
+        );
         let pipeline = Task::spawn("transformer flush", stop, pipeline);
         Ok(Service::new("transformer", Router::new()).with_task(pipeline))
     }

@@ -2,9 +2,10 @@
 //! a buffer is full or due, checkpoint after each durable delivery.
 
 use crate::batcher::{BatchLimits, Batcher};
-use crate::deliver::{self, Processed};
+use crate::deliver::{self, Control, Processed};
 use crate::{CONSUMER, TransformerArgs};
 use alleycat_core::backoff::Backoff;
+use alleycat_runtime::Readiness;
 use alleycat_storage::{ObjectStore, SequenceNumber, Stream, StreamRecord, Subscription};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,12 +26,31 @@ pub async fn run_pipeline(
     args: TransformerArgs,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_pipeline_reporting(stream, store, args, stop, Readiness::default()).await
+}
+
+/// [`run_pipeline`], reporting to `readiness` (part `transformer`): not
+/// ready while reading the stream or a delivery step keeps failing. At
+/// shutdown a failing step is not retried: what is not delivered stays on
+/// the stream, so stopping never waits for a backend that is down.
+pub async fn run_pipeline_reporting(
+    stream: Arc<dyn Stream>,
+    store: Arc<dyn ObjectStore>,
+    args: TransformerArgs,
+    stop: CancellationToken,
+    readiness: Readiness,
+) -> anyhow::Result<()> {
     let subscription = stream.subscribe(CONSUMER).await?;
     let mut pipeline = Pipeline {
         store,
         subscription,
         limits: args.limits(),
         shards: HashMap::new(),
+        control: Control {
+            stop: stop.clone(),
+            readiness,
+        },
+        abandoned: false,
     };
     let mut backoff = Backoff::default();
     tracing::info!(buffer_bytes = pipeline.limits.max_bytes, buffer_interval = ?pipeline.limits.max_age, "transformer started");
@@ -43,11 +63,15 @@ pub async fn run_pipeline(
         match polled {
             Ok(records) => {
                 backoff.reset();
+                // Deliveries retry until they succeed, so a poll comes only
+                // after every earlier step succeeded.
+                pipeline.control.working();
                 for record in records {
                     pipeline.take(record).await;
                 }
             }
             Err(e) => {
+                pipeline.control.failing("reading the stream", &e);
                 tracing::warn!(error = %e, "reading the stream failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => break,
@@ -59,7 +83,13 @@ pub async fn run_pipeline(
     }
     pipeline.flush_all().await;
     pipeline.subscription.close().await;
-    tracing::info!("transformer stopped; open batches delivered");
+    if pipeline.abandoned {
+        tracing::warn!(
+            "transformer stopped; batches it could not deliver stay on the stream for the next start"
+        );
+    } else {
+        tracing::info!("transformer stopped; open batches delivered");
+    }
     Ok(())
 }
 
@@ -69,6 +99,10 @@ struct Pipeline {
     subscription: Box<dyn Subscription>,
     limits: BatchLimits,
     shards: HashMap<String, Shard>,
+    control: Control,
+    /// A delivery was given up while stopping: nothing more is delivered or
+    /// checkpointed, as a later checkpoint would skip its records.
+    abandoned: bool,
 }
 
 struct Shard {
@@ -92,8 +126,12 @@ impl Pipeline {
     }
 
     async fn take(&mut self, record: StreamRecord) {
+        if self.abandoned {
+            return;
+        }
         if !self.shards.contains_key(&record.shard_id) {
             let delivered_through = deliver::recover(
+                &self.control,
                 self.store.as_ref(),
                 self.subscription.as_mut(),
                 &record.shard_id,
@@ -147,7 +185,11 @@ impl Pipeline {
     }
 
     async fn deliver(&mut self, shard: &str, batch: Vec<Processed>) {
+        if self.abandoned {
+            return;
+        }
         let outcome = deliver::deliver(
+            &self.control,
             self.store.as_ref(),
             self.subscription.as_mut(),
             shard,
@@ -161,6 +203,9 @@ impl Pipeline {
                 "shard taken over by another transformer; dropping its buffer"
             );
             self.shards.remove(shard);
+        }
+        if outcome == deliver::Outcome::Abandoned {
+            self.abandoned = true;
         }
     }
 }
@@ -404,6 +449,8 @@ mod tests {
             subscription: stream.subscribe(CONSUMER).await.unwrap(),
             limits: args.limits(),
             shards: HashMap::new(),
+            control: Control::default(),
+            abandoned: false,
         }
     }
 
@@ -602,5 +649,165 @@ mod tests {
             next.poll(10, WAIT).await.unwrap().is_empty(),
             "checkpointed past every record"
         );
+    }
+
+    /// A subscription whose announcements fail while `broken` is set (a
+    /// stream whose disk is full).
+    struct Breakable {
+        inner: Box<dyn Subscription>,
+        broken: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct BreakableStream {
+        inner: EmbeddedStream,
+        broken: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    #[async_trait]
+    impl Stream for BreakableStream {
+        async fn put_records(&self, records: Vec<PutRecord>) -> Result<(), StreamError> {
+            self.inner.put_records(records).await
+        }
+
+        async fn subscribe(&self, consumer: &str) -> Result<Box<dyn Subscription>, StreamError> {
+            Ok(Box::new(Breakable {
+                inner: self.inner.subscribe(consumer).await?,
+                broken: Arc::clone(&self.broken),
+            }))
+        }
+    }
+
+    #[async_trait]
+    impl Subscription for Breakable {
+        async fn poll(
+            &mut self,
+            max: usize,
+            wait: Duration,
+        ) -> Result<Vec<StreamRecord>, StreamError> {
+            self.inner.poll(max, wait).await
+        }
+
+        async fn checkpoint(
+            &mut self,
+            shard_id: &str,
+            sequence: &SequenceNumber,
+        ) -> Result<(), StreamError> {
+            self.inner.checkpoint(shard_id, sequence).await
+        }
+
+        async fn begin_delivery(
+            &mut self,
+            shard_id: &str,
+            delivery: &PendingDelivery,
+        ) -> Result<(), StreamError> {
+            if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StreamError::Unavailable("No space left on device".into()));
+            }
+            self.inner.begin_delivery(shard_id, delivery).await
+        }
+
+        async fn pending_delivery(
+            &mut self,
+            shard_id: &str,
+        ) -> Result<Option<PendingDelivery>, StreamError> {
+            self.inner.pending_delivery(shard_id).await
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn not_ready_while_deliveries_fail_ready_again_once_they_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let stream = Arc::new(BreakableStream {
+            inner: embedded.clone(),
+            broken: Arc::clone(&broken),
+        });
+        stream
+            .put_records((0..10).map(record).collect())
+            .await
+            .unwrap();
+        let readiness = Readiness::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_pipeline_reporting(
+            stream,
+            Arc::new(store.clone()),
+            args(1 << 20, Duration::from_millis(50)),
+            stop.clone(),
+            readiness.clone(),
+        ));
+        until("the transformer to say it cannot deliver", || {
+            readiness
+                .problems()
+                .get(deliver::PART)
+                .is_some_and(|p| p.contains("announcing a delivery") && p.contains("No space"))
+        })
+        .await;
+        assert!(delivered(&store).await.is_empty());
+
+        broken.store(false, std::sync::atomic::Ordering::SeqCst);
+        until("the transformer to be ready again", || {
+            readiness.problems().is_empty()
+        })
+        .await;
+        assert_eq!(
+            racers(&delivered(&store).await),
+            (0..10).collect::<Vec<_>>()
+        );
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_does_not_wait_for_a_broken_stream_and_checkpoints_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let stream = Arc::new(BreakableStream {
+            inner: embedded.clone(),
+            broken: Arc::clone(&broken),
+        });
+        stream
+            .put_records((0..10).map(record).collect())
+            .await
+            .unwrap();
+        let readiness = Readiness::default();
+        let stop = CancellationToken::new();
+        // Batches fall due at once and fail: the retries back off meanwhile.
+        let task = tokio::spawn(run_pipeline_reporting(
+            stream,
+            Arc::new(store.clone()),
+            args(1 << 20, Duration::from_millis(1)),
+            stop.clone(),
+            readiness.clone(),
+        ));
+        until("a failing delivery", || {
+            readiness.problems().contains_key(deliver::PART)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let stopping = Instant::now();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("stops within 2 s although the stream is broken")
+            .unwrap()
+            .unwrap();
+        let took = stopping.elapsed();
+        assert!(took < Duration::from_millis(500), "stopping took {took:?}");
+        assert!(delivered(&store).await.is_empty());
+        // Nothing was checkpointed: the next start reads every record again.
+        let mut next = embedded.subscribe(CONSUMER).await.unwrap();
+        assert_eq!(next.poll(100, WAIT).await.unwrap().len(), 10);
     }
 }

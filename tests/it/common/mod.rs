@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod aws;
+pub mod fault_proxy;
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
