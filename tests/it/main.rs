@@ -7,6 +7,8 @@ mod aws_faults;
 mod common;
 mod contract;
 mod crash;
+mod disk_faults;
+mod history_faults;
 mod hostile_http;
 mod hostile_rankings;
 mod pipeline;

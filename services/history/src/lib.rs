@@ -9,9 +9,11 @@ mod merger;
 pub use http::{AppError, AppState, app};
 pub use merger::{MergeReport, Merger};
 
-use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_millis};
-use alleycat_storage::StorageArgs;
+use alleycat_core::backoff::Backoff;
+use alleycat_runtime::{Context, Readiness, Service, ServiceArgs, Task, parse_millis};
+use alleycat_storage::{ObjectStore, StorageArgs};
 use anyhow::Context as _;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -31,30 +33,86 @@ pub struct HistoryArgs {
     /// Gzip level of published class files (0-9).
     #[arg(long = "history-gzip-level", env = "ALLEYCAT_HISTORY_GZIP_LEVEL", default_value = "6", value_parser = clap::value_parser!(u32).range(0..=9))]
     pub gzip_level: u32,
+
+    /// Most racers a class file holds: a record of a new racer past it is
+    /// not merged (counted and logged); racers already in it still improve
+    /// their bests. Bounds what made-up racerIds can add to the files every
+    /// frontend downloads.
+    #[arg(long = "history-max-racers", env = "ALLEYCAT_HISTORY_MAX_RACERS", default_value = "100000", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_racers: u64,
 }
 
 impl ServiceArgs for HistoryArgs {
-    /// Loads the published class files, then merges new delivery objects
-    /// until stopped, and serves the class files.
-    async fn service(&self, _: &Context, storage: &StorageArgs) -> anyhow::Result<Service> {
+    /// Serves the class files, and in the background loads the published
+    /// class files, then merges new delivery objects until stopped. Neither
+    /// a store that does not answer nor a class file that cannot be read
+    /// stops the process: `/readyz` says what does not work.
+    async fn service(&self, context: &Context, storage: &StorageArgs) -> anyhow::Result<Service> {
         let delivery = storage.open_delivery_store().await?;
         let history = storage.open_history_store().await?;
-        let merger = Merger::load(delivery, history.clone(), self)
-            .await
-            .context("loading the class histories")?;
         let stop = CancellationToken::new();
-        let merging = run_merger(merger, self.poll_interval, stop.clone());
+        let merging = {
+            let (args, history, readiness, stop) = (
+                self.clone(),
+                history.clone(),
+                context.readiness.clone(),
+                stop.clone(),
+            );
+            async move {
+                let Some(merger) =
+                    load_merger(delivery, history, &args, readiness.clone(), &stop).await
+                else {
+                    return Ok(());
+                };
+                run_merger(merger, args.poll_interval, stop, readiness).await
+            }
+        };
         let merging = Task::spawn("history merge", stop, merging);
         Ok(Service::new("history", app(AppState { store: history })).with_task(merging))
     }
 }
 
+/// The readiness part of the merge as a whole.
+const PART: &str = "history";
+
+/// [`Merger::load_reporting`], tried again with backoff until it works;
+/// `None` when stopped first.
+async fn load_merger(
+    delivery: Arc<dyn ObjectStore>,
+    history: Arc<dyn ObjectStore>,
+    args: &HistoryArgs,
+    readiness: Readiness,
+    stop: &CancellationToken,
+) -> Option<Merger> {
+    let mut backoff = Backoff::default();
+    loop {
+        match Merger::load_reporting(delivery.clone(), history.clone(), args, readiness.clone())
+            .await
+            .context("loading the class histories")
+        {
+            Ok(merger) => return Some(merger),
+            Err(e) => {
+                let error = format!("{e:#}");
+                let pause = backoff.next_delay();
+                tracing::warn!(%error, ?pause, "loading the class histories failed; retrying");
+                readiness.set(PART, Err(error));
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Merges new delivery objects every `interval` until `stop` is cancelled,
 /// then merges once more (to pick up the transformer's final delivery).
+/// Reports to `readiness` (part `history`) whether the last check worked.
 pub async fn run_merger(
     mut merger: Merger,
     interval: Duration,
     stop: CancellationToken,
+    readiness: Readiness,
 ) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -63,12 +121,14 @@ pub async fn run_merger(
             () = stop.cancelled() => true,
             _ = ticker.tick() => false,
         };
-        if let Err(e) = merger.merge_new().await {
-            // Nothing was marked merged, so the next round retries it all.
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "merging delivery objects failed; will retry"
-            );
+        match merger.merge_new().await {
+            Ok(_) => readiness.set(PART, Ok(())),
+            Err(e) => {
+                // What failed is still to be done: the next check retries it.
+                let error = format!("{e:#}");
+                tracing::warn!(%error, "merging delivery objects failed; will retry");
+                readiness.set(PART, Err(error));
+            }
         }
         if stopping {
             return Ok(());

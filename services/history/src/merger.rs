@@ -8,7 +8,23 @@
 //!
 //! Order of effects: merge in memory, publish the changed class files, and
 //! only then record the objects as merged. A crash in between merges some
-//! objects again, which the max-merge makes harmless.
+//! objects again, which the max-merge makes harmless. Each class keeps what
+//! of its history is not published yet (the seconds changed since they were
+//! last compressed, and whether the file holds unwritten bests) until a
+//! write succeeds: a failed publication is tried again next round, and an
+//! object is recorded as merged only once every class it has records of is
+//! published, or else as *pending* for the classes that are not, in the
+//! saved merge state: a restart reads those objects again for them.
+//!
+//! A class whose published file cannot be read (corrupt, or another format)
+//! is blocked: its records are not merged, its file is never overwritten,
+//! and the objects holding its records stay pending; `/readyz` names it
+//! (`history class-N`). Every other class goes on. Once the file is
+//! replaced by a valid one, or deleted, the class loads it and merges the
+//! pending records.
+//!
+//! A class holds at most `ALLEYCAT_HISTORY_MAX_RACERS` racers: a record of a
+//! new racer past that is not merged, and counted.
 //!
 //! Several history processes may run at once. Each write of a class file is
 //! conditional on the version last read (`If-Match`, or `If-None-Match: *`
@@ -25,12 +41,13 @@ mod tests;
 use crate::HistoryArgs;
 use alleycat_core::ClassId;
 use alleycat_core::delivery::HistoryPoint;
-use alleycat_core::history::{ClassHistory, Touched};
+use alleycat_core::history::ClassHistory;
+use alleycat_runtime::Readiness;
 use alleycat_storage::ObjectStore;
 use chrono::Utc;
-use class_state::ClassState;
+use class_state::{Class, Merged, PublishError};
 use state::MergeState;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,93 +67,180 @@ pub struct MergeReport {
     pub rejected: usize,
     /// Class files republished.
     pub published: Vec<ClassId>,
+    /// Delivery objects read again for the classes they were pending for.
+    pub reread: usize,
+    /// Per class, records not merged because their racer is new and the
+    /// class already holds the most racers it may.
+    pub too_many_racers: BTreeMap<ClassId, usize>,
 }
 
 /// Merges delivery objects into class histories and publishes them.
 pub struct Merger {
     delivery: Arc<dyn ObjectStore>,
     history: Arc<dyn ObjectStore>,
-    /// Every class with a published file or merged records.
-    classes: BTreeMap<ClassId, ClassState>,
+    /// Every class.
+    classes: BTreeMap<ClassId, Class>,
     state: MergeState,
+    /// Whether `state` changed since it was last saved.
+    state_changed: bool,
     grace: Duration,
     gzip_level: u32,
+    max_racers: usize,
     saved_at: Option<Instant>,
+    readiness: Readiness,
+    /// Records refused by the bound of racers since the start.
+    too_many_racers: u64,
+}
+
+/// The readiness part of a class.
+fn part(class: ClassId) -> String {
+    format!("history class-{class}")
 }
 
 impl Merger {
-    /// Loads every published class file and the merge state, so a restart
-    /// continues where the last run stopped. Refuses to start on a class file
-    /// it cannot read, rather than overwrite it and lose its history.
+    /// [`Merger::load_reporting`], reporting to a readiness no one reads.
     pub async fn load(
         delivery: Arc<dyn ObjectStore>,
         history: Arc<dyn ObjectStore>,
         args: &HistoryArgs,
     ) -> anyhow::Result<Merger> {
+        Merger::load_reporting(delivery, history, args, Readiness::default()).await
+    }
+
+    /// Loads every published class file and the merge state, so a restart
+    /// continues where the last run stopped. A class file it cannot read
+    /// blocks only its class (reported to `readiness` as `history class-N`)
+    /// and is never overwritten. Fails only when the merge state cannot be
+    /// read.
+    pub async fn load_reporting(
+        delivery: Arc<dyn ObjectStore>,
+        history: Arc<dyn ObjectStore>,
+        args: &HistoryArgs,
+        readiness: Readiness,
+    ) -> anyhow::Result<Merger> {
+        let state = MergeState::load(history.as_ref()).await?;
         let mut classes = BTreeMap::new();
         for class in ClassId::all() {
-            if let Some(loaded) = ClassState::load(history.as_ref(), class, args.gzip_level).await?
-            {
-                classes.insert(class, loaded);
+            let loaded = Class::load(history.as_ref(), class, args.gzip_level).await;
+            match &loaded {
+                Class::Ready(_) => readiness.set(&part(class), Ok(())),
+                Class::Blocked(blocked) => {
+                    tracing::error!(%class, reason = %blocked.reason, "class history blocked");
+                    readiness.set(&part(class), Err(blocked.reason.clone()));
+                }
             }
+            classes.insert(class, loaded);
         }
-        let state = MergeState::load(history.as_ref()).await?;
         Ok(Merger {
             delivery,
             history,
             classes,
             state,
+            state_changed: false,
             grace: args.listing_grace,
             gzip_level: args.gzip_level,
+            max_racers: usize::try_from(args.max_racers).unwrap_or(usize::MAX),
             saved_at: None,
+            readiness,
+            too_many_racers: 0,
         })
     }
 
-    /// The in-memory history of `class`.
+    /// The in-memory history of `class`; `None` while the class is blocked.
     #[must_use]
     pub fn class(&self, class: ClassId) -> Option<&ClassHistory> {
-        self.classes.get(&class).map(ClassState::history)
+        match self.classes.get(&class)? {
+            Class::Ready(state) => Some(state.history()),
+            Class::Blocked(_) => None,
+        }
     }
 
     /// Finds delivery objects not merged yet, merges them and publishes the
-    /// class files they changed.
+    /// class files they changed; first publishes what an earlier check could
+    /// not, and unblocks the classes whose file became readable. Fails when
+    /// a read or a publication failed: what it concerned stays to be done
+    /// by the next check.
     pub async fn merge_new(&mut self) -> anyhow::Result<MergeReport> {
         let started = Utc::now();
+        let mut report = MergeReport::default();
+        // Classes whose publication failed in this check: not tried again
+        // before the next one.
+        let mut failed = BTreeMap::new();
+        self.retry_blocked().await;
+        self.merge_pending(&mut report).await?;
+        self.publish_all(&mut report, &mut failed).await;
+
         let since = self.state.checked_at.map(|at| at - self.grace_delta());
         let listed = discovery::list_candidates(self.delivery.as_ref(), since).await?;
         let fresh: Vec<String> = listed
             .into_iter()
             .filter(|k| !self.state.merged.contains(k))
             .collect();
-        let mut report = MergeReport::default();
         for chunk in fresh.chunks(OBJECTS_PER_PUBLICATION) {
-            let mut touched = Touched::new();
+            let mut read = Vec::with_capacity(chunk.len());
+            let mut read_error = None;
             for key in chunk {
-                let (points, rejected) =
-                    discovery::read_points(self.delivery.as_ref(), key).await?;
-                report.rejected += rejected;
-                self.merge(&points, &mut touched);
-                report.objects += 1;
-                report.records += points.len();
+                match discovery::read_points(self.delivery.as_ref(), key).await {
+                    Ok((points, rejected)) => {
+                        report.rejected += rejected;
+                        report.objects += 1;
+                        report.records += points.len();
+                        read.push((key, self.merge(&points, &mut report)));
+                    }
+                    Err(e) => {
+                        read_error = Some(e);
+                        break;
+                    }
+                }
             }
-            self.publish(&touched).await?;
-            report.published.extend(touched.into_keys());
-            self.state.merged.extend(chunk.iter().cloned());
+            self.publish_all(&mut report, &mut failed).await;
+            for (key, classes) in read {
+                for class in classes {
+                    if !self.is_published(class) {
+                        self.state
+                            .pending
+                            .entry(class)
+                            .or_default()
+                            .insert(key.clone());
+                    }
+                }
+                self.state.merged.insert(key.clone());
+                self.state_changed = true;
+            }
+            if let Some(e) = read_error {
+                self.log_report(&report);
+                return Err(e);
+            }
         }
         self.state
             .complete_check(started, started - self.grace_delta());
         // An idle check changes only `checked_at`; saving it now and then
         // just keeps the listing window a restart starts from short.
-        if report.objects > 0
+        if self.state_changed
             || self
                 .saved_at
                 .is_none_or(|at| at.elapsed() >= IDLE_STATE_SAVE)
         {
-            self.state.save(self.history.as_ref()).await?;
-            self.saved_at = Some(Instant::now());
+            match self.state.save(self.history.as_ref()).await {
+                Ok(()) => {
+                    self.saved_at = Some(Instant::now());
+                    self.state_changed = false;
+                }
+                // The failed publication is the error to report.
+                Err(e) if !failed.is_empty() => {
+                    tracing::warn!(error = format!("{e:#}"), "saving the merge state failed");
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if report.objects > 0 {
-            tracing::info!(objects = report.objects, records = report.records, rejected = report.rejected, published = ?report.published, "merged delivery objects");
+        self.log_report(&report);
+        if let Some((class, error)) = failed.first_key_value() {
+            let classes: Vec<String> = failed.keys().map(ToString::to_string).collect();
+            anyhow::bail!(
+                "publishing class {} failed (class {class}: {error}); their records stay to be \
+                 published by the next check",
+                classes.join(", ")
+            );
         }
         report.published.sort_unstable();
         report.published.dedup();
@@ -147,29 +251,149 @@ impl Merger {
         chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX)
     }
 
-    /// Merges every point into its class; adds the seconds whose bests
-    /// changed (and so need republishing) to `touched`. Points that change
-    /// nothing are free.
-    fn merge(&mut self, points: &[HistoryPoint], touched: &mut Touched) {
-        for p in points {
-            let class = self
-                .classes
-                .entry(p.class_id)
-                .or_insert_with(|| ClassState::empty(self.gzip_level));
-            if class.merge(p) {
-                touched.entry(p.class_id).or_default().insert(p.second);
-            }
+    fn log_report(&mut self, report: &MergeReport) {
+        if report.objects > 0 || report.reread > 0 {
+            tracing::info!(objects = report.objects, reread = report.reread, records = report.records, rejected = report.rejected, published = ?report.published, "merged delivery objects");
+        }
+        for (&class, &refused) in &report.too_many_racers {
+            self.too_many_racers += refused as u64;
+            tracing::warn!(%class, refused, total = self.too_many_racers, max_racers = self.max_racers, "records of new racers not merged: the class holds the most racers ALLEYCAT_HISTORY_MAX_RACERS allows");
         }
     }
 
-    async fn publish(&mut self, touched: &Touched) -> anyhow::Result<()> {
-        for (&class, seconds) in touched {
-            self.classes
-                .entry(class)
-                .or_insert_with(|| ClassState::empty(self.gzip_level))
-                .publish(self.history.as_ref(), class, seconds, self.gzip_level)
-                .await?;
+    /// Whether every merged best of `class` is in its published file.
+    fn is_published(&self, class: ClassId) -> bool {
+        match self.classes.get(&class) {
+            Some(Class::Ready(state)) => !state.is_unpublished(),
+            Some(Class::Blocked(_)) | None => false,
+        }
+    }
+
+    /// Merges every point into its class, unless the class is blocked;
+    /// returns the classes the points belong to.
+    fn merge(&mut self, points: &[HistoryPoint], report: &mut MergeReport) -> BTreeSet<ClassId> {
+        let mut classes = BTreeSet::new();
+        for p in points {
+            classes.insert(p.class_id);
+            let class = self.classes.entry(p.class_id).or_insert_with(|| {
+                Class::Ready(Box::new(class_state::ClassState::empty(self.gzip_level)))
+            });
+            // A blocked class's records wait (the caller keeps them pending).
+            if let Class::Ready(state) = class
+                && state.merge(p, self.max_racers) == Merged::TooManyRacers
+            {
+                *report.too_many_racers.entry(p.class_id).or_default() += 1;
+            }
+        }
+        classes
+    }
+
+    /// Loads again every blocked class whose file may have changed (been
+    /// replaced or deleted), or could not be read.
+    async fn retry_blocked(&mut self) {
+        for class in ClassId::all() {
+            let Some(Class::Blocked(blocked)) = self.classes.get(&class) else {
+                continue;
+            };
+            if !blocked.may_have_changed(self.history.as_ref(), class).await {
+                continue;
+            }
+            let loaded = Class::load(self.history.as_ref(), class, self.gzip_level).await;
+            match &loaded {
+                Class::Ready(_) => {
+                    tracing::info!(%class, pending = self.state.pending.get(&class).map_or(0, BTreeSet::len), "class file readable again; merging the records that waited for it");
+                    self.readiness.set(&part(class), Ok(()));
+                }
+                Class::Blocked(now) => {
+                    if now.reason != blocked.reason {
+                        tracing::error!(%class, reason = %now.reason, "class history blocked");
+                    }
+                    self.readiness.set(&part(class), Err(now.reason.clone()));
+                }
+            }
+            self.classes.insert(class, loaded);
+        }
+    }
+
+    /// Reads again the delivery objects pending for a class whose history
+    /// was (re)loaded since, and merges their records of that class.
+    async fn merge_pending(&mut self, report: &mut MergeReport) -> anyhow::Result<()> {
+        let mut wanted: BTreeMap<String, BTreeSet<ClassId>> = BTreeMap::new();
+        let mut rereading = Vec::new();
+        for (&class, slot) in &mut self.classes {
+            let Class::Ready(state) = slot else { continue };
+            if state.pending_merged {
+                continue;
+            }
+            match self.state.pending.get(&class) {
+                Some(keys) if !keys.is_empty() => {
+                    for key in keys {
+                        wanted.entry(key.clone()).or_default().insert(class);
+                    }
+                    rereading.push(class);
+                }
+                _ => state.pending_merged = true,
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(objects = wanted.len(), classes = ?rereading, "reading again the delivery objects whose records wait for their class");
+        for (key, classes) in &wanted {
+            let (mut points, _) = discovery::read_points(self.delivery.as_ref(), key).await?;
+            points.retain(|p| classes.contains(&p.class_id));
+            report.reread += 1;
+            report.records += points.len();
+            self.merge(&points, report);
+        }
+        for class in rereading {
+            if let Some(Class::Ready(state)) = self.classes.get_mut(&class) {
+                state.pending_merged = true;
+            }
         }
         Ok(())
+    }
+
+    /// Publishes every class whose history holds unpublished bests, except
+    /// those whose publication failed in this check; forgets the objects
+    /// pending for a class once its file holds their records.
+    async fn publish_all(
+        &mut self,
+        report: &mut MergeReport,
+        failed: &mut BTreeMap<ClassId, String>,
+    ) {
+        for (&class, slot) in &mut self.classes {
+            let Class::Ready(state) = slot else { continue };
+            if failed.contains_key(&class) {
+                continue;
+            }
+            match state
+                .publish(self.history.as_ref(), class, self.gzip_level)
+                .await
+            {
+                Ok(wrote) => {
+                    if wrote {
+                        report.published.push(class);
+                    }
+                    if state.pending_merged
+                        && let Some(keys) = self.state.pending.remove(&class)
+                    {
+                        tracing::info!(%class, objects = keys.len(), "published the records that waited for their class");
+                        self.state_changed = true;
+                    }
+                }
+                Err(PublishError::Store(e)) => {
+                    let error = format!("{e:#}");
+                    tracing::warn!(%class, %error, "publishing the class file failed; its records stay to be published");
+                    failed.insert(class, error);
+                }
+                Err(PublishError::NotAClassFile(blocked)) => {
+                    tracing::error!(%class, reason = %blocked.reason, "class history blocked");
+                    self.readiness
+                        .set(&part(class), Err(blocked.reason.clone()));
+                    *slot = Class::Blocked(blocked);
+                }
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! is given `now` (ms since the epoch), and only [`run`] reads the system
 //! clock, so tests drive the engine with time as plain numbers.
 
+use alleycat_runtime::Readiness;
 use crate::RankingsArgs;
 use crate::all_time::AllTime;
 use crate::pending::Pending;
@@ -310,13 +311,28 @@ impl AllTimeLoader {
             let all_time = tokio::task::spawn_blocking(move || {
                 ClassHistory::from_gzip(&object.body).map(|h| Arc::new(AllTime::from_history(&h)))
             })
-            .await??;
+            .await?;
+            // Remembered either way: a file that is not a class file is
+            // skipped (logged once per version), not read again and again.
             self.versions.insert(class, version);
-            changed.push((class, all_time));
+            match all_time {
+                Ok(all_time) => changed.push((class, all_time)),
+                Err(e) => tracing::error!(
+                    %class,
+                    %key,
+                    error = %e,
+                    "not a valid class file; its all-time standings stay as they were"
+                ),
+            }
         }
         Ok(changed)
     }
 }
+
+/// Readiness parts: reading the stream, storing results, reading class files.
+const STREAM_PART: &str = "rankings stream";
+const RESULTS_PART: &str = "rankings results";
+const CLASS_FILES_PART: &str = "rankings class files";
 
 /// Runs the engine until `stop`, then writes the results it still holds.
 pub(crate) async fn run(
@@ -326,20 +342,31 @@ pub(crate) async fn run(
     history_reload: Duration,
     results: ResultsStore,
     pending: Arc<Pending>,
+    readiness: Readiness,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let writer = tokio::spawn(write_results(results, Arc::clone(&pending)));
+    let writer = tokio::spawn(write_results(
+        results,
+        Arc::clone(&pending),
+        readiness.clone(),
+    ));
     let (all_time_tx, mut all_time_rx) = mpsc::unbounded_channel();
     let loader_stop = stop.child_token();
     let loading = {
         let stop = loader_stop.clone();
+        let readiness = readiness.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(history_reload) => {}
                 }
-                match loader.changed().await {
+                let loaded = loader.changed().await;
+                readiness.set(
+                    CLASS_FILES_PART,
+                    loaded.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
+                );
+                match loaded {
                     Ok(changed) => {
                         for update in changed {
                             if all_time_tx.send(update).is_err() {
@@ -359,6 +386,7 @@ pub(crate) async fn run(
     let mut next_flush = Instant::now() + RESULTS_FLUSH;
     let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
     let mut backoff = Backoff::default();
+    let mut stream_failing = false;
     loop {
         let now = Instant::now();
         let wake = [next_push, Some(next_flush), Some(next_checkpoint)]
@@ -376,10 +404,15 @@ pub(crate) async fn run(
             polled = subscription.poll(POLL_MAX, wait) => match polled {
                 Ok(records) => {
                     backoff.reset();
+                    if std::mem::take(&mut stream_failing) {
+                        readiness.set(STREAM_PART, Ok(()));
+                    }
                     engine.apply(records, wall_clock_ms());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the stream failed; retrying");
+                    stream_failing = true;
+                    readiness.set(STREAM_PART, Err(format!("reading the stream failed: {e}")));
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             },
@@ -420,14 +453,16 @@ fn wall_clock_ms() -> i64 {
 /// Writes finished results, heaviest races first, [`WRITE_BATCH`] races at
 /// a time, retrying until the store takes them; returns once `pending` is
 /// closed and empty.
-async fn write_results(results: ResultsStore, pending: Arc<Pending>) {
+async fn write_results(results: ResultsStore, pending: Arc<Pending>, readiness: Readiness) {
     while let Some(batch) = pending.take(WRITE_BATCH).await {
         let mut backoff = Backoff::default();
         while let Err(e) = results.record(&batch).await {
             let pause = backoff.next_delay();
             tracing::warn!(error = %e, ?pause, "storing race results failed; retrying");
+            readiness.set(RESULTS_PART, Err(format!("storing race results failed: {e}")));
             tokio::time::sleep(pause).await;
         }
+        readiness.set(RESULTS_PART, Ok(()));
         tracing::debug!(results = batch.len(), "stored race results");
     }
 }
@@ -781,7 +816,7 @@ mod tests {
             pending.push(engine.take_finals());
         }
         pending.close();
-        write_results(results.clone(), pending).await;
+        write_results(results.clone(), pending, Readiness::default()).await;
         let race = results.race(RaceId(7)).await.unwrap().unwrap();
         let ranked: Vec<u64> = race
             .ranked(ClassId(3))
@@ -812,6 +847,7 @@ mod tests {
             args().history_reload,
             results.clone(),
             Arc::new(Pending::new(10)),
+            Readiness::default(),
             stop.clone(),
         ));
         let last = telemetry(4, 1, 1, 60.0, Event::Final);

@@ -115,7 +115,7 @@ pub async fn start(
     consumer: &str,
     args: &RankingsArgs,
     stop: CancellationToken,
-    shutdown_viewers: CancellationToken,
+    context: &Context,
 ) -> anyhow::Result<Started> {
     let mut loader = engine::AllTimeLoader::new(Arc::clone(&history_store));
     let all_time = loader.changed().await?.into_iter().collect();
@@ -131,13 +131,14 @@ pub async fn start(
         args.history_reload,
         results.clone(),
         pending,
+        context.readiness.clone(),
         stop,
     ));
     Ok(Started {
         state: AppState {
             viewers,
             results,
-            shutdown: shutdown_viewers,
+            shutdown: context.closing.clone(),
             leaderboards: Arc::default(),
         },
         engine,
@@ -173,7 +174,7 @@ impl ServiceArgs for RankingsArgs {
             &consumer,
             self,
             stop.clone(),
-            context.closing.clone(),
+            context,
         )
         .await
         .context("starting the rankings")?;

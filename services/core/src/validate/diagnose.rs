@@ -4,7 +4,160 @@
 
 use super::{BatchError, BodyFormat, FieldError, RecordError, framing, rules};
 use crate::telemetry::{Event, RaceId, RacerId, Telemetry};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
+use std::fmt;
+
+/// The key of every field of the schema.
+const FIELDS: [&str; 10] = [
+    "uuid",
+    "event",
+    "deviceTimestamp",
+    "second",
+    "raceId",
+    "name",
+    "racerId",
+    "classId",
+    "cadence",
+    "resistance",
+];
+
+/// Why a field whose key appears more than once is refused: `Value` (like
+/// most JSON parsers) keeps only one of the values, and which one differs
+/// from parser to parser, so no value of it can be trusted.
+pub(super) const REPEATED: &str = "repeated key: a record may name each field only once";
+
+/// One record as the diagnosing path reads it: its JSON value and the
+/// fields of the schema whose key it repeats. A [`Value`] keeps only the
+/// last value of a repeated key, so repeats are noted while it is built.
+/// Only a record's own keys count: nested objects are not part of the
+/// schema, and unknown fields stay ignored, repeated or not.
+pub(super) struct Parsed {
+    pub(super) value: Value,
+    pub(super) repeated: Vec<&'static str>,
+}
+
+impl Parsed {
+    fn plain(value: Value) -> Parsed {
+        Parsed {
+            value,
+            repeated: Vec::new(),
+        }
+    }
+
+    fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Parsed, A::Error> {
+        let mut object = Map::new();
+        let mut repeated = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value::<Value>()?;
+            match object.entry(key) {
+                Entry::Vacant(entry) => {
+                    entry.insert(value);
+                }
+                Entry::Occupied(mut entry) => {
+                    if let Some(field) = FIELDS.iter().find(|f| **f == entry.key())
+                        && !repeated.contains(field)
+                    {
+                        repeated.push(*field);
+                    }
+                    entry.insert(value);
+                }
+            }
+        }
+        Ok(Parsed {
+            value: Value::Object(object),
+            repeated,
+        })
+    }
+}
+
+/// A JSON body's top level: the records of an array, one record, or
+/// something else (named in the error).
+pub(super) enum Body {
+    Array(Vec<Parsed>),
+    Record(Parsed),
+    Other(Value),
+}
+
+/// The visits of a JSON scalar, building the same [`Value`] as
+/// `serde_json` does, wrapped by `$wrap`.
+macro_rules! visit_scalars {
+    ($wrap:expr) => {
+        fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+            Ok($wrap(Value::Bool(v)))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok($wrap(Value::from(v)))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok($wrap(Value::from(v)))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok($wrap(Value::from(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok($wrap(Value::from(v)))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok($wrap(Value::from(v)))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($wrap(Value::Null))
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok($wrap(Value::Null))
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for Parsed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Record;
+        impl<'de> Visitor<'de> for Record {
+            type Value = Parsed;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            visit_scalars!(Parsed::plain);
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Value>()? {
+                    items.push(item);
+                }
+                Ok(Parsed::plain(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Parsed, A::Error> {
+                Parsed::object(map)
+            }
+        }
+        deserializer.deserialize_any(Record)
+    }
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = Body;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            visit_scalars!(Body::Other);
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+                let mut records = Vec::new();
+                while let Some(record) = seq.next_element::<Parsed>()? {
+                    records.push(record);
+                }
+                Ok(Body::Array(records))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
+                Parsed::object(map).map(Body::Record)
+            }
+        }
+        deserializer.deserialize_any(Top)
+    }
+}
 
 /// [`super::parse_batch`] through [`Value`]s, naming every problem.
 pub(super) fn batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, BatchError> {
@@ -14,8 +167,8 @@ pub(super) fn batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, B
     let mut records = Vec::with_capacity(total);
     let mut problems = Vec::new();
     let mut invalid = 0;
-    for (index, value) in values.iter().enumerate() {
-        match validate_value(value) {
+    for (index, parsed) in values.iter().enumerate() {
+        match validate_parsed(parsed) {
             Ok(record) => records.push(record),
             Err(errors) => {
                 invalid += 1;
@@ -39,8 +192,8 @@ pub(super) fn batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, B
 
 /// [`super::parse_record`] through a [`Value`], naming every problem.
 pub(super) fn record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(value) => validate_value(&value),
+    match serde_json::from_slice::<Parsed>(bytes) {
+        Ok(parsed) => validate_parsed(&parsed),
         Err(e) => Err(vec![FieldError {
             field: None,
             reason: format!("not valid JSON: {e}"),
@@ -49,8 +202,19 @@ pub(super) fn record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
 }
 
 /// Validates one JSON value as a telemetry message, reporting every problem.
-/// Unknown extra fields are ignored.
+/// Unknown extra fields are ignored. A [`Value`] holds each key once, so
+/// this cannot see a repeated key; request bodies and stream records are
+/// checked for those as they are parsed.
 pub fn validate_value(value: &Value) -> Result<Telemetry, Vec<FieldError>> {
+    validate(value, &[])
+}
+
+/// [`validate_value`] of a parsed record, refusing its repeated fields.
+fn validate_parsed(parsed: &Parsed) -> Result<Telemetry, Vec<FieldError>> {
+    validate(&parsed.value, &parsed.repeated)
+}
+
+fn validate(value: &Value, repeated: &[&'static str]) -> Result<Telemetry, Vec<FieldError>> {
     let Value::Object(object) = value else {
         return Err(vec![FieldError {
             field: None,
@@ -59,6 +223,7 @@ pub fn validate_value(value: &Value) -> Result<Telemetry, Vec<FieldError>> {
     };
     let mut check = Checker {
         object,
+        repeated,
         errors: Vec::new(),
     };
     let uuid = check.uuid("uuid");
@@ -123,9 +288,10 @@ pub(super) fn type_name(value: &Value) -> &'static str {
 }
 
 /// Checks the fields of one object, collecting a [`FieldError`] for each
-/// that is missing, of the wrong JSON type, or breaks its rule.
+/// that is repeated, missing, of the wrong JSON type, or breaks its rule.
 struct Checker<'a> {
     object: &'a Map<String, Value>,
+    repeated: &'a [&'static str],
     errors: Vec<FieldError>,
 }
 
@@ -137,8 +303,19 @@ impl<'a> Checker<'a> {
         });
     }
 
+    /// The field's value, unless its key is repeated (which is reported:
+    /// no value of a repeated field is checked or taken).
+    fn unique(&mut self, field: &'static str) -> Result<Option<&'a Value>, ()> {
+        if self.repeated.contains(&field) {
+            self.fail(field, REPEATED.to_owned());
+            Err(())
+        } else {
+            Ok(self.object.get(field))
+        }
+    }
+
     fn required(&mut self, field: &'static str) -> Option<&'a Value> {
-        match self.object.get(field) {
+        match self.unique(field).ok()? {
             None | Some(Value::Null) => {
                 self.fail(field, "is required".to_owned());
                 None
@@ -205,7 +382,7 @@ impl<'a> Checker<'a> {
 
     /// `uuid` is optional: absent or null is fine; if present it must be one.
     fn uuid(&mut self, field: &'static str) -> Option<Option<String>> {
-        let reason = match self.object.get(field) {
+        let reason = match self.unique(field).ok()? {
             None | Some(Value::Null) => return Some(None),
             Some(Value::String(s)) => match rules::uuid(s) {
                 Ok(()) => return Some(Some(s.clone())),

@@ -1,9 +1,8 @@
 //! Splitting a body into records: one JSON object, a JSON array of objects,
 //! or NDJSON lines; and the limits on how many records a batch may hold.
 
-use super::diagnose::type_name;
+use super::diagnose::{Body, Parsed, type_name};
 use super::{BatchError, BodyFormat, MAX_BATCH_RECORDS, RecordError};
-use serde_json::Value;
 
 /// The non-blank lines of an NDJSON body. Both paths number records by this
 /// sequence, so a record's index is the same whichever path reports it.
@@ -24,20 +23,20 @@ pub(super) fn check_size(len: usize) -> Result<(), BatchError> {
     }
 }
 
-/// The records of a body as JSON values, not yet checked, or which lines
+/// The records of a body as parsed JSON, not yet checked, or which lines
 /// (or the body as a whole) are not JSON.
-pub(super) fn values(body: &[u8], format: BodyFormat) -> Result<Vec<Value>, BatchError> {
+pub(super) fn values(body: &[u8], format: BodyFormat) -> Result<Vec<Parsed>, BatchError> {
     match format {
         BodyFormat::Json => json_values(body),
         BodyFormat::NdJson => ndjson_values(body),
     }
 }
 
-fn json_values(body: &[u8]) -> Result<Vec<Value>, BatchError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) => Ok(items),
-        Ok(object @ Value::Object(_)) => Ok(vec![object]),
-        Ok(other) => Err(BatchError::Malformed {
+fn json_values(body: &[u8]) -> Result<Vec<Parsed>, BatchError> {
+    match serde_json::from_slice::<Body>(body) {
+        Ok(Body::Array(items)) => Ok(items),
+        Ok(Body::Record(record)) => Ok(vec![record]),
+        Ok(Body::Other(other)) => Err(BatchError::Malformed {
             message: format!(
                 "body must be a JSON object or an array of objects, got {}",
                 type_name(&other)
@@ -51,11 +50,11 @@ fn json_values(body: &[u8]) -> Result<Vec<Value>, BatchError> {
     }
 }
 
-fn ndjson_values(body: &[u8]) -> Result<Vec<Value>, BatchError> {
+fn ndjson_values(body: &[u8]) -> Result<Vec<Parsed>, BatchError> {
     let mut values = Vec::new();
     let mut broken = Vec::new();
     for (index, line) in ndjson_lines(body).enumerate() {
-        match serde_json::from_slice::<Value>(line) {
+        match serde_json::from_slice::<Parsed>(line) {
             Ok(value) => values.push(value),
             Err(e) => broken.push(RecordError {
                 index,

@@ -105,6 +105,19 @@ pub fn parse_record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
     fast::record(bytes).map_or_else(|| diagnose::record(bytes), Ok)
 }
 
+/// The property tests' configuration: `default_cases` cases, or as many as
+/// `PROPTEST_CASES` says (the longer run, see the README's Tests section).
+#[cfg(test)]
+pub(crate) fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|cases| cases.parse().ok())
+            .unwrap_or(default_cases),
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 /// Records to validate, shared by the tests of every path.
 #[cfg(test)]
 mod fixtures {

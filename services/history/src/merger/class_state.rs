@@ -1,55 +1,154 @@
 //! What the merger keeps per class: the history, that history compressed
-//! per second, and the version of the published file; and publishing it by
-//! compare-and-swap.
+//! per second, the version of the published file and what of the history
+//! is not published yet; and publishing it by compare-and-swap. Or, when
+//! the published file cannot be read, why not: such a class is neither
+//! merged into nor published until its file is repaired, replaced or
+//! deleted.
 
 use crate::class_file::SegmentedClassFile;
 use alleycat_core::delivery::HistoryPoint;
 use alleycat_core::history::{ClassHistory, class_file_key};
-use alleycat_core::{ClassId, Second};
+use alleycat_core::{ClassId, RacerId, Second};
 use alleycat_storage::{ETag, ObjectStore, Precondition, StoreError};
 use anyhow::Context as _;
 use bytes::Bytes;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+
+/// One class: mergeable, or blocked by a file that cannot be read.
+pub(super) enum Class {
+    /// Its file was read (or there is none): records merge into it.
+    Ready(Box<ClassState>),
+    /// Its file cannot be read: records of the class wait.
+    Blocked(Blocked),
+}
+
+/// A class whose published file cannot be read now.
+pub(super) struct Blocked {
+    /// Why, for the log and `/readyz`.
+    pub(super) reason: String,
+    /// The version of the file that is not a class file; `None` when reading
+    /// it failed (the store), so it is tried again every round.
+    etag: Option<ETag>,
+}
 
 /// One class's history and its class file.
 pub(super) struct ClassState {
     history: ClassHistory,
-    /// The history, compressed per second.
+    /// The history, compressed per second, except the `dirty` seconds.
     file: SegmentedClassFile,
+    /// Seconds whose bests changed since they were last compressed.
+    dirty: BTreeSet<Second>,
+    /// Whether `file` holds bests the published file does not.
+    unwritten: bool,
     /// Version of the class file as last read or written; `None`: no file.
     version: Option<ETag>,
+    /// Every racer with a best in the history.
+    racers: HashSet<RacerId>,
+    /// Whether the records of the delivery objects pending for this class
+    /// are in `history` (false after loading it: they must be read again).
+    pub(super) pending_merged: bool,
+}
+
+/// What merging one point did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Merged {
+    /// A best rose.
+    Changed,
+    /// No best rose.
+    Unchanged,
+    /// A racer new to the class, past the bound of racers: not merged.
+    TooManyRacers,
+}
+
+/// Why a publication did not happen.
+pub(super) enum PublishError {
+    /// The store failed; trying again may work.
+    Store(anyhow::Error),
+    /// Another writer left a file that is not a class file: it must not be
+    /// overwritten, so the class is blocked.
+    NotAClassFile(Blocked),
+}
+
+/// A class file as read from the store.
+pub(super) enum Loaded {
+    /// There is none.
+    Absent,
+    /// A valid class file and its version.
+    Valid(ClassHistory, ETag),
+    /// A file that is not a class file (corrupt, or of another format).
+    Invalid(Blocked),
+}
+
+impl Class {
+    /// `class` as its published file in `store` says, at gzip `level`.
+    pub(super) async fn load(store: &dyn ObjectStore, class: ClassId, level: u32) -> Class {
+        match read_class_file(store, class).await {
+            Ok(Loaded::Absent) => Class::Ready(Box::new(ClassState::empty(level))),
+            Ok(Loaded::Valid(history, etag)) => {
+                tracing::info!(%class, bests = history.len(), "loaded class history");
+                match tokio::task::spawn_blocking(move || {
+                    ClassState::from_history(history, Some(etag), level)
+                })
+                .await
+                {
+                    Ok(state) => Class::Ready(Box::new(state)),
+                    Err(e) => Class::Blocked(Blocked::unreadable(class, &anyhow::Error::new(e))),
+                }
+            }
+            Ok(Loaded::Invalid(blocked)) => Class::Blocked(blocked),
+            Err(e) => Class::Blocked(Blocked::unreadable(class, &e)),
+        }
+    }
+}
+
+impl Blocked {
+    /// Reading the file failed (not its content: the store).
+    fn unreadable(class: ClassId, error: &anyhow::Error) -> Blocked {
+        Blocked {
+            reason: format!(
+                "{} cannot be read: {error:#}; retrying",
+                class_file_key(class)
+            ),
+            etag: None,
+        }
+    }
+
+    /// Whether the file may have changed since it was found unreadable:
+    /// asks only its version when its content was the problem.
+    pub(super) async fn may_have_changed(&self, store: &dyn ObjectStore, class: ClassId) -> bool {
+        let Some(known) = &self.etag else {
+            return true;
+        };
+        match store.head(&class_file_key(class)).await {
+            Ok(now) => now.as_ref() != Some(known),
+            Err(e) => {
+                tracing::debug!(%class, error = %e, "checking a blocked class file failed");
+                false
+            }
+        }
+    }
 }
 
 impl ClassState {
     /// A class with no history and no published file.
     pub(super) fn empty(level: u32) -> ClassState {
-        ClassState {
-            history: ClassHistory::default(),
-            file: SegmentedClassFile::new(&ClassHistory::default(), level),
-            version: None,
-        }
+        ClassState::from_history(ClassHistory::default(), None, level)
     }
 
-    /// The published file of `class`, encoded at `level`, if there is one.
-    pub(super) async fn load(
-        store: &dyn ObjectStore,
-        class: ClassId,
-        level: u32,
-    ) -> anyhow::Result<Option<ClassState>> {
-        let Some((history, etag)) = read_class_file(store, class).await? else {
-            return Ok(None);
-        };
-        tracing::info!(%class, bests = history.len(), "loaded class history");
-        let (history, file) = tokio::task::spawn_blocking(move || {
-            let file = SegmentedClassFile::new(&history, level);
-            (history, file)
-        })
-        .await?;
-        Ok(Some(ClassState {
+    /// A class with `history`, published at `version`. CPU-heavy for a
+    /// large class (it compresses all of it).
+    fn from_history(history: ClassHistory, version: Option<ETag>, level: u32) -> ClassState {
+        let file = SegmentedClassFile::new(&history, level);
+        let racers = racers_of(&history);
+        ClassState {
             history,
             file,
-            version: Some(etag),
-        }))
+            dirty: BTreeSet::new(),
+            unwritten: false,
+            version,
+            racers,
+            pending_merged: false,
+        }
     }
 
     /// The history, as merged so far.
@@ -57,25 +156,52 @@ impl ClassState {
         &self.history
     }
 
-    /// Merges one point into the history (not yet the file); returns whether
-    /// its best changed.
-    pub(super) fn merge(&mut self, point: &HistoryPoint) -> bool {
-        self.history
-            .merge(point.second, point.racer_id, point.output)
+    /// Whether the history holds bests its published file does not.
+    pub(super) fn is_unpublished(&self) -> bool {
+        self.unwritten || !self.dirty.is_empty()
     }
 
-    /// Re-encodes the touched `seconds` of the class file and writes it,
-    /// conditionally on the version we last saw; on a conflict, merges the
-    /// newer file in and tries again.
+    /// Merges one point into the history (not yet the file). A racer new to
+    /// the class is merged only while the class has fewer than
+    /// `max_racers` racers.
+    pub(super) fn merge(&mut self, point: &HistoryPoint, max_racers: usize) -> Merged {
+        if !self.racers.contains(&point.racer_id) {
+            if self.racers.len() >= max_racers {
+                return Merged::TooManyRacers;
+            }
+            self.racers.insert(point.racer_id);
+        }
+        if self
+            .history
+            .merge(point.second, point.racer_id, point.output)
+        {
+            self.dirty.insert(point.second);
+            Merged::Changed
+        } else {
+            Merged::Unchanged
+        }
+    }
+
+    /// Compresses the changed seconds and writes the class file, if the
+    /// history holds bests it does not, conditionally on the version we last
+    /// saw; on a conflict, merges the newer file in and tries again. Returns
+    /// whether it wrote. On an error, what is unpublished stays so, for the
+    /// next call.
     pub(super) async fn publish(
         &mut self,
         store: &dyn ObjectStore,
         class: ClassId,
-        seconds: &BTreeSet<Second>,
         level: u32,
-    ) -> anyhow::Result<()> {
+    ) -> Result<bool, PublishError> {
+        if !self.is_unpublished() {
+            return Ok(false);
+        }
         let key = class_file_key(class);
-        self.file.update(&self.history, seconds.iter().copied());
+        if !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            self.file.update(&self.history, dirty);
+            self.unwritten = true;
+        }
         loop {
             let body = self.file.to_gzip();
             let condition = match &self.version {
@@ -88,42 +214,72 @@ impl ClassState {
             {
                 Ok(etag) => {
                     self.version = Some(etag);
-                    return Ok(());
+                    self.unwritten = false;
+                    return Ok(true);
                 }
                 Err(StoreError::PreconditionFailed { .. }) => {
                     tracing::debug!(%key, "class file changed by another writer; merging it in");
-                    match read_class_file(store, class).await? {
-                        Some((theirs, etag)) => {
+                    match read_class_file(store, class).await {
+                        Ok(Loaded::Valid(theirs, etag)) => {
                             self.history.merge_history(&theirs);
+                            self.racers.extend(racers_of(&theirs));
                             // Rare (only with several history processes): encode it all.
                             self.file = SegmentedClassFile::new(&self.history, level);
                             self.version = Some(etag);
                         }
-                        None => self.version = None,
+                        Ok(Loaded::Absent) => self.version = None,
+                        Ok(Loaded::Invalid(blocked)) => {
+                            return Err(PublishError::NotAClassFile(blocked));
+                        }
+                        Err(e) => return Err(PublishError::Store(e)),
                     }
                 }
-                Err(e) => return Err(e).with_context(|| format!("publishing {key}")),
+                Err(e) => {
+                    return Err(PublishError::Store(
+                        anyhow::Error::new(e).context(format!("publishing {key}")),
+                    ));
+                }
             }
         }
     }
 }
 
-/// A published class file and its version, if there is one.
-async fn read_class_file(
+/// Every racer with a best in `history`.
+fn racers_of(history: &ClassHistory) -> HashSet<RacerId> {
+    history
+        .iter()
+        .flat_map(|(_, racers)| racers.keys().copied())
+        .collect()
+}
+
+/// The published class file of `class`: absent, valid or not a class file.
+/// An error is the store's (reading failed).
+pub(super) async fn read_class_file(
     store: &dyn ObjectStore,
     class: ClassId,
-) -> anyhow::Result<Option<(ClassHistory, ETag)>> {
+) -> anyhow::Result<Loaded> {
     let key = class_file_key(class);
     let Some(object) = store
         .get(&key)
         .await
         .with_context(|| format!("reading {key}"))?
     else {
-        return Ok(None);
+        return Ok(Loaded::Absent);
     };
     let body = object.body;
-    let history = tokio::task::spawn_blocking(move || ClassHistory::from_gzip(&body))
-        .await?
-        .with_context(|| format!("{key} in the history store is not a valid class file"))?;
-    Ok(Some((history, object.etag)))
+    let decoded = tokio::task::spawn_blocking(move || ClassHistory::from_gzip(&body)).await?;
+    Ok(match decoded {
+        Ok(history) => Loaded::Valid(history, object.etag),
+        Err(e) => {
+            let reason = format!(
+                "{key} in the history store is not a valid class file ({e}); class {class} is \
+                 neither merged nor published, its records wait until the file is repaired, \
+                 replaced or deleted"
+            );
+            Loaded::Invalid(Blocked {
+                reason,
+                etag: Some(object.etag),
+            })
+        }
+    })
 }

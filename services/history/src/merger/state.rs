@@ -1,13 +1,16 @@
-//! The merge state: which delivery objects are merged, kept in the history
-//! store so a restart neither merges everything again nor misses anything.
+//! The merge state: which delivery objects are merged, and which wait to be
+//! merged into a class whose publication failed or whose file cannot be
+//! read; kept in the history store so a restart neither merges everything
+//! again nor misses anything.
 
+use alleycat_core::ClassId;
 use alleycat_core::delivery;
 use alleycat_storage::ObjectStore;
 use anyhow::Context as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Where the merger remembers its progress, in the history store.
 const STATE_KEY: &str = "_state/history-merger.json";
@@ -18,8 +21,15 @@ const STATE_KEY: &str = "_state/history-merger.json";
 pub(super) struct MergeState {
     /// Start of the last complete check; `None` before the first one.
     pub(super) checked_at: Option<DateTime<Utc>>,
-    /// Objects merged whose keys are recent enough to be listed again.
+    /// Objects merged whose keys are recent enough to be listed again:
+    /// their records are in every class file they belong in, except the
+    /// classes they are `pending` for.
     pub(super) merged: BTreeSet<String>,
+    /// Per class, the objects whose records of that class are not in its
+    /// published file yet (its publication failed, or its file cannot be
+    /// read): read again once the class can be published. Kept however old.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) pending: BTreeMap<ClassId, BTreeSet<String>>,
 }
 
 impl MergeState {

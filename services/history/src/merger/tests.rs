@@ -4,8 +4,11 @@ use super::*;
 use alleycat_core::delivery;
 use alleycat_core::{RacerId, Second, codec};
 use alleycat_storage::object_store::fs::FsStore;
+use alleycat_storage::{ETag, Object, Precondition, StoreError};
+use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::DateTime;
+use std::sync::Mutex;
 
 /// Keys merged.
 impl Merger {
@@ -34,6 +37,7 @@ fn args() -> HistoryArgs {
         poll_interval: Duration::from_millis(100),
         listing_grace: Duration::from_secs(60),
         gzip_level: 6,
+        max_racers: 100_000,
     }
 }
 
@@ -220,24 +224,6 @@ async fn two_mergers_on_the_same_stores_lose_no_update() {
 }
 
 #[tokio::test]
-async fn refuses_to_start_over_a_corrupt_class_file() {
-    let f = fixture();
-    f.history
-        .put(
-            "class-2.gz",
-            Bytes::from_static(b"{\"1\":{}}"),
-            "application/gzip",
-        )
-        .await
-        .unwrap();
-    let err = Merger::load(f.delivery.clone(), f.history.clone(), &args())
-        .await
-        .err()
-        .unwrap();
-    assert!(format!("{err:#}").contains("class-2.gz"), "{err:#}");
-}
-
-#[tokio::test]
 async fn invalid_lines_and_corrupt_objects_are_refused_not_merged() {
     let f = fixture();
     let now = Utc::now();
@@ -259,4 +245,526 @@ async fn invalid_lines_and_corrupt_objects_are_refused_not_merged() {
     let report = merger.merge_new().await.unwrap();
     assert_eq!((report.objects, report.records, report.rejected), (2, 1, 2));
     assert_eq!(published(f.history.as_ref(), 1).await.unwrap().len(), 1);
+}
+
+/// What a [`Faulty`] store makes fail.
+#[derive(Default)]
+struct Faults {
+    /// Every put of a key with this prefix fails.
+    puts_of: Option<&'static str>,
+    /// After this many more puts succeed, the next one fails (once).
+    put_after: Option<usize>,
+    /// Every get of these keys fails.
+    gets_of: BTreeSet<String>,
+    /// Puts that failed.
+    failed_puts: usize,
+}
+
+/// An object store that fails the writes and reads it is told to.
+struct Faulty {
+    inner: Arc<dyn ObjectStore>,
+    faults: Mutex<Faults>,
+}
+
+impl Faulty {
+    fn new(inner: Arc<dyn ObjectStore>) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner,
+            faults: Mutex::new(Faults::default()),
+        })
+    }
+
+    fn set(&self, change: impl FnOnce(&mut Faults)) {
+        change(&mut self.faults.lock().unwrap());
+    }
+
+    fn heal(&self) {
+        self.set(|f| {
+            f.puts_of = None;
+            f.put_after = None;
+            f.gets_of.clear();
+        });
+    }
+
+    fn failed_puts(&self) -> usize {
+        self.faults.lock().unwrap().failed_puts
+    }
+}
+
+fn injected(operation: &'static str, key: &str) -> StoreError {
+    StoreError::Io {
+        operation,
+        key: key.to_owned(),
+        source: "injected failure".into(),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Faulty {
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &'static str,
+        condition: Precondition,
+    ) -> Result<ETag, StoreError> {
+        {
+            let mut f = self.faults.lock().unwrap();
+            let mut fail = f.puts_of.is_some_and(|prefix| key.starts_with(prefix));
+            match f.put_after {
+                Some(0) => {
+                    f.put_after = None;
+                    fail = true;
+                }
+                Some(n) => f.put_after = Some(n - 1),
+                None => {}
+            }
+            if fail {
+                f.failed_puts += 1;
+                return Err(injected("put", key));
+            }
+        }
+        self.inner.put_if(key, body, content_type, condition).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        if self.faults.lock().unwrap().gets_of.contains(key) {
+            return Err(injected("get", key));
+        }
+        self.inner.get(key).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
+        self.inner.head(key).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix, start_after).await
+    }
+}
+
+/// The expected history of `class` from (class, second, racer, output) lines.
+fn expected(class: u8, lines: &[(u8, u16, u64, f64)]) -> ClassHistory {
+    let mut h = ClassHistory::default();
+    for &(c, s, r, o) in lines {
+        if c == class {
+            h.merge(Second(s), RacerId(r), o);
+        }
+    }
+    h
+}
+
+fn pending(merger: &Merger, class: u8) -> BTreeSet<String> {
+    merger
+        .state
+        .pending
+        .get(&ClassId(class))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_failed_publication_is_published_by_a_later_check() {
+    let f = fixture();
+    let history = Faulty::new(f.history.clone());
+    let now = Utc::now();
+    let first = [(6, 1, 1, 10.0), (6, 2, 1, 11.0)];
+    deliver(f.delivery.as_ref(), now, "1", &first).await;
+    let mut merger = Merger::load(f.delivery.clone(), history.clone(), &args())
+        .await
+        .unwrap();
+    merger.merge_new().await.unwrap();
+
+    // Every write of the history store fails (the issue's `.tmp` repro).
+    history.set(|f| f.puts_of = Some(""));
+    let second = [(6, 1, 2, 20.0), (6, 3, 1, 12.0), (6, 1, 1, 15.0)];
+    let key = deliver(f.delivery.as_ref(), now, "2", &second).await;
+    for _ in 0..3 {
+        let err = merger.merge_new().await.unwrap_err();
+        assert!(format!("{err:#}").contains("class 6"), "{err:#}");
+        assert!(
+            !merger.merged().contains(key.as_str()) || pending(&merger, 6).contains(&key),
+            "not marked merged for class 6 before its publication"
+        );
+        assert_eq!(
+            published(f.history.as_ref(), 6).await.unwrap(),
+            expected(6, &first)
+        );
+    }
+    assert!(history.failed_puts() >= 3, "each check tried again");
+
+    history.heal();
+    let report = merger.merge_new().await.unwrap();
+    assert_eq!(report.published, [ClassId(6)]);
+    let all: Vec<_> = first.iter().chain(&second).copied().collect();
+    assert_eq!(
+        published(f.history.as_ref(), 6).await.unwrap(),
+        expected(6, &all)
+    );
+    assert!(pending(&merger, 6).is_empty());
+    // And a restart has it all, with nothing left to do.
+    let mut again = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+        .await
+        .unwrap();
+    assert_eq!(again.class(ClassId(6)), Some(&expected(6, &all)));
+    let report = again.merge_new().await.unwrap();
+    assert_eq!((report.objects, report.reread), (0, 0));
+}
+
+#[tokio::test]
+async fn records_pending_for_a_class_are_published_after_a_restart() {
+    let f = fixture();
+    let history = Faulty::new(f.history.clone());
+    let now = Utc::now();
+    let lines = [(6, 1, 1, 10.0), (1, 1, 1, 5.0)];
+    let key = deliver(f.delivery.as_ref(), now, "1", &lines).await;
+    let mut merger = Merger::load(f.delivery.clone(), history.clone(), &args())
+        .await
+        .unwrap();
+    // Only class 6's file cannot be written; the merge state can.
+    history.set(|f| f.puts_of = Some("class-6"));
+    merger.merge_new().await.unwrap_err();
+    assert_eq!(
+        published(f.history.as_ref(), 1).await.unwrap(),
+        expected(1, &lines)
+    );
+    assert!(published(f.history.as_ref(), 6).await.is_none());
+    assert_eq!(pending(&merger, 6), BTreeSet::from([key.clone()]));
+    assert!(pending(&merger, 1).is_empty());
+    drop(merger);
+
+    // The process stops while the failure lasts; it is gone at the restart.
+    history.heal();
+    let mut merger = Merger::load(f.delivery.clone(), history.clone(), &args())
+        .await
+        .unwrap();
+    assert_eq!(pending(&merger, 6), BTreeSet::from([key]), "saved");
+    let report = merger.merge_new().await.unwrap();
+    assert_eq!((report.objects, report.reread), (0, 1));
+    assert_eq!(report.published, [ClassId(6)]);
+    assert_eq!(
+        published(f.history.as_ref(), 6).await.unwrap(),
+        expected(6, &lines)
+    );
+    assert!(merger.state.pending.is_empty());
+}
+
+#[tokio::test]
+async fn an_unsaved_state_makes_a_restart_merge_the_objects_again() {
+    let f = fixture();
+    let history = Faulty::new(f.history.clone());
+    let now = Utc::now();
+    let lines = [(2, 1, 1, 10.0)];
+    deliver(f.delivery.as_ref(), now, "1", &lines).await;
+    let mut merger = Merger::load(f.delivery.clone(), history.clone(), &args())
+        .await
+        .unwrap();
+    history.set(|f| f.puts_of = Some(""));
+    merger.merge_new().await.unwrap_err();
+    drop(merger);
+    history.heal();
+    let mut merger = Merger::load(f.delivery.clone(), history.clone(), &args())
+        .await
+        .unwrap();
+    assert_eq!(merger.merge_new().await.unwrap().objects, 1);
+    assert_eq!(
+        published(f.history.as_ref(), 2).await.unwrap(),
+        expected(2, &lines)
+    );
+}
+
+#[tokio::test]
+async fn the_nth_write_failing_leaves_only_its_class_to_do() {
+    let f = fixture();
+    let history = Faulty::new(f.history.clone());
+    let now = Utc::now();
+    let lines = [(1, 1, 1, 1.0), (2, 1, 1, 2.0), (3, 1, 1, 3.0)];
+    deliver(f.delivery.as_ref(), now, "1", &lines).await;
+    let mut merger = Merger::load(f.delivery.clone(), history.clone(), &args())
+        .await
+        .unwrap();
+    // Classes are published in order: the second write is class 2's.
+    history.set(|f| f.put_after = Some(1));
+    let err = merger.merge_new().await.unwrap_err();
+    assert!(format!("{err:#}").contains("class 2"), "{err:#}");
+    assert_eq!(history.failed_puts(), 1);
+    assert!(published(f.history.as_ref(), 2).await.is_none());
+    for class in [1, 3] {
+        assert_eq!(
+            published(f.history.as_ref(), class).await.unwrap(),
+            expected(class, &lines)
+        );
+    }
+    let report = merger.merge_new().await.unwrap();
+    assert_eq!(report.published, [ClassId(2)]);
+    for class in 1..=3 {
+        assert_eq!(
+            published(f.history.as_ref(), class).await.unwrap(),
+            expected(class, &lines)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_read_after_merged_objects_loses_no_second() {
+    let f = fixture();
+    let delivery = Faulty::new(f.delivery.clone());
+    let history = Faulty::new(f.history.clone());
+    let now = Utc::now();
+    let a = [(1, 1, 1, 1.0), (1, 2, 1, 2.0)];
+    let b = [(1, 3, 1, 3.0)];
+    deliver(f.delivery.as_ref(), now, "1", &a).await;
+    let key_b = deliver(f.delivery.as_ref(), now, "2", &b).await;
+    let mut merger = Merger::load(delivery.clone(), history.clone(), &args())
+        .await
+        .unwrap();
+    // Reading the second object fails, and so does publishing the first:
+    // its seconds are in memory only.
+    delivery.set(|f| {
+        f.gets_of.insert(key_b.clone());
+    });
+    history.set(|f| f.puts_of = Some(""));
+    merger.merge_new().await.unwrap_err();
+    assert!(published(f.history.as_ref(), 1).await.is_none());
+    // The read works again first: merging `a` again changes nothing in
+    // memory, but its seconds must still be compressed and published.
+    delivery.heal();
+    merger.merge_new().await.unwrap_err();
+    history.heal();
+    merger.merge_new().await.unwrap();
+    let all: Vec<_> = a.iter().chain(&b).copied().collect();
+    assert_eq!(
+        published(f.history.as_ref(), 1).await.unwrap(),
+        expected(1, &all)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_read_alone_publishes_what_was_read_and_retries_the_rest() {
+    let f = fixture();
+    let delivery = Faulty::new(f.delivery.clone());
+    let now = Utc::now();
+    let a = [(4, 1, 1, 1.0)];
+    let b = [(4, 2, 1, 2.0)];
+    let key_a = deliver(f.delivery.as_ref(), now, "1", &a).await;
+    let key_b = deliver(f.delivery.as_ref(), now, "2", &b).await;
+    let mut merger = Merger::load(delivery.clone(), f.history.clone(), &args())
+        .await
+        .unwrap();
+    delivery.set(|f| {
+        f.gets_of.insert(key_b.clone());
+    });
+    merger.merge_new().await.unwrap_err();
+    assert!(merger.merged().contains(key_a.as_str()));
+    assert!(!merger.merged().contains(key_b.as_str()));
+    assert_eq!(
+        published(f.history.as_ref(), 4).await.unwrap(),
+        expected(4, &a),
+        "marked merged only once published"
+    );
+    delivery.heal();
+    assert_eq!(merger.merge_new().await.unwrap().objects, 1);
+    let all: Vec<_> = a.iter().chain(&b).copied().collect();
+    assert_eq!(
+        published(f.history.as_ref(), 4).await.unwrap(),
+        expected(4, &all)
+    );
+}
+
+async fn put_corrupt(store: &dyn ObjectStore, class: u8) -> Bytes {
+    let junk = Bytes::from_static(b"{\"1\":{\"5\":1.5}} is legacy JSON, not gzip");
+    store
+        .put(
+            &format!("class-{class}.gz"),
+            junk.clone(),
+            "application/gzip",
+        )
+        .await
+        .unwrap();
+    junk
+}
+
+#[tokio::test]
+async fn a_corrupt_class_file_blocks_only_its_class_until_it_is_replaced() {
+    let f = fixture();
+    let junk = put_corrupt(f.history.as_ref(), 2).await;
+    let readiness = Readiness::default();
+    let mut merger = Merger::load_reporting(
+        f.delivery.clone(),
+        f.history.clone(),
+        &args(),
+        readiness.clone(),
+    )
+    .await
+    .unwrap();
+    let reason = readiness.problems()["history class-2"].clone();
+    assert!(
+        reason.contains("class-2.gz") && reason.contains("not a valid class file"),
+        "{reason}"
+    );
+    assert_eq!(readiness.problems().len(), 1);
+
+    let now = Utc::now();
+    let lines = [(1, 1, 1, 1.0), (2, 1, 1, 2.0), (2, 2, 3, 4.0)];
+    let key = deliver(f.delivery.as_ref(), now, "1", &lines).await;
+    let report = merger.merge_new().await.unwrap();
+    assert_eq!(report.published, [ClassId(1)]);
+    assert_eq!(pending(&merger, 2), BTreeSet::from([key.clone()]));
+    assert_eq!(
+        f.history.get("class-2.gz").await.unwrap().unwrap().body,
+        junk
+    );
+
+    // Still blocked after a restart, still untouched.
+    let mut merger = Merger::load_reporting(
+        f.delivery.clone(),
+        f.history.clone(),
+        &args(),
+        readiness.clone(),
+    )
+    .await
+    .unwrap();
+    merger.merge_new().await.unwrap();
+    assert_eq!(
+        f.history.get("class-2.gz").await.unwrap().unwrap().body,
+        junk
+    );
+    assert!(merger.class(ClassId(2)).is_none());
+
+    // Replaced by a valid file: the waiting records merge into it.
+    let mut theirs = ClassHistory::default();
+    theirs.merge(Second(1), RacerId(9), 9.0);
+    theirs.merge(Second(1), RacerId(1), 1.0);
+    f.history
+        .put(
+            "class-2.gz",
+            Bytes::from(theirs.to_gzip(6)),
+            "application/gzip",
+        )
+        .await
+        .unwrap();
+    let report = merger.merge_new().await.unwrap();
+    assert_eq!(
+        (report.reread, report.published.as_slice()),
+        (1, &[ClassId(2)][..])
+    );
+    let mut want = expected(2, &lines);
+    want.merge_history(&theirs);
+    assert_eq!(published(f.history.as_ref(), 2).await.unwrap(), want);
+    assert!(
+        readiness.problems().is_empty(),
+        "{:?}",
+        readiness.problems()
+    );
+    assert!(merger.state.pending.is_empty());
+}
+
+#[tokio::test]
+async fn deleting_a_corrupt_class_file_publishes_the_waiting_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture();
+    let fs_history = FsStore::open(&dir.path().join("history")).unwrap();
+    let history: Arc<dyn ObjectStore> = Arc::new(fs_history.clone());
+    put_corrupt(history.as_ref(), 5).await;
+    let readiness = Readiness::default();
+    let mut merger = Merger::load_reporting(
+        f.delivery.clone(),
+        history.clone(),
+        &args(),
+        readiness.clone(),
+    )
+    .await
+    .unwrap();
+    let lines = [(5, 7, 1, 1.0)];
+    deliver(f.delivery.as_ref(), Utc::now(), "1", &lines).await;
+    merger.merge_new().await.unwrap();
+    assert!(readiness.problems().contains_key("history class-5"));
+    std::fs::remove_file(fs_history.root().join("class-5.gz")).unwrap();
+    merger.merge_new().await.unwrap();
+    assert_eq!(
+        published(history.as_ref(), 5).await.unwrap(),
+        expected(5, &lines)
+    );
+    assert!(readiness.problems().is_empty());
+}
+
+#[tokio::test]
+async fn a_class_file_another_writer_corrupted_is_not_overwritten() {
+    let f = fixture();
+    let readiness = Readiness::default();
+    let mut merger = Merger::load_reporting(
+        f.delivery.clone(),
+        f.history.clone(),
+        &args(),
+        readiness.clone(),
+    )
+    .await
+    .unwrap();
+    let now = Utc::now();
+    deliver(f.delivery.as_ref(), now, "1", &[(3, 1, 1, 1.0)]).await;
+    merger.merge_new().await.unwrap();
+    let junk = put_corrupt(f.history.as_ref(), 3).await;
+    let later = [(3, 1, 1, 2.0), (4, 1, 1, 1.0)];
+    let key = deliver(f.delivery.as_ref(), now, "2", &later).await;
+    let report = merger.merge_new().await.unwrap();
+    assert_eq!(report.published, [ClassId(4)]);
+    assert_eq!(
+        f.history.get("class-3.gz").await.unwrap().unwrap().body,
+        junk
+    );
+    assert!(readiness.problems().contains_key("history class-3"));
+    assert_eq!(pending(&merger, 3), BTreeSet::from([key]));
+}
+
+#[tokio::test]
+async fn new_racers_past_the_bound_are_refused_and_counted() {
+    let f = fixture();
+    let args = HistoryArgs {
+        max_racers: 2,
+        ..args()
+    };
+    let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    deliver(
+        f.delivery.as_ref(),
+        now,
+        "1",
+        &[
+            (1, 1, 1, 1.0),
+            (1, 2, 2, 1.0),
+            (1, 1, 3, 9.0),
+            (2, 1, 3, 9.0),
+        ],
+    )
+    .await;
+    let report = merger.merge_new().await.unwrap();
+    assert_eq!(report.too_many_racers, BTreeMap::from([(ClassId(1), 1)]));
+    let class1 = published(f.history.as_ref(), 1).await.unwrap();
+    assert_eq!(class1.best(Second(1), RacerId(3)), None);
+    assert_eq!(published(f.history.as_ref(), 2).await.unwrap().len(), 1);
+
+    // After a restart the bound still holds; known racers still improve.
+    let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args)
+        .await
+        .unwrap();
+    deliver(
+        f.delivery.as_ref(),
+        now,
+        "2",
+        &[(1, 1, 1, 5.0), (1, 3, 2, 1.0), (1, 1, 4, 1.0)],
+    )
+    .await;
+    let report = merger.merge_new().await.unwrap();
+    assert_eq!(report.too_many_racers, BTreeMap::from([(ClassId(1), 1)]));
+    let class1 = published(f.history.as_ref(), 1).await.unwrap();
+    assert_eq!(class1.best(Second(1), RacerId(1)), Some(5.0));
+    assert_eq!(class1.best(Second(3), RacerId(2)), Some(1.0));
+    assert_eq!(class1.best(Second(1), RacerId(4)), None);
+    assert_eq!(class1.len(), 3);
 }

@@ -132,7 +132,16 @@ impl Inner {
             self.next_tmp.fetch_add(1, Ordering::Relaxed)
         ));
         let write = || -> io::Result<ETag> {
-            let mut file = File::create(&tmp)?;
+            let mut file = match File::create(&tmp) {
+                // The data directory was deleted while running: recreate
+                // what the store needs (the object's own directory is
+                // recreated above).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(self.root.join(TMP_DIR))?;
+                    File::create(&tmp)?
+                }
+                file => file?,
+            };
             file.write_all(body)?;
             file.sync_all()?;
             let etag = etag_of(&file.metadata()?);
