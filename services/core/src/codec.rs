@@ -122,10 +122,7 @@ mod tests {
     #[test]
     fn rejects_garbage_truncation_and_bombs() {
         for garbage in [&b"plain json"[..], b"", &[0x1f, 0x8b]] {
-            assert!(matches!(
-                gunzip(garbage, 100),
-                Err(GunzipError::Corrupt(_))
-            ));
+            assert!(matches!(gunzip(garbage, 100), Err(GunzipError::Corrupt(_))));
         }
         let packed = gzip(&[b'x'; 10_000], 6);
         assert!(matches!(
@@ -150,7 +147,11 @@ mod tests {
                 matches!(result, Err(GunzipError::TooLarge { limit: l }) if l == limit),
                 "{result:?}"
             );
-            assert!(out.capacity() as u64 <= limit, "{} > {limit}", out.capacity());
+            assert!(
+                out.capacity() as u64 <= limit,
+                "{} > {limit}",
+                out.capacity()
+            );
         }
         let mut out = Vec::new();
         gunzip_into(&packed, 8 << 20, &mut out).unwrap();

@@ -334,17 +334,28 @@ const STREAM_PART: &str = "rankings stream";
 const RESULTS_PART: &str = "rankings results";
 const CLASS_FILES_PART: &str = "rankings class files";
 
+/// What the engine's loop works with.
+pub(crate) struct Parts {
+    pub(crate) subscription: Box<dyn Subscription>,
+    pub(crate) engine: Engine,
+    pub(crate) loader: AllTimeLoader,
+    pub(crate) history_reload: Duration,
+    pub(crate) results: ResultsStore,
+    pub(crate) pending: Arc<Pending>,
+    pub(crate) readiness: Readiness,
+}
+
 /// Runs the engine until `stop`, then writes the results it still holds.
-pub(crate) async fn run(
-    mut subscription: Box<dyn Subscription>,
-    mut engine: Engine,
-    mut loader: AllTimeLoader,
-    history_reload: Duration,
-    results: ResultsStore,
-    pending: Arc<Pending>,
-    readiness: Readiness,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
+pub(crate) async fn run(parts: Parts, stop: CancellationToken) -> anyhow::Result<()> {
+    let Parts {
+        mut subscription,
+        mut engine,
+        mut loader,
+        history_reload,
+        results,
+        pending,
+        readiness,
+    } = parts;
     let writer = tokio::spawn(write_results(
         results,
         Arc::clone(&pending),
@@ -840,16 +851,16 @@ mod tests {
         let results = ResultsStore::new(Arc::clone(&store));
         let subscription = stream.subscribe("rankings").await.unwrap();
         let stop = CancellationToken::new();
-        let running = tokio::spawn(run(
+        let parts = Parts {
             subscription,
-            engine(&Arc::new(Viewers::default())),
-            AllTimeLoader::new(store),
-            args().history_reload,
-            results.clone(),
-            Arc::new(Pending::new(10)),
-            Readiness::default(),
-            stop.clone(),
-        ));
+            engine: engine(&Arc::new(Viewers::default())),
+            loader: AllTimeLoader::new(store),
+            history_reload: args().history_reload,
+            results: results.clone(),
+            pending: Arc::new(Pending::new(10)),
+            readiness: Readiness::default(),
+        };
+        let running = tokio::spawn(run(parts, stop.clone()));
         let last = telemetry(4, 1, 1, 60.0, Event::Final);
         stream
             .put_records(vec![PutRecord {

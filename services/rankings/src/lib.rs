@@ -124,16 +124,16 @@ pub async fn start(
     let results = store::ResultsStore::new(history_store).with_retention(args.results_retention());
     let engine_state = engine::Engine::new(Arc::clone(&viewers), all_time, args);
     let pending = Arc::new(pending::Pending::new(args.max_pending_races.get()));
-    let engine = tokio::spawn(engine::run(
+    let parts = engine::Parts {
         subscription,
-        engine_state,
+        engine: engine_state,
         loader,
-        args.history_reload,
-        results.clone(),
+        history_reload: args.history_reload,
+        results: results.clone(),
         pending,
-        context.readiness.clone(),
-        stop,
-    ));
+        readiness: context.readiness.clone(),
+    };
+    let engine = tokio::spawn(engine::run(parts, stop));
     Ok(Started {
         state: AppState {
             viewers,

@@ -112,11 +112,11 @@ async fn forward(
     faulted: Arc<Mutex<u64>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    if let Fault::Throttle(share) = fault {
-        if fastrand::f64() < share {
-            *faulted.lock().unwrap() += 1;
-            return Ok(throttled(kind));
-        }
+    if let Fault::Throttle(share) = fault
+        && fastrand::f64() < share
+    {
+        *faulted.lock().unwrap() += 1;
+        return Ok(throttled(kind));
     }
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();

@@ -398,7 +398,7 @@ impl<'a> Checker<'a> {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{only_error, valid, with, without};
-    use super::super::parse_batch;
+    use super::super::{parse_batch, parse_record};
     use super::*;
     use crate::telemetry::{CLASS_COUNT, ClassId, Second};
     use serde_json::json;
@@ -499,6 +499,149 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(fields, [Some("name"), Some("classId"), Some("cadence")]);
+    }
+
+    /// The reference message as JSON text, with `first` as its first
+    /// member and `last` as its last.
+    fn text_with(first: &str, last: &str) -> String {
+        text_of(&valid(), first, last)
+    }
+
+    /// `value` as JSON text, with `first` as its first member and `last`
+    /// as its last.
+    fn text_of(value: &Value, first: &str, last: &str) -> String {
+        let text = serde_json::to_string(value).unwrap();
+        let members = &text[1..text.len() - 1];
+        let first = if first.is_empty() {
+            String::new()
+        } else {
+            format!("{first},")
+        };
+        let last = if last.is_empty() {
+            String::new()
+        } else {
+            format!(",{last}")
+        };
+        format!("{{{first}{members}{last}}}")
+    }
+
+    fn repeated(field: &'static str) -> FieldError {
+        FieldError {
+            field: Some(field),
+            reason: REPEATED.to_owned(),
+        }
+    }
+
+    /// Refused by every entry point: one record, a JSON array (as its
+    /// second record) and NDJSON (its second line), with only `errors`.
+    fn assert_refused(text: &str, errors: &[FieldError]) {
+        assert_eq!(parse_record(text.as_bytes()).unwrap_err(), errors, "{text}");
+        assert_eq!(record(text.as_bytes()).unwrap_err(), errors, "{text}");
+        let line = serde_json::to_string(&valid()).unwrap();
+        for (body, format) in [
+            (format!("[{line},{text}]"), BodyFormat::Json),
+            (format!("{line}\r\n\n{text}\n"), BodyFormat::NdJson),
+        ] {
+            let err = parse_batch(body.as_bytes(), format).unwrap_err();
+            let expected: Vec<_> = errors
+                .iter()
+                .map(|e| RecordError {
+                    index: 1,
+                    field: e.field,
+                    reason: e.reason.clone(),
+                })
+                .collect();
+            assert_eq!(err.records(), expected, "{body}");
+            assert!(matches!(
+                err,
+                BatchError::Invalid {
+                    total: 2,
+                    invalid: 1,
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn the_repeated_keys_of_the_issue_are_refused() {
+        // The class would have been 1 and the cadence 1000: the last won.
+        assert_refused(&text_with(r#""classId":7"#, ""), &[repeated("classId")]);
+        assert_refused(&text_with("", r#""cadence":1000"#), &[repeated("cadence")]);
+    }
+
+    #[test]
+    fn every_field_repeated_is_refused_whatever_its_values() {
+        let reference = valid();
+        for field in FIELDS {
+            let same = reference[field].to_string();
+            for again in [same.as_str(), "7", "1000", "null", r#""x""#, "{}"] {
+                let text = text_with("", &format!(r#""{field}":{again}"#));
+                assert_refused(&text, &[repeated(field)]);
+                // Repeated a third time, it is still named once.
+                let text = text_with(
+                    &format!(r#""{field}":{again}"#),
+                    &format!(r#""{field}":{same}"#),
+                );
+                assert_refused(&text, &[repeated(field)]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_field_is_named_among_the_other_problems() {
+        let v = with("cadence", json!(-1));
+        let text = text_of(&v, r#""racerId":-1"#, r#""name":"again""#);
+        let cadence = validate_value(&v).unwrap_err().remove(0);
+        assert_eq!(cadence.field, Some("cadence"));
+        assert_refused(&text, &[repeated("name"), repeated("racerId"), cadence]);
+    }
+
+    #[test]
+    fn an_escaped_key_is_the_same_key() {
+        // \u0049 is "I": both keys are classId.
+        assert_refused(
+            &text_with("", r#""class\u0049d":1"#),
+            &[repeated("classId")],
+        );
+        assert_refused(&text_with("", r#""\u0075uid":null"#), &[repeated("uuid")]);
+    }
+
+    #[test]
+    fn repeated_unknown_and_nested_keys_are_ignored() {
+        for extra in [
+            r#""firmware":"1.2.3","firmware":"1.2.4""#,
+            r#""meta":{"classId":7,"classId":1}"#,
+            r#""meta":[{"a":1,"a":2}]"#,
+            r#""ClassId":7,"classid":7"#,
+        ] {
+            let text = text_with("", extra);
+            assert_eq!(
+                parse_record(text.as_bytes()).unwrap(),
+                validate_value(&valid()).unwrap(),
+                "{text}"
+            );
+            assert_eq!(
+                parse_batch(text.as_bytes(), BodyFormat::Json)
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn every_field_checked_is_a_field_whose_repeats_are_noted() {
+        // FIELDS must list every key the checker reads: each one missing
+        // is reported under that very name.
+        let checked: Vec<_> = FIELDS
+            .iter()
+            .filter(|f| **f != "uuid")
+            .map(|f| only_error(&without(f)).0.unwrap())
+            .collect();
+        assert_eq!(checked, FIELDS[1..]);
+        assert_eq!(without("uuid").as_object().unwrap().len(), FIELDS.len() - 1);
+        assert_eq!(valid().as_object().unwrap().len(), FIELDS.len());
     }
 
     #[test]

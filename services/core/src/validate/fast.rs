@@ -9,7 +9,9 @@ use std::borrow::Cow;
 /// A well-typed message as it arrives, strings borrowed where the JSON has
 /// no escapes: decoding it costs no allocation per field, unlike a
 /// `Value` map. Anything it refuses (a wrong type, a missing or repeated
-/// field) goes to the diagnosing path, which says what is wrong.
+/// field: the derived visitor refuses a repeated key, so the fast path
+/// never takes one value of several) goes to the diagnosing path, which
+/// says what is wrong.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Wire<'a> {
@@ -110,8 +112,10 @@ pub(super) fn batch(body: &[u8], format: BodyFormat) -> Option<Vec<Telemetry>> {
 /// the same records, or (by falling back) the same errors.
 #[cfg(test)]
 mod fast_path_agrees {
-    use super::super::diagnose;
-    use super::super::{BodyFormat, parse_batch, parse_record};
+    use super::super::diagnose::{self, REPEATED};
+    use super::super::proptest_config;
+    use super::super::{BatchError, BodyFormat, RecordError, parse_batch, parse_record};
+    use crate::telemetry::Telemetry;
     use proptest::prelude::*;
 
     const FIELDS: [(&str, &str); 10] = [
@@ -163,9 +167,10 @@ mod fast_path_agrees {
     ];
 
     /// A valid record with up to two fields changed (to another value or
-    /// left out), perhaps one field repeated, perhaps an extra field; as
-    /// an object and in the positional array form.
-    fn record() -> impl Strategy<Value = (String, String)> {
+    /// left out), perhaps one field repeated (its key perhaps escaped),
+    /// perhaps an extra field; as an object and in the positional array
+    /// form; and the field the object really repeats, if any.
+    fn record() -> impl Strategy<Value = (String, String, Option<&'static str>)> {
         let change = (
             0..FIELDS.len(),
             proptest::option::weighted(0.9, proptest::sample::select(&OTHERS[..])),
@@ -173,12 +178,16 @@ mod fast_path_agrees {
         (
             proptest::collection::vec(change, 0..=2),
             proptest::option::weighted(
-                0.1,
-                (0..FIELDS.len(), proptest::sample::select(&OTHERS[..])),
+                0.15,
+                (
+                    0..FIELDS.len(),
+                    proptest::sample::select(&OTHERS[..]),
+                    any::<bool>(),
+                ),
             ),
             any::<bool>(),
         )
-            .prop_map(|(changes, repeated, extra)| {
+            .prop_map(|(changes, repeat, extra)| {
                 let mut values: Vec<Option<&str>> =
                     FIELDS.iter().map(|(_, valid)| Some(*valid)).collect();
                 for (field, value) in changes {
@@ -189,8 +198,16 @@ mod fast_path_agrees {
                     .zip(&values)
                     .filter_map(|((field, _), v)| v.map(|v| format!(r#""{field}":{v}"#)))
                     .collect();
-                if let Some((field, v)) = repeated {
-                    members.push(format!(r#""{}":{v}"#, FIELDS[field].0));
+                let mut repeated = None;
+                if let Some((field, v, escaped)) = repeat {
+                    let key = FIELDS[field].0;
+                    let written = if escaped {
+                        format!(r"\u{:04x}{}", key.as_bytes()[0], &key[1..])
+                    } else {
+                        key.to_owned()
+                    };
+                    members.push(format!(r#""{written}":{v}"#));
+                    repeated = values[field].is_some().then_some(key);
                 }
                 if extra {
                     members.push(r#""firmware":"1.2.3""#.to_owned());
@@ -199,15 +216,31 @@ mod fast_path_agrees {
                 (
                     format!("{{{}}}", members.join(",")),
                     format!("[{}]", positional.join(",")),
+                    repeated,
                 )
             })
     }
 
+    /// Whether `result` refuses record `index` for repeating `field`.
+    fn refuses_repeated(
+        result: &Result<Vec<Telemetry>, BatchError>,
+        index: usize,
+        field: &'static str,
+    ) -> bool {
+        result.as_ref().is_err_and(|err| {
+            err.records().contains(&RecordError {
+                index,
+                field: Some(field),
+                reason: REPEATED.to_owned(),
+            })
+        })
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #![proptest_config(proptest_config(4096))]
 
         #[test]
-        fn on_single_records((object, positional) in record()) {
+        fn on_single_records((object, positional, repeated) in record()) {
             for text in [&object, &positional] {
                 let fast = parse_record(text.as_bytes());
                 prop_assert_eq!(&fast, &diagnose::record(text.as_bytes()), "{}", text);
@@ -218,10 +251,20 @@ mod fast_path_agrees {
                 );
             }
             prop_assert!(parse_record(positional.as_bytes()).is_err(), "positional form refused");
+            if let Some(field) = repeated {
+                // Refused, naming the field once, whatever its values.
+                prop_assert!(super::record(object.as_bytes()).is_none(), "{}", object);
+                let errors = parse_record(object.as_bytes()).unwrap_err();
+                let about: Vec<_> = errors.iter().filter(|e| e.field == Some(field)).collect();
+                prop_assert_eq!(about.len(), 1, "{:?}", errors);
+                prop_assert_eq!(&about[0].reason, REPEATED);
+                let batch = parse_batch(object.as_bytes(), BodyFormat::Json);
+                prop_assert!(refuses_repeated(&batch, 0, field), "{:?}", batch);
+            }
         }
 
         #[test]
-        fn on_batches((a, _) in record(), (b, positional) in record()) {
+        fn on_batches((a, _, repeated_a) in record(), (b, positional, repeated_b) in record()) {
             for body in [format!("[{a},{b}]"), format!("[{a},{positional}]"), format!(" [{a}]")] {
                 prop_assert_eq!(
                     parse_batch(body.as_bytes(), BodyFormat::Json),
@@ -235,6 +278,17 @@ mod fast_path_agrees {
                     diagnose::batch(body.as_bytes(), BodyFormat::NdJson),
                     "{}", body
                 );
+            }
+            for (body, format) in [
+                (format!("[{a},{b}]"), BodyFormat::Json),
+                (format!("{a}\r\n\n{b}\n"), BodyFormat::NdJson),
+            ] {
+                let result = parse_batch(body.as_bytes(), format);
+                for (index, repeated) in [repeated_a, repeated_b].into_iter().enumerate() {
+                    if let Some(field) = repeated {
+                        prop_assert!(refuses_repeated(&result, index, field), "{:?}", result);
+                    }
+                }
             }
         }
     }

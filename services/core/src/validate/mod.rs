@@ -168,3 +168,88 @@ mod tests {
         assert!(!text.contains("uuid"), "{text}");
     }
 }
+
+/// Property tests of the parser and validator on generated input: any
+/// bytes, and JSON-ish bodies of records with valid, invalid, missing,
+/// repeated (perhaps escaped) and unknown keys in any order, in every
+/// format, perhaps damaged byte by byte. Nothing panics, both paths agree,
+/// an accepted record holds what its input said and round-trips, and a
+/// repeated field is refused.
+#[cfg(test)]
+mod fuzz {
+    use super::diagnose::{self, REPEATED};
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// The schema's keys, in the order the checker reports them.
+    const KEYS: [&str; 10] = [
+        "uuid",
+        "event",
+        "deviceTimestamp",
+        "second",
+        "raceId",
+        "name",
+        "racerId",
+        "classId",
+        "cadence",
+        "resistance",
+    ];
+
+    /// `s` as a JSON string, each character for which `escape` says so
+    /// written as `\uXXXX` escapes (UTF-16, so surrogate pairs too).
+    fn quoted(s: &str, escape: &[bool]) -> String {
+        let mut out = String::from("\"");
+        for (i, c) in s.chars().enumerate() {
+            if escape.get(i).copied().unwrap_or(false) || c.is_control() {
+                let mut units = [0; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            } else if c == '"' || c == '\\' {
+                out.push('\\');
+                out.push(c);
+            } else {
+                out.push(c);
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn string() -> impl Strategy<Value = String> {
+        (".{0,12}", prop::collection::vec(any::<bool>(), 12))
+            .prop_map(|(s, escape)| quoted(&s, &escape))
+    }
+
+    /// Any JSON value, nested a few levels.
+    fn json() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            prop::num::f64::NORMAL
+                | prop::num::f64::SUBNORMAL
+                | prop::num::f64::ZERO
+                | prop::num::f64::NEGATIVE
+                | prop::num::f64::POSITIVE,
+        ]
+        .prop_map(|leaf| leaf);
+        let leaf = prop_oneof![
+            leaf.clone(),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+            "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?",
+            string(),
+        ];
+        leaf.prop_recursive(3, 24, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((key(), inner), 0..5).prop_map(|members| {
+                    let members: Vec<_> = members.iter().map(|(k, v)| format!("{}:{v}", k.1)).collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }

@@ -95,6 +95,29 @@ impl Stream for KinesisStream {
         tracing::info!(consumer, owner = %coordinator.owner, "reading the Kinesis stream");
         Ok(Box::new(KinesisSubscription::new(coordinator, queue, stop)))
     }
+
+    /// Kinesis answers, and the stream takes writes (active, or updating
+    /// during a reshard).
+    async fn ready(&self) -> Result<(), StreamError> {
+        use aws_sdk_kinesis::types::StreamStatus;
+        let summary = self
+            .client
+            .describe_stream_summary()
+            .stream_name(&self.settings.stream_name)
+            .send()
+            .await
+            .map_err(|e| unavailable("DescribeStreamSummary", describe(&e)))?;
+        let status = summary
+            .stream_description_summary()
+            .map(|s| s.stream_status().clone());
+        match status {
+            Some(StreamStatus::Active | StreamStatus::Updating) => Ok(()),
+            other => Err(unavailable(
+                "the stream",
+                format!("status {other:?}, not taking records"),
+            )),
+        }
+    }
 }
 
 /// An SDK error as one line: the service's own message when it answered.
