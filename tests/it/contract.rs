@@ -80,6 +80,7 @@ fn every_example_matches_its_schema() {
         ("ingest-accepted", &["ingest-accepted.json"]),
         ("ingest-error", &["ingest-error.json"]),
         ("class-history", &["class-history.json"]),
+        ("readiness", &["readiness.ndjson"]),
         ("delivery-record", &["delivery-record.ndjson"]),
         (
             "processing-failed-record",
@@ -113,6 +114,9 @@ fn the_schemas_refuse_what_the_services_refuse() {
     let history = Schema::load("class-history");
     history.assert_invalid(&json!({"0": {"1": 1.0}}));
     history.assert_invalid(&json!({"1": {"01": 1.0}}));
+    let readiness = Schema::load("readiness");
+    readiness.assert_invalid(&json!({"status": "not ready"}));
+    readiness.assert_invalid(&json!({"status": "ok"}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,6 +338,9 @@ async fn rankings_pushes_results_leaderboards_and_errors_match_the_contract() {
     let (status, health) = get(format!("{}/healthz", server.base)).await;
     assert_eq!(status, 200);
     Schema::load("health").assert_valid(&health);
+    let (status, readiness) = get(format!("{}/readyz", server.base)).await;
+    assert_eq!(status, 200);
+    Schema::load("readiness").assert_valid(&readiness);
     let error = Schema::load("error");
     for path in [
         "/v1/leaderboard?classId=0",
@@ -367,6 +374,7 @@ fn the_openapi_document_covers_every_route_and_its_refs_resolve() {
         "/v1/races/{raceId}",
         "/v1/leaderboard",
         "/healthz",
+        "/readyz",
     ] {
         assert!(paths.contains_key(route), "{route} is not documented");
     }

@@ -32,13 +32,14 @@ async fn readyz(base: &str) -> (u16, serde_json::Map<String, Value>) {
     (status, parts)
 }
 
-/// Waits until `/readyz` is 503 with `part` not ready; returns its reason.
-async fn wait_not_ready(base: &str, part: &str) -> String {
-    eventually(&format!("/readyz to name {part}"), || async {
+/// Waits until `/readyz` is 503 with `part` not ready for a reason that
+/// mentions `why`; returns the reason.
+async fn wait_not_ready(base: &str, part: &str, why: &str) -> String {
+    eventually(&format!("/readyz to name {part} ({why})"), || async {
         let (status, parts) = readyz(base).await;
         let reason = parts.get(part)?.as_str()?.to_owned();
         assert_eq!(status, 503);
-        Some(reason)
+        reason.contains(why).then_some(reason)
     })
     .await
 }
@@ -90,24 +91,18 @@ async fn records_whose_publication_failed_are_published_once_writes_work_again()
     let before = bests(first.iter().flatten());
     wait_for_bests(&server.base, &before).await;
 
-    // Every write of the history store fails (the issue's reproduction).
-    let tmp = dir.path().join("history/.tmp");
-    let tmp_bak = dir.path().join("history/.tmp.bak");
-    std::fs::rename(&tmp, &tmp_bak).unwrap();
-    std::fs::write(&tmp, b"").unwrap();
+    break_history_writes(dir.path());
     // The same racers, better in some seconds, and two new ones.
     let second = race(6002, 6, 3, 4, 9);
     post_races(&client, &server.base, &[&second]).await;
-    let reason = wait_not_ready(&server.base, "history").await;
-    assert!(reason.contains("class 6"), "{reason}");
+    wait_not_ready(&server.base, "history", "class 6").await;
     assert_eq!(
         fetch_class(&server.base, 6).await.as_ref(),
         before.get(&6),
         "the published file is the one before the failure"
     );
 
-    std::fs::remove_file(&tmp).unwrap();
-    std::fs::rename(&tmp_bak, &tmp).unwrap();
+    repair_history_writes(dir.path());
     let repaired = Instant::now();
     let all = union(&before, &bests(second.iter().flatten()));
     assert_ne!(all, before);
@@ -120,55 +115,101 @@ async fn records_whose_publication_failed_are_published_once_writes_work_again()
     server.stop().await;
 }
 
-/// Moves `class-N.gz` aside and puts a directory in its place: reading and
-/// writing that one class file fail, everything else works.
-fn break_class_file(history: &Path, class: u8) {
-    let file = history.join(format!("class-{class}.gz"));
-    std::fs::rename(&file, history.join(format!("class-{class}.gz.bak"))).unwrap();
-    std::fs::create_dir(&file).unwrap();
+/// Makes every write of the history store fail: its `.tmp` directory
+/// becomes a file (the issue's reproduction). Reads still work.
+fn break_history_writes(data: &Path) {
+    let tmp = data.join("history/.tmp");
+    std::fs::rename(&tmp, data.join("history/.tmp.bak")).unwrap();
+    std::fs::write(&tmp, b"").unwrap();
 }
 
-fn repair_class_file(history: &Path, class: u8) {
-    let file = history.join(format!("class-{class}.gz"));
-    std::fs::remove_dir(&file).unwrap();
-    std::fs::rename(history.join(format!("class-{class}.gz.bak")), &file).unwrap();
+fn repair_history_writes(data: &Path) {
+    let tmp = data.join("history/.tmp");
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::rename(data.join("history/.tmp.bak"), &tmp).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failure_that_lasts_across_a_restart_loses_nothing() {
+async fn records_whose_publication_failed_until_shutdown_are_published_after_a_restart() {
+    // The real binary: its process ends, whatever is still retrying.
     let dir = tempfile::tempdir().unwrap();
-    let history = dir.path().join("history");
-    let server = Server::start(dir.path()).await;
+    let env = [(
+        "ALLEYCAT_DATA_DIR".to_owned(),
+        dir.path().to_str().unwrap().to_owned(),
+    )];
+    let server = spawn_alleycat(&[], &env).await;
     let client = reqwest::Client::new();
     let first = race(6101, 6, 1, 4, 6);
     post_races(&client, &server.base, &[&first]).await;
     let before = bests(first.iter().flatten());
     wait_for_bests(&server.base, &before).await;
 
-    break_class_file(&history, 6);
+    break_history_writes(dir.path());
     let second = race(6102, 6, 2, 4, 8);
     post_races(&client, &server.base, &[&second]).await;
-    let reason = wait_not_ready(&server.base, "history").await;
-    assert!(reason.contains("class-6.gz"), "{reason}");
+    wait_not_ready(&server.base, "history", "class 6").await;
+    // Stopped while writes still fail: the last merge at shutdown fails too.
+    server.terminate().await;
+    // (The embedded store cannot open with `.tmp` broken: repaired first.)
+    repair_history_writes(dir.path());
+
+    let server = spawn_alleycat(&[], &env).await;
+    let all = union(&before, &bests(second.iter().flatten()));
+    wait_for_bests(&server.base, &all).await;
+    wait_history_ready(&server.base).await;
+    server.terminate().await;
+}
+
+/// Makes writes of one class file fail (`chattr +i`: not even root may
+/// replace it); reads still work. `false` where the file system or the
+/// process's capabilities do not allow it.
+fn make_immutable(file: &Path, immutable: bool) -> bool {
+    let flag = if immutable { "+i" } else { "-i" };
+    std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(file)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_file_that_cannot_be_written_across_a_restart_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let class6 = dir.path().join("history/class-6.gz");
+    let server = Server::start(dir.path()).await;
+    let client = reqwest::Client::new();
+    let first = race(6201, 6, 1, 4, 6);
+    post_races(&client, &server.base, &[&first]).await;
+    let before = bests(first.iter().flatten());
+    wait_for_bests(&server.base, &before).await;
+    if !make_immutable(&class6, true) {
+        eprintln!("skipped: `chattr +i` is not available here (needs root and ext4-like fs)");
+        server.stop().await;
+        return;
+    }
+    // Only class 6's file cannot be written: the merge state can.
+    let second = race(6202, 6, 2, 4, 8);
+    post_races(&client, &server.base, &[&second]).await;
+    wait_not_ready(&server.base, "history", "class 6").await;
     server.stop().await;
 
-    // Restarted while the class file still cannot be read or written.
+    // Restarted while the file still cannot be written.
     let server = Server::start(dir.path()).await;
-    let reason = wait_not_ready(&server.base, "history class-6").await;
-    assert!(reason.contains("cannot be read"), "{reason}");
+    wait_not_ready(&server.base, "history", "class 6").await;
     // Ingest and the other classes work meanwhile.
-    let other = race(6103, 1, 1, 3, 5);
+    let other = race(6203, 1, 1, 3, 5);
     post_races(&client, &server.base, &[&other]).await;
     wait_for_bests(&server.base, &bests(other.iter().flatten())).await;
+    assert_eq!(fetch_class(&server.base, 6).await.as_ref(), before.get(&6));
 
-    repair_class_file(&history, 6);
+    assert!(make_immutable(&class6, false));
     let repaired = Instant::now();
     let all = union(&before, &bests(second.iter().flatten()));
     wait_for_bests(&server.base, &all).await;
     wait_history_ready(&server.base).await;
     eprintln!(
-        "after a restart, history published the records that waited {:?} after the class file \
-         was repaired",
+        "after a restart, history published the records that waited {:?} after the class \
+         file became writable",
         repaired.elapsed()
     );
     server.stop().await;
@@ -192,8 +233,7 @@ async fn a_corrupt_class_file_blocks_only_its_class_until_it_is_replaced() {
     std::fs::write(&class3, legacy).unwrap();
 
     let server = Server::start(dir.path()).await;
-    let reason = wait_not_ready(&server.base, "history class-3").await;
-    assert!(reason.contains("not a valid class file"), "{reason}");
+    wait_not_ready(&server.base, "history class-3", "not a valid class file").await;
     let client = reqwest::Client::new();
     let three = race(7001, 3, 1, 4, 6);
     let one = race(7002, 1, 1, 4, 6);

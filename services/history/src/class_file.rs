@@ -220,3 +220,64 @@ mod tests {
         }
     }
 }
+
+/// The class-file decoder (`ClassHistory::from_gzip`) on segmented files
+/// as published: each round-trips, and a truncated or damaged one is
+/// refused with an error (or, when the damage is in bytes the format
+/// ignores, loads the same history), never a panic.
+#[cfg(test)]
+mod decoder_properties {
+    use super::*;
+    use alleycat_core::RacerId;
+    use proptest::prelude::*;
+
+    /// A segmented file of a history built in a few updates.
+    fn published() -> impl Strategy<Value = (ClassHistory, Vec<u8>)> {
+        (
+            prop::collection::vec(
+                prop::collection::vec((1u16..120, 0u64..50, 0u32..1_000_000), 1..30),
+                1..4,
+            ),
+            0u32..=9,
+        )
+            .prop_map(|(batches, level)| {
+                let mut history = ClassHistory::default();
+                let mut file = SegmentedClassFile::new(&history, level);
+                for batch in batches {
+                    let mut touched = Vec::new();
+                    for (s, r, o) in batch {
+                        if history.merge(Second(s), RacerId(r), f64::from(o) / 1_000.0) {
+                            touched.push(Second(s));
+                        }
+                    }
+                    file.update(&history, touched);
+                }
+                let gz = file.to_gzip();
+                (history, gz)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn a_published_file_loads_and_damage_is_refused(
+            (history, gz) in published(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            prop_assert_eq!(&ClassHistory::from_gzip(&gz).unwrap(), &history);
+            // Every proper prefix (a partial upload or download) is refused.
+            let cut = cut.index(gz.len());
+            prop_assert!(ClassHistory::from_gzip(&gz[..cut]).is_err(), "cut at {}", cut);
+            // A flipped bit is refused, or changes nothing (a header flag or
+            // timestamp bit); in the CRC-32 and length trailer, refused.
+            let at = flip.index(gz.len());
+            let mut flipped = gz.clone();
+            flipped[at] ^= 1 << bit;
+            if let Ok(loaded) = ClassHistory::from_gzip(&flipped) {
+                prop_assert_eq!(&loaded, &history, "bit {} of byte {}", bit, at);
+                prop_assert!(at < gz.len() - 8, "trailer byte {} flipped unnoticed", at);
+            }
+        }
+    }
+}

@@ -132,3 +132,129 @@ mod tests {
         assert_eq!(err.records()[0].field, None);
     }
 }
+
+/// The NDJSON reader on generated bodies: records, blank and broken lines,
+/// `\n` or `\r\n` endings, a last newline or not.
+#[cfg(test)]
+mod ndjson_properties {
+    use super::super::fixtures::valid;
+    use super::super::{parse_batch, proptest_config};
+    use super::*;
+    use crate::telemetry::RacerId;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    use serde_json::json;
+
+    /// One line of a body.
+    #[derive(Debug, Clone)]
+    enum Line {
+        /// A record (of racer `n`, n being its place among the records),
+        /// valid or in class 9, with whitespace around it.
+        Record { ok: bool, space: &'static str },
+        /// Nothing but whitespace.
+        Blank(&'static str),
+        /// Not JSON.
+        Broken(&'static str),
+    }
+
+    fn line() -> impl Strategy<Value = Line> {
+        prop_oneof![
+            6 => (prop::bool::weighted(0.9), select(&["", " ", "\t", "\r", " \r"][..]))
+                .prop_map(|(ok, space)| Line::Record { ok, space }),
+            2 => select(&["", " ", "\t", "\r", " \t\r", "\u{c}"][..]).prop_map(Line::Blank),
+            1 => select(&["{oops", "[", "}", r#"{"classId":"#, "\u{0}", "{}{}"][..])
+                .prop_map(Line::Broken),
+        ]
+    }
+
+    /// The body, and for each line its text (without its ending).
+    fn body(lines: &[Line], crlf: &[bool], trailing: bool) -> (String, Vec<String>) {
+        let mut body = String::new();
+        let mut texts = Vec::new();
+        let mut records = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let text = match line {
+                Line::Record { ok, space } => {
+                    let mut record = valid();
+                    record["racerId"] = json!(records);
+                    if !ok {
+                        record["classId"] = json!(9);
+                    }
+                    records += 1;
+                    format!("{space}{record}{space}")
+                }
+                Line::Blank(blank) => (*blank).to_owned(),
+                Line::Broken(broken) => (*broken).to_owned(),
+            };
+            body.push_str(&text);
+            if trailing || i + 1 < lines.len() {
+                body.push_str(if crlf[i % crlf.len()] { "\r\n" } else { "\n" });
+            }
+            texts.push(text);
+        }
+        (body, texts)
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(1000))]
+
+        #[test]
+        fn records_are_numbered_by_non_blank_line(
+            lines in prop::collection::vec(line(), 0..12),
+            crlf in prop::collection::vec(any::<bool>(), 1..4),
+            trailing in any::<bool>(),
+        ) {
+            let (body, texts) = body(&lines, &crlf, trailing);
+            // The lines as `str::lines` splits them, blank ones left out.
+            let expected: Vec<&str> = body
+                .lines()
+                .map(str::trim_ascii)
+                .filter(|line| !line.is_empty())
+                .collect();
+            let framed: Vec<&str> = ndjson_lines(body.as_bytes())
+                .map(|line| std::str::from_utf8(line).unwrap().trim_ascii())
+                .collect();
+            prop_assert_eq!(&framed, &expected);
+            // Every non-blank line is a record, numbered from 0.
+            let numbered: Vec<(usize, &Line)> = lines
+                .iter()
+                .filter(|line| !matches!(line, Line::Blank(_)))
+                .enumerate()
+                .collect();
+            prop_assert_eq!(numbered.len(), texts.iter().filter(|t| !t.trim_ascii().is_empty()).count());
+            let result = parse_batch(body.as_bytes(), BodyFormat::NdJson);
+            let broken: Vec<usize> = numbered
+                .iter()
+                .filter(|(_, line)| matches!(line, Line::Broken(_)))
+                .map(|(index, _)| *index)
+                .collect();
+            let invalid: Vec<usize> = numbered
+                .iter()
+                .filter(|(_, line)| matches!(line, Line::Record { ok: false, .. }))
+                .map(|(index, _)| *index)
+                .collect();
+            match result {
+                Err(BatchError::Malformed { records, .. }) => {
+                    let indexes: Vec<usize> = records.iter().map(|r| r.index).collect();
+                    prop_assert_eq!(indexes, broken);
+                    prop_assert!(records.iter().all(|r| r.field.is_none()));
+                }
+                Err(BatchError::Empty) => prop_assert!(numbered.is_empty()),
+                Err(BatchError::Invalid { total, records, .. }) => {
+                    prop_assert!(broken.is_empty());
+                    prop_assert_eq!(total, numbered.len());
+                    let indexes: Vec<usize> = records.iter().map(|r| r.index).collect();
+                    prop_assert_eq!(indexes, invalid);
+                    prop_assert!(records.iter().all(|r| r.field == Some("classId")));
+                }
+                Ok(records) => {
+                    prop_assert!(broken.is_empty() && invalid.is_empty() && !numbered.is_empty());
+                    let racers: Vec<RacerId> = records.iter().map(|r| r.racer_id).collect();
+                    let expected: Vec<RacerId> = (0..numbered.len() as u64).map(RacerId).collect();
+                    prop_assert_eq!(racers, expected, "in order");
+                }
+                Err(e) => prop_assert!(false, "{}", e),
+            }
+        }
+    }
+}

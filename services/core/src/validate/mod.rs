@@ -179,7 +179,9 @@ mod tests {
 mod fuzz {
     use super::diagnose::{self, REPEATED};
     use super::*;
+    use crate::telemetry::{CLASS_COUNT, MAX_SAFE_INTEGER, MAX_SECOND};
     use proptest::prelude::*;
+    use proptest::sample::select;
     use serde_json::Value;
 
     /// The schema's keys, in the order the checker reports them.
@@ -197,7 +199,8 @@ mod fuzz {
     ];
 
     /// `s` as a JSON string, each character for which `escape` says so
-    /// written as `\uXXXX` escapes (UTF-16, so surrogate pairs too).
+    /// (and every control character) written as `\uXXXX` escapes (UTF-16,
+    /// so surrogate pairs too).
     fn quoted(s: &str, escape: &[bool]) -> String {
         let mut out = String::from("\"");
         for (i, c) in s.chars().enumerate() {
@@ -217,39 +220,443 @@ mod fuzz {
         out
     }
 
-    fn string() -> impl Strategy<Value = String> {
-        (".{0,12}", prop::collection::vec(any::<bool>(), 12))
-            .prop_map(|(s, escape)| quoted(&s, &escape))
+    fn escapes(len: usize) -> impl Strategy<Value = Vec<bool>> {
+        prop::collection::vec(prop::bool::weighted(0.1), len)
     }
 
-    /// Any JSON value, nested a few levels.
+    /// A key as written (quoted, perhaps escaped) and as meant.
+    fn key() -> impl Strategy<Value = (String, String)> {
+        let name = prop_oneof![
+            1 => select(&KEYS[..]).prop_map(str::to_owned),
+            2 => select(&["firmware", "", "ClassId", "uuid ", "é"][..]).prop_map(str::to_owned),
+            1 => ".{0,8}",
+        ];
+        (name, escapes(16)).prop_map(|(name, escape)| (quoted(&name, &escape), name))
+    }
+
+    /// Any JSON value (and a few numbers out of `f64`'s range), nested a
+    /// few levels.
     fn json() -> impl Strategy<Value = String> {
         let leaf = prop_oneof![
-            Just("null".to_owned()),
-            Just("true".to_owned()),
-            Just("false".to_owned()),
+            select(
+                &[
+                    "null", "true", "false", "0", "-0", "1e400", "-1e-400", "[]", "{}"
+                ][..]
+            )
+            .prop_map(str::to_owned),
             any::<i64>().prop_map(|n| n.to_string()),
             any::<u64>().prop_map(|n| n.to_string()),
-            prop::num::f64::NORMAL
-                | prop::num::f64::SUBNORMAL
-                | prop::num::f64::ZERO
-                | prop::num::f64::NEGATIVE
-                | prop::num::f64::POSITIVE,
-        ]
-        .prop_map(|leaf| leaf);
-        let leaf = prop_oneof![
-            leaf.clone(),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| format!("{f:e}")),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| f.to_string()),
             "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?",
-            string(),
+            (".{0,12}", escapes(12)).prop_map(|(s, escape)| quoted(&s, &escape)),
         ];
         leaf.prop_recursive(3, 24, 5, |inner| {
             prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
                 prop::collection::vec((key(), inner), 0..5).prop_map(|members| {
-                    let members: Vec<_> = members.iter().map(|(k, v)| format!("{}:{v}", k.1)).collect();
+                    let members: Vec<_> = members
+                        .iter()
+                        .map(|((key, _), value)| format!("{key}:{value}"))
+                        .collect();
                     format!("{{{}}}", members.join(","))
                 }),
             ]
         })
     }
+
+    /// A valid value of field `field`, as JSON text.
+    fn valid_value(field: usize) -> BoxedStrategy<String> {
+        match KEYS[field] {
+            "uuid" => prop_oneof![
+                "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+                    .prop_map(|uuid| format!("\"{uuid}\"")),
+                Just("null".to_owned()),
+            ]
+            .boxed(),
+            "event" => (select(&["update", "final"][..]), escapes(5))
+                .prop_map(|(event, escape)| quoted(event, &escape))
+                .boxed(),
+            "second" => (1..=MAX_SECOND).prop_map(|n| n.to_string()).boxed(),
+            "classId" => (1..=CLASS_COUNT).prop_map(|n| n.to_string()).boxed(),
+            "name" => ("[^\\p{Cc}]{0,64}", escapes(64))
+                .prop_map(|(name, escape)| quoted(&name, &escape))
+                .boxed(),
+            "cadence" | "resistance" => prop_oneof![
+                (0u32..=1000).prop_map(|n| n.to_string()),
+                (0.0..=1000.0f64).prop_map(|f| f.to_string()),
+                (0.0..=1000.0f64).prop_map(|f| format!("{f:E}")),
+                select(&["-0", "-0.0", "1000.0", "1e3", "0E0", "0.5e-3"][..])
+                    .prop_map(str::to_owned),
+            ]
+            .boxed(),
+            _ => (0..=MAX_SAFE_INTEGER).prop_map(|n| n.to_string()).boxed(),
+        }
+    }
+
+    /// One member of a record.
+    #[derive(Debug, Clone)]
+    struct Member {
+        /// The key as written.
+        key: String,
+        /// The key as meant.
+        meant: String,
+        value: String,
+        /// Whether `value` is known to be valid for the key.
+        valid: bool,
+        /// Whitespace around the member.
+        space: &'static str,
+    }
+
+    /// One record: its text, and what its generator knows of it.
+    #[derive(Debug, Clone)]
+    struct Record {
+        text: String,
+        /// Every field once with a valid value (`uuid` perhaps absent).
+        valid: bool,
+        /// The fields whose key it repeats.
+        repeated: Vec<&'static str>,
+    }
+
+    fn space() -> impl Strategy<Value = &'static str> {
+        select(&["", "", " ", "\t", "\r", " \t "][..])
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        let fields: Vec<_> = (0..KEYS.len())
+            .map(|field| {
+                prop_oneof![
+                    30 => valid_value(field).prop_map(|v| (Some(v), true)),
+                    1 => json().prop_map(|v| (Some(v), false)),
+                    1 => Just((None, false)),
+                ]
+            })
+            .collect();
+        let repeat = (0..KEYS.len())
+            .prop_flat_map(|field| (Just(field), prop_oneof![valid_value(field), json().boxed()]));
+        (
+            fields,
+            prop::collection::vec(escapes(16), KEYS.len()),
+            prop::option::weighted(0.2, prop::collection::vec((repeat, escapes(16)), 1..3)),
+            prop::collection::vec((key(), json()), 0..3),
+            prop::collection::vec(space(), 16),
+        )
+            .prop_flat_map(|(fields, key_escapes, repeats, unknown, spaces)| {
+                let mut members = Vec::new();
+                for (field, ((value, valid), escape)) in
+                    fields.into_iter().zip(key_escapes).enumerate()
+                {
+                    if let Some(value) = value {
+                        members.push((field, value, valid, escape));
+                    }
+                }
+                for ((field, value), escape) in repeats.unwrap_or_default() {
+                    members.push((field, value, false, escape));
+                }
+                let mut members: Vec<Member> = members
+                    .into_iter()
+                    .map(|(field, value, valid, escape)| Member {
+                        key: quoted(KEYS[field], &escape),
+                        meant: KEYS[field].to_owned(),
+                        value,
+                        valid,
+                        space: "",
+                    })
+                    .collect();
+                members.extend(unknown.into_iter().map(|((key, meant), value)| Member {
+                    key,
+                    meant,
+                    value,
+                    valid: false,
+                    space: "",
+                }));
+                for (member, space) in members.iter_mut().zip(spaces) {
+                    member.space = space;
+                }
+                Just(members).prop_shuffle()
+            })
+            .prop_map(|members| {
+                let count = |key: &str| members.iter().filter(|m| m.meant == key).count();
+                let valid = KEYS.iter().all(|key| {
+                    let mut with_key = members.iter().filter(|m| m.meant == *key);
+                    match (with_key.next(), with_key.next()) {
+                        (Some(member), None) => member.valid,
+                        (None, None) => *key == "uuid",
+                        _ => false,
+                    }
+                });
+                let repeated = KEYS.iter().copied().filter(|key| count(key) > 1).collect();
+                let text: Vec<_> = members
+                    .iter()
+                    .map(|m| format!("{s}{}{s}:{s}{}{s}", m.key, m.value, s = m.space))
+                    .collect();
+                Record {
+                    text: format!("{{{}}}", text.join(",")),
+                    valid,
+                    repeated,
+                }
+            })
+    }
+
+    /// How records are put in a body.
+    #[derive(Debug, Clone)]
+    enum Shape {
+        /// A JSON object (one record) or array, records apart by these.
+        Json(&'static str),
+        /// NDJSON: each line ended by `\r\n` or `\n`, a blank line before
+        /// some, a last newline or not.
+        NdJson {
+            crlf: Vec<bool>,
+            blank: Vec<Option<&'static str>>,
+            trailing: bool,
+        },
+    }
+
+    fn shape() -> impl Strategy<Value = Shape> {
+        prop_oneof![
+            select(&["", " ", "\n", "\r\n\t"][..]).prop_map(Shape::Json),
+            (
+                prop::collection::vec(any::<bool>(), 8),
+                prop::collection::vec(
+                    prop::option::weighted(0.2, select(&["", " ", "\r", "\t \r"][..])),
+                    8
+                ),
+                any::<bool>(),
+            )
+                .prop_map(|(crlf, blank, trailing)| Shape::NdJson {
+                    crlf,
+                    blank,
+                    trailing
+                }),
+        ]
+    }
+
+    fn body(records: &[Record], shape: &Shape) -> (Vec<u8>, BodyFormat) {
+        let texts = records.iter().map(|r| r.text.as_str());
+        match shape {
+            Shape::Json(apart) if records.len() == 1 => (
+                format!("{apart}{}{apart}", records[0].text).into_bytes(),
+                BodyFormat::Json,
+            ),
+            Shape::Json(apart) => {
+                let items: Vec<_> = texts.map(|t| format!("{apart}{t}")).collect();
+                (
+                    format!("[{}{apart}]", items.join(",")).into_bytes(),
+                    BodyFormat::Json,
+                )
+            }
+            Shape::NdJson {
+                crlf,
+                blank,
+                trailing,
+            } => {
+                let mut body = String::new();
+                for (i, text) in texts.enumerate() {
+                    let end = if crlf[i % crlf.len()] { "\r\n" } else { "\n" };
+                    if let Some(blank) = blank[i % blank.len()] {
+                        body.push_str(blank);
+                        body.push_str(end);
+                    }
+                    body.push_str(text);
+                    if *trailing || i + 1 < records.len() {
+                        body.push_str(end);
+                    }
+                }
+                (body.into_bytes(), BodyFormat::NdJson)
+            }
+        }
+    }
+
+    /// Up to three byte edits: (position, byte, 0 replace / 1 insert / 2
+    /// delete / 3 cut there).
+    fn damage() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
+        let byte = prop_oneof![
+            select(&b"{}[]\":,\\-.0123456789eEnu \t\r\n"[..]),
+            any::<u8>()
+        ];
+        prop::option::weighted(
+            0.3,
+            prop::collection::vec((any::<usize>(), byte, 0u8..4), 1..4),
+        )
+        .prop_map(Option::unwrap_or_default)
+    }
+
+    fn apply(mut body: Vec<u8>, damage: &[(usize, u8, u8)]) -> Vec<u8> {
+        for &(at, byte, how) in damage {
+            let at = at % (body.len() + 1);
+            match how {
+                0 if at < body.len() => body[at] = byte,
+                1 => body.insert(at, byte),
+                2 if at < body.len() => {
+                    body.remove(at);
+                }
+                3 => body.truncate(at),
+                _ => {}
+            }
+        }
+        body
+    }
+
+    /// The records of a body as `serde_json` reads them (the last of
+    /// repeated keys wins), framed independently of `framing`; `None` when
+    /// it is not JSON.
+    fn json_records(body: &[u8], format: BodyFormat) -> Option<Vec<Value>> {
+        match format {
+            BodyFormat::Json => match serde_json::from_slice(body).ok()? {
+                Value::Array(items) => Some(items),
+                object @ Value::Object(_) => Some(vec![object]),
+                _ => None,
+            },
+            BodyFormat::NdJson => body
+                .split(|b| *b == b'\n')
+                .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+                .map(|line| serde_json::from_slice(line).ok())
+                .collect(),
+        }
+    }
+
+    /// The accepted records hold exactly what their input said.
+    fn hold_the_input(
+        body: &[u8],
+        format: BodyFormat,
+        accepted: &[Telemetry],
+    ) -> Result<(), TestCaseError> {
+        let values = json_records(body, format).expect("accepted input is JSON");
+        prop_assert_eq!(values.len(), accepted.len());
+        for (input, record) in values.iter().zip(accepted) {
+            let stored = serde_json::to_value(record).unwrap();
+            for key in KEYS {
+                let same = match (input.get(key), stored.get(key)) {
+                    (None | Some(Value::Null), None) => true,
+                    (Some(Value::Number(a)), Some(Value::Number(b))) => a.as_f64() == b.as_f64(),
+                    (Some(a), Some(b)) => a == b,
+                    _ => false,
+                };
+                prop_assert!(same, "{}: {} stored as {}", key, input, stored);
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepted records re-serialize, alone, as an array and as NDJSON, to
+    /// text that parses to the same records.
+    fn round_trip(accepted: &[Telemetry]) -> Result<(), TestCaseError> {
+        let array = serde_json::to_vec(accepted).unwrap();
+        prop_assert_eq!(&parse_batch(&array, BodyFormat::Json).unwrap(), accepted);
+        let lines: Vec<_> = accepted
+            .iter()
+            .map(|t| serde_json::to_string(t).unwrap())
+            .collect();
+        let ndjson = lines.join("\n");
+        prop_assert_eq!(
+            &parse_batch(ndjson.as_bytes(), BodyFormat::NdJson).unwrap(),
+            accepted
+        );
+        for (line, record) in lines.iter().zip(accepted) {
+            prop_assert_eq!(&parse_record(line.as_bytes()).unwrap(), record);
+        }
+        Ok(())
+    }
+
+    /// Both paths give the same answer, for the body in either format and
+    /// as one record; what is accepted round-trips.
+    fn agree(body: &[u8]) -> Result<(), TestCaseError> {
+        for format in [BodyFormat::Json, BodyFormat::NdJson] {
+            let result = parse_batch(body, format);
+            prop_assert_eq!(&result, &diagnose::batch(body, format));
+            if let Ok(accepted) = &result {
+                round_trip(accepted)?;
+                hold_the_input(body, format, accepted)?;
+            }
+        }
+        let one = parse_record(body);
+        prop_assert_eq!(&one, &diagnose::record(body));
+        if let Ok(record) = one {
+            round_trip(&[record])?;
+        }
+        Ok(())
+    }
+
+    /// Bytes to fuzz with: anything, or a soup of JSON tokens.
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        const TOKENS: [&str; 24] = [
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"",
+            "0",
+            "17",
+            "-1.5e3",
+            "null",
+            "true",
+            " ",
+            "\n",
+            "\r\n",
+            "\\u0041",
+            "\\",
+            "\"classId\"",
+            "\"cadence\"",
+            "\"update\"",
+            "\"x\"",
+            "1e400",
+            "\u{e9}",
+            "\u{0}",
+        ];
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..256),
+            prop::collection::vec(select(&TOKENS[..]), 0..64).prop_map(|t| t.concat().into_bytes()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(1000))]
+
+        #[test]
+        fn any_bytes_are_answered_alike_by_both_paths(bytes in bytes()) {
+            agree(&bytes)?;
+        }
+
+        #[test]
+        fn jsonish_bodies_are_checked_by_the_rules(
+            records in prop::collection::vec(record(), 0..5),
+            shape in shape(),
+            damage in damage(),
+        ) {
+            let (body, format) = body(&records, &shape);
+            let damaged = apply(body.clone(), &damage);
+            agree(&damaged)?;
+            let result = parse_batch(&body, format);
+            if json_records(&body, format).is_some() {
+                // Undamaged and JSON: what the generator knows holds.
+                for (index, record) in records.iter().enumerate() {
+                    for field in &record.repeated {
+                        let refused = RecordError {
+                            index,
+                            field: Some(field),
+                            reason: REPEATED.to_owned(),
+                        };
+                        prop_assert!(
+                            result.as_ref().is_err_and(|e| e.records().contains(&refused)),
+                            "{:?} for {}", result, String::from_utf8_lossy(&body)
+                        );
+                    }
+                }
+                if !records.is_empty() && records.iter().all(|r| r.valid) {
+                    prop_assert_eq!(
+                        result.as_ref().map(Vec::len),
+                        Ok(records.len()),
+                        "{}", String::from_utf8_lossy(&body)
+                    );
+                }
+            }
+        }
+    }
+}
