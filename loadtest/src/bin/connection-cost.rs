@@ -37,13 +37,8 @@ struct Args {
     requests: usize,
 }
 
-enum Held {
-    Socket(#[allow(dead_code)] TcpStream),
-    WebSocket(
-        #[allow(dead_code)]
-        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    ),
-}
+/// An open connection, kept open for as long as it is held.
+type Held = Box<dyn Send>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -57,20 +52,20 @@ async fn main() -> anyhow::Result<()> {
         let (addr, ws) = (addr.clone(), ws.clone());
         async move {
             Ok::<_, anyhow::Error>(match kind {
-                Kind::Bike => Held::WebSocket(
-                    tokio_tungstenite::connect_async(format!("{ws}/v1/telemetry/ws")).await?.0,
-                ),
-                Kind::Viewer => Held::WebSocket(
-                    tokio_tungstenite::connect_async(format!("{ws}/v1/rankings/ws?classId=1"))
-                        .await?
-                        .0,
-                ),
+                Kind::Bike => {
+                    let url = format!("{ws}/v1/telemetry/ws");
+                    Box::new(tokio_tungstenite::connect_async(url).await?.0) as Held
+                }
+                Kind::Viewer => {
+                    let url = format!("{ws}/v1/rankings/ws?classId=1");
+                    Box::new(tokio_tungstenite::connect_async(url).await?.0) as Held
+                }
                 Kind::Slow => {
                     let mut stream = TcpStream::connect(&addr).await?;
                     stream
                         .write_all(b"POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                         .await?;
-                    Held::Socket(stream)
+                    Box::new(stream) as Held
                 }
             })
         }

@@ -329,10 +329,13 @@ impl AllTimeLoader {
     }
 }
 
+/// How often race documents past the retention are looked for.
+const RESULTS_SWEEP: Duration = Duration::from_secs(3600);
+
 /// Readiness parts: reading the stream, storing results, reading class files.
 const STREAM_PART: &str = "rankings stream";
 const RESULTS_PART: &str = "rankings results";
-const CLASS_FILES_PART: &str = "rankings class files";
+pub(crate) const CLASS_FILES_PART: &str = "rankings class files";
 
 /// What the engine's loop works with.
 pub(crate) struct Parts {
@@ -465,7 +468,18 @@ fn wall_clock_ms() -> i64 {
 /// a time, retrying until the store takes them; returns once `pending` is
 /// closed and empty.
 async fn write_results(results: ResultsStore, pending: Arc<Pending>, readiness: Readiness) {
+    let mut next_sweep = Instant::now();
     while let Some(batch) = pending.take(WRITE_BATCH).await {
+        if Instant::now() >= next_sweep {
+            // Races past the retention: their documents are deleted here,
+            // between writes, so the sweep never races a write of its own.
+            match results.sweep().await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "deleted race results past the retention"),
+                Err(e) => tracing::warn!(error = %e, "deleting old race results failed; will retry"),
+            }
+            next_sweep = Instant::now() + RESULTS_SWEEP;
+        }
         let mut backoff = Backoff::default();
         while let Err(e) = results.record(&batch).await {
             let pause = backoff.next_delay();

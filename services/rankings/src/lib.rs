@@ -118,7 +118,17 @@ pub async fn start(
     context: &Context,
 ) -> anyhow::Result<Started> {
     let mut loader = engine::AllTimeLoader::new(Arc::clone(&history_store));
-    let all_time = loader.changed().await?.into_iter().collect();
+    // A history store that does not answer now must not stop the process:
+    // start without all-time ranks; the reload loop retries (and says so).
+    let all_time = match loader.changed().await {
+        Ok(changed) => changed.into_iter().collect(),
+        Err(e) => {
+            let reason = format!("reading class files failed: {e:#}");
+            tracing::warn!(%reason, "starting without all-time ranks");
+            context.readiness.set(engine::CLASS_FILES_PART, Err(reason));
+            Default::default()
+        }
+    };
     let viewers = Arc::new(viewers::Viewers::default());
     let subscription = stream.subscribe(consumer).await?;
     let results = store::ResultsStore::new(history_store).with_retention(args.results_retention());

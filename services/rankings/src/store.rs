@@ -38,8 +38,11 @@ pub struct Final {
 /// Finished results, as handed to [`ResultsStore::record`].
 pub type Finals = Vec<Final>;
 
+/// Where race documents live.
+const RACES_PREFIX: &str = "results/races/";
+
 fn race_key(race: RaceId) -> String {
-    format!("results/races/{race}.json")
+    format!("{RACES_PREFIX}{race}.json")
 }
 
 fn index_key(class: ClassId) -> String {
@@ -125,6 +128,26 @@ impl ResultsStore {
             .await?;
         }
         Ok(())
+    }
+
+    /// Deletes the documents of races past the retention; returns how many.
+    /// Their indexes drop them at their next write (and hide them before).
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        if self.retention.is_none() {
+            return Ok(0);
+        }
+        let cutoff = self.cutoff();
+        let mut deleted = 0;
+        for key in self.store.list(RACES_PREFIX, None).await? {
+            let Some((doc, _)) = self.read::<RaceResults>(&key).await? else {
+                continue;
+            };
+            if self.expired(&doc, cutoff) {
+                self.store.delete(&key).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// One race's results (`None` past the retention).
@@ -289,5 +312,12 @@ mod tests {
         // The leaderboard keeps every result, whatever its age.
         let (board, _) = store.leaderboard(ClassId(2)).await.unwrap().unwrap();
         assert_eq!(board.entries[&RacerId(1)].output, 20.0);
+
+        // A sweep deletes the expired document for good, and only it.
+        assert_eq!(forever.sweep().await.unwrap(), 0, "no retention, no sweep");
+        assert_eq!(store.sweep().await.unwrap(), 1);
+        assert!(forever.race(RaceId(1)).await.unwrap().is_none(), "deleted");
+        assert!(forever.race(RaceId(2)).await.unwrap().is_some());
+        assert_eq!(store.sweep().await.unwrap(), 0);
     }
 }

@@ -73,6 +73,9 @@ pub trait ObjectStore: Send + Sync + 'static {
         start_after: Option<&str>,
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Removes the object under `key` (none there is no error), durably.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
     /// Whether there is an object under `key`.
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.head(key).await?.is_some())

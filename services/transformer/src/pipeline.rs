@@ -361,6 +361,9 @@ mod tests {
         async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
             self.inner.head(key).await
         }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
         async fn list(
             &self,
             prefix: &str,

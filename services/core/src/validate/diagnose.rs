@@ -4,8 +4,7 @@
 
 use super::{BatchError, BodyFormat, FieldError, RecordError, framing, rules};
 use crate::telemetry::{Event, RaceId, RacerId, Telemetry};
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::map::Entry;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -28,11 +27,11 @@ const FIELDS: [&str; 10] = [
 /// from parser to parser, so no value of it can be trusted.
 pub(super) const REPEATED: &str = "repeated key: a record may name each field only once";
 
-/// One record as the diagnosing path reads it: its JSON value and the
-/// fields of the schema whose key it repeats. A [`Value`] keeps only the
-/// last value of a repeated key, so repeats are noted while it is built.
-/// Only a record's own keys count: nested objects are not part of the
-/// schema, and unknown fields stay ignored, repeated or not.
+/// One record as the diagnosing path reads it: its JSON value (the fields
+/// of the schema only) and the fields whose key it repeats. A [`Value`]
+/// keeps only the last value of a repeated key, so repeats are noted while
+/// it is built. Only a record's own keys count: nested objects are not
+/// part of the schema, and unknown fields stay ignored, repeated or not.
 pub(super) struct Parsed {
     pub(super) value: Value,
     pub(super) repeated: Vec<&'static str>,
@@ -50,19 +49,16 @@ impl Parsed {
         let mut object = Map::new();
         let mut repeated = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
+            let Some(field) = FIELDS.iter().find(|field| **field == key) else {
+                // An unknown field is skipped unread, as the fast path does:
+                // a value `Value` cannot hold (a number past `f64`) must not
+                // refuse here what that path accepts.
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
             let value = map.next_value::<Value>()?;
-            match object.entry(key) {
-                Entry::Vacant(entry) => {
-                    entry.insert(value);
-                }
-                Entry::Occupied(mut entry) => {
-                    if let Some(field) = FIELDS.iter().find(|f| **f == entry.key())
-                        && !repeated.contains(field)
-                    {
-                        repeated.push(*field);
-                    }
-                    entry.insert(value);
-                }
+            if object.insert(key, value).is_some() && !repeated.contains(field) {
+                repeated.push(*field);
             }
         }
         Ok(Parsed {
@@ -628,6 +624,31 @@ mod tests {
                 1
             );
         }
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_unread_by_both_paths() {
+        // Found by the long fuzz run: `Value` cannot hold 1e400, so the
+        // diagnosing path refused as "not valid JSON" a record the fast
+        // path took. Both take it now, and name other records' problems.
+        let text = text_with("", r#""firmware":{"build":1e400}"#);
+        assert_eq!(
+            parse_record(text.as_bytes()).unwrap(),
+            validate_value(&valid()).unwrap()
+        );
+        assert_eq!(record(text.as_bytes()), parse_record(text.as_bytes()));
+        let bad = with("classId", json!(9));
+        let body = format!("[{text},{bad}]");
+        assert_eq!(
+            parse_batch(body.as_bytes(), BodyFormat::Json)
+                .unwrap_err()
+                .records()[0]
+                .index,
+            1
+        );
+        // A schema field is read, so there it is not JSON it can take.
+        let text = text_of(&without("cadence"), "", r#""cadence":1e400"#);
+        assert!(parse_batch(text.as_bytes(), BodyFormat::Json).is_err());
     }
 
     #[test]

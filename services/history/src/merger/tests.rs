@@ -338,6 +338,10 @@ impl ObjectStore for Faulty {
         self.inner.head(key).await
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+
     async fn list(
         &self,
         prefix: &str,

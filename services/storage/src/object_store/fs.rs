@@ -180,6 +180,23 @@ impl Inner {
         }
     }
 
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        let remove = || -> io::Result<()> {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                removed => removed?,
+            }
+            let parent = path.parent().expect("a key always has a parent");
+            File::open(parent)?.sync_all()
+        };
+        remove().map_err(|source| StoreError::Io {
+            operation: "delete",
+            key: key.to_owned(),
+            source: source.into(),
+        })
+    }
+
     fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         let path = self.path_of(key)?;
         match fs::metadata(&path) {
@@ -291,6 +308,12 @@ impl ObjectStore for FsStore {
         let inner = Arc::clone(&self.inner);
         let key = key.to_owned();
         blocking(move || inner.head(&key)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let key = key.to_owned();
+        blocking(move || inner.delete(&key)).await
     }
 
     async fn list(

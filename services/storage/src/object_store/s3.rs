@@ -127,6 +127,18 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        // S3 answers 204 whether or not there was an object.
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| io_error("delete", key, e))?;
+        Ok(())
+    }
+
     async fn list(
         &self,
         prefix: &str,
