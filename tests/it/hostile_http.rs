@@ -66,7 +66,9 @@ async fn slow_headers_and_idle_connections_are_cut_off_and_never_block_others() 
     let started = Instant::now();
     for stream in &mut slow {
         assert!(
-            read_to_close(stream, Duration::from_secs(10)).await.is_some(),
+            read_to_close(stream, Duration::from_secs(10))
+                .await
+                .is_some(),
             "a slow connection was not closed"
         );
     }
@@ -102,7 +104,12 @@ async fn past_the_connection_cap_new_connections_get_503_json_at_once() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 1"), "{answer}");
     let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert!(body["error"].as_str().unwrap().contains("too many connections"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many connections")
+    );
 
     // Once the slow ones time out, there is room again.
     let client = reqwest::Client::new();
@@ -137,7 +144,11 @@ async fn shutdown_closes_slow_and_idle_connections_at_once() {
         started.elapsed()
     );
     for stream in &mut slow {
-        assert!(read_to_close(stream, Duration::from_secs(1)).await.is_some());
+        assert!(
+            read_to_close(stream, Duration::from_secs(1))
+                .await
+                .is_some()
+        );
     }
 }
 
@@ -187,7 +198,8 @@ async fn requests_no_route_serves_get_the_json_error() {
             .unwrap();
         assert_eq!(response.status().as_u16(), status, "{method} {path}");
         assert_eq!(
-            response.headers()["content-type"], "application/json",
+            response.headers()["content-type"],
+            "application/json",
             "{method} {path}"
         );
         if status == 405 {

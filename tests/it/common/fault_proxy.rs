@@ -119,11 +119,18 @@ async fn forward(
         return Ok(throttled(kind));
     }
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut forwarded = client.request(parts.method.clone(), format!("{upstream}{path}"));
     for (name, value) in &parts.headers {
-        if !matches!(name.as_str(), "connection" | "content-length" | "transfer-encoding") {
+        if !matches!(
+            name.as_str(),
+            "connection" | "content-length" | "transfer-encoding"
+        ) {
             forwarded = forwarded.header(name, value);
         }
     }
@@ -137,7 +144,10 @@ async fn forward(
     };
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
-        if !matches!(name.as_str(), "connection" | "content-length" | "transfer-encoding") {
+        if !matches!(
+            name.as_str(),
+            "connection" | "content-length" | "transfer-encoding"
+        ) {
             response = response.header(name, value);
         }
     }

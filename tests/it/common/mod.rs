@@ -201,6 +201,39 @@ pub fn bests<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Bests {
     bests
 }
 
+/// Whether a class file holds every best of `want` (at least as good): all
+/// acknowledged records are in it. Records that were refused may be too
+/// (a put that failed part way), so it may hold more.
+pub fn holds_all(
+    got: &BTreeMap<u16, BTreeMap<u64, f64>>,
+    want: &BTreeMap<u16, BTreeMap<u64, f64>>,
+) -> bool {
+    want.iter().all(|(second, racers)| {
+        racers.iter().all(|(racer, best)| {
+            got.get(second)
+                .and_then(|r| r.get(racer))
+                .is_some_and(|g| g >= best)
+        })
+    })
+}
+
+/// Panics if a class file holds anything that was never sent, or a value
+/// above the best sent.
+pub fn assert_only_sent(class: u8, got: &BTreeMap<u16, BTreeMap<u64, f64>>, sent: &Bests) {
+    for (second, racers) in got {
+        for (racer, value) in racers {
+            let bound = sent
+                .get(&class)
+                .and_then(|c| c.get(second))
+                .and_then(|s| s.get(racer));
+            assert!(
+                bound.is_some_and(|b| value <= b),
+                "class {class} second {second} racer {racer}: {value} was never sent (best sent {bound:?})"
+            );
+        }
+    }
+}
+
 /// A class file as the original frontend reads it: gunzip, then JSON.
 pub fn decode_class_file(gz: &[u8]) -> Value {
     use std::io::Read;

@@ -156,6 +156,9 @@ impl<'de> Deserialize<'de> for Body {
 }
 
 /// [`super::parse_batch`] through [`Value`]s, naming every problem.
+/// Cold and never inlined: it must not weigh on the fast path's caller.
+#[cold]
+#[inline(never)]
 pub(super) fn batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, BatchError> {
     let values = framing::values(body, format)?;
     framing::check_size(values.len())?;
@@ -187,6 +190,9 @@ pub(super) fn batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, B
 }
 
 /// [`super::parse_record`] through a [`Value`], naming every problem.
+/// Cold and never inlined, like [`batch`].
+#[cold]
+#[inline(never)]
 pub(super) fn record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
     match serde_json::from_slice::<Parsed>(bytes) {
         Ok(parsed) => validate_parsed(&parsed),
