@@ -18,8 +18,9 @@ use crate::extract::Upgrade;
 use crate::http::Accepted;
 use crate::{AppState, MAX_BODY_BYTES};
 use alleycat_core::validate::{BodyFormat, parse_batch};
+use alleycat_runtime::websocket;
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, close_code};
 use axum::response::Response;
 
 pub(crate) async fn upgrade(State(state): State<AppState>, Upgrade(ws): Upgrade) -> Response {
@@ -50,13 +51,14 @@ async fn serve_bike(mut socket: WebSocket, state: AppState) {
             Some(Ok(Message::Text(text))) => answer(&state, text.as_bytes()).await,
             Some(Ok(Message::Binary(_))) => {
                 let reason = AppError::BinaryFrame.to_string();
-                close(&mut socket, close_code::UNSUPPORTED, &reason).await;
+                websocket::close(&mut socket, close_code::UNSUPPORTED, &reason).await;
                 return;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Err(error)) => {
-                if let Some((code, reason)) = protocol_close(error) {
-                    close(&mut socket, code, reason).await;
+                if let Some((code, reason)) = websocket::close_for_read_error(error, MAX_BODY_BYTES)
+                {
+                    websocket::close(&mut socket, code, &reason).await;
                 }
                 return;
             }
@@ -65,60 +67,6 @@ async fn serve_bike(mut socket: WebSocket, state: AppState) {
         if socket.send(Message::Text(reply)).await.is_err() {
             return;
         }
-    }
-}
-
-/// Sends a close frame (tungstenite does not when it refuses a frame: the
-/// peer would see a bare TCP close); the socket is dropped after it.
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    // A close reason is at most 123 bytes.
-    let reason = truncate(reason, 123);
-    tracing::debug!(code, reason, "closing a bike's WebSocket");
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// The close code and reason a read error deserves, or `None` when the
-/// connection is already gone (reset, I/O error) and nothing can be sent.
-///
-/// axum hands tungstenite's error over boxed, and this crate does not
-/// depend on tungstenite to downcast it, so the error is told apart by its
-/// variant's name (`Capacity(..)`, `Utf8(..)`, `Protocol(..)`: public,
-/// stable names; the integration tests in `tests/it/hostile_rankings.rs`
-/// check every case over a real socket).
-fn protocol_close(error: axum::Error) -> Option<(u16, &'static str)> {
-    classify(&format!("{:?}", error.into_inner()))
-}
-
-fn classify(debug: &str) -> Option<(u16, &'static str)> {
-    if debug.starts_with("Capacity(") {
-        Some((
-            close_code::SIZE,
-            "message too big: at most 1048576 bytes per message and frame",
-        ))
-    } else if debug.starts_with("Utf8(") {
-        Some((close_code::INVALID, "a text frame must be valid UTF-8"))
-    } else if debug.starts_with("Protocol(ResetWithoutClosingHandshake")
-        || debug.starts_with("Protocol(SendAfterClosing")
-        || debug.starts_with("Protocol(ReceivedAfterClosing")
-    {
-        None
-    } else if debug.starts_with("Protocol(") {
-        Some((close_code::PROTOCOL, "WebSocket protocol violation"))
-    } else {
-        None
     }
 }
 
@@ -144,50 +92,4 @@ fn to_frame(value: &impl serde::Serialize) -> Utf8Bytes {
     serde_json::to_string(value)
         .expect("frames always serialize")
         .into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_errors_map_to_their_close_codes() {
-        let cases = [
-            (
-                "Capacity(MessageTooLong { size: 16777216, max_size: 1048576 })",
-                Some(close_code::SIZE),
-            ),
-            (
-                "Utf8(\"invalid utf-8 sequence\")",
-                Some(close_code::INVALID),
-            ),
-            (
-                "Protocol(UnknownDataFrameType(3))",
-                Some(close_code::PROTOCOL),
-            ),
-            (
-                "Protocol(UnmaskedFrameFromClient)",
-                Some(close_code::PROTOCOL),
-            ),
-            ("Protocol(ResetWithoutClosingHandshake)", None),
-            ("Io(Kind(BrokenPipe))", None),
-            ("ConnectionClosed", None),
-        ];
-        for (debug, code) in cases {
-            assert_eq!(classify(debug).map(|(c, _)| c), code, "{debug}");
-        }
-        assert!(
-            classify("Capacity(x)")
-                .unwrap()
-                .1
-                .contains(&MAX_BODY_BYTES.to_string())
-        );
-    }
-
-    #[test]
-    fn close_reasons_are_cut_at_a_character_boundary() {
-        assert_eq!(truncate("abc", 123), "abc");
-        assert_eq!(truncate("é", 1), "");
-        assert_eq!(truncate(&"x".repeat(200), 123).len(), 123);
-    }
 }

@@ -1,13 +1,13 @@
 //! The rankings HTTP API: the viewers' WebSocket, race results and class
 //! leaderboards.
 
-use crate::close::{self, VIEWER_MAX_MESSAGE};
 use crate::extract::{LeaderboardQuery, Position, RaceIdPath, RacesQuery, Upgrade, ViewerQuery};
 use crate::results::{RankedEntry, RankedResult, around, page};
 use crate::store::ResultsStore;
 use crate::viewers::{Filter, Viewers};
 use alleycat_core::telemetry::CLASS_COUNT;
 use alleycat_core::{ClassId, RaceId, RacerId};
+use alleycat_runtime::websocket;
 use alleycat_storage::{ETag, StoreError};
 use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
@@ -22,6 +22,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
+
+/// Largest frame and message a viewer may send. Viewers send nothing but
+/// control frames (ping, pong, close: at most 125 bytes of payload each);
+/// 1 KiB leaves room for a small text message some clients send to keep a
+/// connection alive (ignored), and caps what 10,000 viewers can make the
+/// server buffer at 10 MiB, where the 64 MiB default allowed 640 GiB.
+pub(crate) const VIEWER_MAX_MESSAGE: usize = 1024;
 
 /// Each class's ranked leaderboard, for the version it was read at.
 pub(crate) type LeaderboardCache = Arc<Mutex<HashMap<ClassId, (ETag, Arc<Vec<RankedEntry>>)>>>;
@@ -151,22 +158,21 @@ async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
                 }
                 None => {
                     // Dropped for falling behind: say why, then go.
-                    let _ = socket.send(Message::Close(Some(axum::extract::ws::CloseFrame {
-                        code: 1008,
-                        reason: "too slow: the viewer's queue was full".into(),
-                    }))).await;
+                    websocket::close(&mut socket, close_code::POLICY, "too slow: the viewer's queue was full").await;
                     return;
                 }
             },
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Ok(Message::Binary(_))) => {
-                    close::send(&mut socket, close_code::UNSUPPORTED, "viewers send no binary frames").await;
+                    websocket::close(&mut socket, close_code::UNSUPPORTED, "viewers send no binary frames").await;
                     break;
                 }
                 Some(Err(error)) => {
-                    if let Some((code, reason)) = close::for_read_error(error) {
-                        close::send(&mut socket, code, reason).await;
+                    if let Some((code, reason)) =
+                        websocket::close_for_read_error(error, VIEWER_MAX_MESSAGE)
+                    {
+                        websocket::close(&mut socket, code, &reason).await;
                     }
                     break;
                 }

@@ -7,7 +7,6 @@
 //! process updates with conditional writes.
 
 pub mod all_time;
-mod close;
 mod engine;
 mod extract;
 mod http;

@@ -7,6 +7,7 @@ mod health;
 mod process;
 mod server;
 mod shutdown;
+pub mod websocket;
 
 pub use health::Readiness;
 pub use process::{Context, Process, Service, ServiceArgs, Task};
@@ -42,7 +43,11 @@ pub struct ServerArgs {
     /// Most connections (WebSockets included) open at once; past it a new
     /// connection is answered 503 at once. Lowered to what the process's
     /// file limit allows.
-    #[arg(long = "max-connections", env = "ALLEYCAT_MAX_CONNECTIONS", default_value = "50000")]
+    #[arg(
+        long = "max-connections",
+        env = "ALLEYCAT_MAX_CONNECTIONS",
+        default_value = "50000"
+    )]
     pub max_connections: std::num::NonZeroUsize,
 }
 

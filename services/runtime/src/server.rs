@@ -130,7 +130,12 @@ fn counting(
         let answer = router.clone().oneshot(request);
         async move {
             let response = answer.await?;
-            Ok(response.map(|body| Body::new(Guarded { body, _guard: guard })))
+            Ok(response.map(|body| {
+                Body::new(Guarded {
+                    body,
+                    _guard: guard,
+                })
+            }))
         }
     })
 }
@@ -181,7 +186,11 @@ impl http_body::Body for Guarded {
 fn refuse(mut stream: TcpStream, refused: &AtomicU64, max_connections: usize) {
     let count = refused.fetch_add(1, Ordering::Relaxed) + 1;
     if count.is_power_of_two() {
-        tracing::warn!(refused = count, max_connections, "connection limit reached; refusing connections");
+        tracing::warn!(
+            refused = count,
+            max_connections,
+            "connection limit reached; refusing connections"
+        );
     }
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -270,6 +279,11 @@ mod tests {
             .unwrap();
         assert_eq!(length, body.len());
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert!(json["error"].as_str().unwrap().contains("too many connections"));
+        assert!(
+            json["error"]
+                .as_str()
+                .unwrap()
+                .contains("too many connections")
+        );
     }
 }
