@@ -44,7 +44,11 @@ type Held = Box<dyn Send>;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let url: reqwest::Url = args.target.parse()?;
-    let addr = format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(80));
+    let addr = format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(80)
+    );
     let pid = listening_pid(url.port().unwrap_or(80))
         .ok_or_else(|| anyhow::anyhow!("no process on this machine listens on {addr}"))?;
     let ws = args.target.replacen("http://", "ws://", 1);

@@ -6,7 +6,6 @@
 //! is given `now` (ms since the epoch), and only [`run`] reads the system
 //! clock, so tests drive the engine with time as plain numbers.
 
-use alleycat_runtime::Readiness;
 use crate::RankingsArgs;
 use crate::all_time::AllTime;
 use crate::pending::Pending;
@@ -18,6 +17,7 @@ use alleycat_core::backoff::Backoff;
 use alleycat_core::history::{ClassHistory, class_file_key};
 use alleycat_core::validate::parse_record;
 use alleycat_core::{ClassId, RaceId};
+use alleycat_runtime::Readiness;
 use alleycat_storage::{ETag, ObjectStore, SequenceNumber, StreamRecord, Subscription};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -476,7 +476,9 @@ async fn write_results(results: ResultsStore, pending: Arc<Pending>, readiness: 
             match results.sweep().await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "deleted race results past the retention"),
-                Err(e) => tracing::warn!(error = %e, "deleting old race results failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "deleting old race results failed; will retry")
+                }
             }
             next_sweep = Instant::now() + RESULTS_SWEEP;
         }
@@ -484,7 +486,10 @@ async fn write_results(results: ResultsStore, pending: Arc<Pending>, readiness: 
         while let Err(e) = results.record(&batch).await {
             let pause = backoff.next_delay();
             tracing::warn!(error = %e, ?pause, "storing race results failed; retrying");
-            readiness.set(RESULTS_PART, Err(format!("storing race results failed: {e}")));
+            readiness.set(
+                RESULTS_PART,
+                Err(format!("storing race results failed: {e}")),
+            );
             tokio::time::sleep(pause).await;
         }
         readiness.set(RESULTS_PART, Ok(()));
