@@ -35,6 +35,10 @@ struct Args {
     /// Legitimate requests timed while they are open.
     #[arg(long, default_value = "200")]
     requests: usize,
+    /// Then send the server SIGTERM and time its exit with the connections
+    /// still open (it must not wait for them).
+    #[arg(long)]
+    terminate: bool,
 }
 
 /// An open connection, kept open for as long as it is held.
@@ -127,5 +131,27 @@ async fn main() -> anyhow::Result<()> {
         pick(0.5),
         pick(0.99),
     );
+    if args.terminate {
+        use nix::sys::signal::{Signal, kill};
+        let started = Instant::now();
+        kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM)?;
+        let gone = || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .is_some_and(|s| s.trim_start().starts_with('Z'))
+                })
+        };
+        while !gone() && started.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        println!(
+            "SIGTERM with {} {:?} connections open: exited after {:.0} ms",
+            held.len(),
+            args.kind,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     Ok(())
 }

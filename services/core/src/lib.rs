@@ -13,6 +13,7 @@
 pub mod backoff;
 pub mod codec;
 pub mod delivery;
+pub mod dropped;
 pub mod history;
 pub mod output;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! A live race: every racer's output at every second, and the "Here now"
 //! standings at a second.
 
+use alleycat_core::dropped::Dropped;
 use alleycat_core::{ClassId, Event, RaceId, RacerId, Second, Telemetry};
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -60,6 +61,12 @@ pub struct Standing {
     pub best: f64,
 }
 
+/// Most racers one live race holds (a whole 100,000-racer fleet in one
+/// class); records of further racers are refused, counted and logged.
+pub const MAX_RACERS_PER_RACE: usize = 100_000;
+
+static RACERS_REFUSED: Dropped = Dropped::new("racers of a live race past its bound");
+
 /// A live race of one class.
 #[derive(Debug, Clone)]
 pub struct Race {
@@ -104,6 +111,11 @@ impl Race {
     /// Returns whether anything changed, and the racer's result when this
     /// was its `final` message.
     pub fn apply(&mut self, t: &Telemetry, order: u64) -> (bool, Option<RaceResult>) {
+        if self.racers.len() >= MAX_RACERS_PER_RACE && !self.racers.contains_key(&t.racer_id) {
+            // Made-up racer ids cannot grow a race without bound.
+            RACERS_REFUSED.add(MAX_RACERS_PER_RACE);
+            return (false, None);
+        }
         let output = t.output();
         let racer = self.racers.entry(t.racer_id).or_insert_with(|| Racer {
             name: Arc::from(t.name.as_str()),
@@ -195,6 +207,21 @@ mod tests {
 
     fn order(standings: &[Standing]) -> Vec<u64> {
         standings.iter().map(|s| s.racer_id.0).collect()
+    }
+
+    #[test]
+    fn a_race_holds_at_most_its_bound_of_racers() {
+        let mut race = Race::new(ClassId(1), RaceId(1));
+        let record = |racer: u64| msg(racer, 1, 60.0, false);
+        for racer in 0..MAX_RACERS_PER_RACE as u64 {
+            race.apply(&record(racer), racer);
+        }
+        let refused = RACERS_REFUSED.total();
+        assert_eq!(race.apply(&record(u64::MAX), 0), (false, None));
+        assert_eq!(race.racers.len(), MAX_RACERS_PER_RACE);
+        assert_eq!(RACERS_REFUSED.total(), refused + 1);
+        // Racers already in it go on.
+        assert!(race.apply(&msg(5, 2, 60.0, false), 1).0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! re-reading the stream after a restart changes nothing.
 
 use crate::race::RaceResult;
+use alleycat_core::dropped::Dropped;
 use alleycat_core::{ClassId, RaceId, RacerId};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -220,6 +221,11 @@ pub struct LeaderboardEntry {
     pub race_id: RaceId,
 }
 
+/// Most entries a class leaderboard keeps (the best ones).
+pub const MAX_LEADERBOARD_ENTRIES: usize = 100_000;
+
+static LEADERBOARD_DROPPED: Dropped = Dropped::new("leaderboard entries past its bound");
+
 /// All-time class leaderboard: each racer once, with its best result.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -256,10 +262,43 @@ impl Leaderboard {
                 false
             }
             _ => {
+                if self.entries.len() >= MAX_LEADERBOARD_ENTRIES
+                    && !self.entries.contains_key(&racer)
+                    && !self.admit(racer, &entry)
+                {
+                    LEADERBOARD_DROPPED.add(MAX_LEADERBOARD_ENTRIES);
+                    return false;
+                }
                 self.entries.insert(racer, entry);
                 true
             }
         }
+    }
+
+    /// On a full board, a new racer enters only above the lowest entry,
+    /// which leaves (counted): made-up racer ids cannot grow the board, and
+    /// every process drops the same entry, so merges still converge.
+    fn admit(&mut self, racer: RacerId, entry: &LeaderboardEntry) -> bool {
+        let rank_key =
+            |racer: &RacerId, entry: &LeaderboardEntry| (entry.output, std::cmp::Reverse(*racer));
+        let Some(lowest) = self
+            .entries
+            .iter()
+            .min_by(|a, b| {
+                rank_key(a.0, a.1)
+                    .partial_cmp(&rank_key(b.0, b.1))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .map(|(racer, entry)| (*racer, rank_key(racer, entry)))
+        else {
+            return true;
+        };
+        if rank_key(&racer, entry) <= lowest.1 {
+            return false;
+        }
+        self.entries.remove(&lowest.0);
+        LEADERBOARD_DROPPED.add(MAX_LEADERBOARD_ENTRIES);
+        true
     }
 
     /// Merges another version; returns whether ours changed.
@@ -401,6 +440,26 @@ mod tests {
         other.offer(RacerId(3), entry(130.0, 9));
         assert!(board.merge(&other));
         assert_eq!(board.ranked()[0].racer_id, RacerId(3));
+    }
+
+    #[test]
+    fn a_full_leaderboard_admits_only_racers_above_its_lowest_entry() {
+        let mut board = Leaderboard::default();
+        for r in 0..MAX_LEADERBOARD_ENTRIES as u64 {
+            board.offer(RacerId(r + 1), entry(100.0 + (r % 1000) as f64, 1));
+        }
+        let dropped = LEADERBOARD_DROPPED.total();
+        // A made-up racer with a low result does not get in.
+        assert!(!board.offer(RacerId(u64::MAX - 1), entry(1.0, 2)));
+        assert_eq!(board.entries.len(), MAX_LEADERBOARD_ENTRIES);
+        // A better one does, and the lowest entry leaves.
+        assert!(board.offer(RacerId(u64::MAX - 2), entry(5000.0, 2)));
+        assert_eq!(board.entries.len(), MAX_LEADERBOARD_ENTRIES);
+        assert_eq!(board.ranked()[0].racer_id, RacerId(u64::MAX - 2));
+        assert!(board.entries.values().all(|e| e.output >= 100.0));
+        // A racer already on the board still improves.
+        assert!(board.offer(RacerId(1), entry(6000.0, 3)));
+        assert!(LEADERBOARD_DROPPED.total() >= dropped + 2);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! once instead of waiting in the kernel's queue. At shutdown idle and
 //! half-read connections close at once; requests in flight may finish.
 
+use alleycat_core::dropped::Dropped;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
@@ -17,7 +18,7 @@ use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
@@ -55,7 +56,6 @@ pub(crate) async fn serve(
     let max_connections = limits.max_connections.min(connection_budget());
     tracing::info!(%addr, max_connections, header_timeout = ?limits.header_timeout, "listening");
     let permits = Arc::new(Semaphore::new(max_connections));
-    let refused = Arc::new(AtomicU64::new(0));
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -76,7 +76,7 @@ pub(crate) async fn serve(
             }
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            refuse(stream, &refused, max_connections);
+            refuse(stream, max_connections);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -182,16 +182,12 @@ impl http_body::Body for Guarded {
     }
 }
 
+/// Connections refused past the cap.
+static REFUSED: Dropped = Dropped::new("connections past ALLEYCAT_MAX_CONNECTIONS");
+
 /// Answers 503 and closes, without holding up the accept loop.
-fn refuse(mut stream: TcpStream, refused: &AtomicU64, max_connections: usize) {
-    let count = refused.fetch_add(1, Ordering::Relaxed) + 1;
-    if count.is_power_of_two() {
-        tracing::warn!(
-            refused = count,
-            max_connections,
-            "connection limit reached; refusing connections"
-        );
-    }
+fn refuse(mut stream: TcpStream, max_connections: usize) {
+    REFUSED.add(max_connections);
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             stream.write_all(REFUSAL).await?;
