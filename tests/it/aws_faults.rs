@@ -6,92 +6,10 @@
 
 use crate::common::aws::Aws;
 use crate::common::fault_proxy::{Fault, FaultProxy, Upstream};
+use crate::common::gateways::{Gateways, Posted};
 use crate::common::*;
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Posts races second by second until told to stop; keeps what was acked.
-struct Riders {
-    sent: Arc<Mutex<Vec<Sample>>>,
-    acked: Arc<Mutex<Vec<Sample>>>,
-    refused: Arc<Mutex<u64>>,
-    stop: tokio_util::sync::CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Riders {
-    fn start(base: &str, gateways: u64) -> Riders {
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let refused = Arc::new(Mutex::new(0));
-        let stop = tokio_util::sync::CancellationToken::new();
-        let tasks = (0..gateways)
-            .map(|g| {
-                let (base, sent, acked, refused, stop) = (
-                    base.to_owned(),
-                    sent.clone(),
-                    acked.clone(),
-                    refused.clone(),
-                    stop.clone(),
-                );
-                tokio::spawn(async move {
-                    let client = reqwest::Client::builder()
-                        .timeout(Duration::from_secs(20))
-                        .build()
-                        .unwrap();
-                    let class = (g % 6 + 1) as u8;
-                    for batch in race(500 + g, class, g * 1000, 10, 3600) {
-                        if stop.is_cancelled() {
-                            return;
-                        }
-                        sent.lock().unwrap().extend(&batch);
-                        let body = Value::Array(batch.iter().map(Sample::json).collect());
-                        match client
-                            .post(format!("{base}/v1/telemetry"))
-                            .json(&body)
-                            .send()
-                            .await
-                        {
-                            Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(&batch),
-                            Ok(r) => {
-                                assert_eq!(r.status(), 503, "only 503 while the stream is down");
-                                assert!(r.headers().contains_key("retry-after"));
-                                *refused.lock().unwrap() += 1;
-                            }
-                            Err(_) => *refused.lock().unwrap() += 1,
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                })
-            })
-            .collect();
-        Riders {
-            sent,
-            acked,
-            refused,
-            stop,
-            tasks,
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Stops posting; returns what was sent, acknowledged, and how many
-    /// requests were refused.
-    async fn finish(self) -> (Vec<Sample>, Vec<Sample>, u64) {
-        self.stop.cancel();
-        for task in self.tasks {
-            tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
-        }
-        let sent = self.sent.lock().unwrap().clone();
-        let acked = self.acked.lock().unwrap().clone();
-        let refused = *self.refused.lock().unwrap();
-        (sent, acked, refused)
-    }
-}
 
 async fn ready(base: &str) -> (u16, Value) {
     let client = reqwest::Client::new();
@@ -129,7 +47,7 @@ async fn wait_ready(what: &str, base: &str) -> Duration {
 }
 
 /// Waits until the acknowledged count grows (records flow again).
-async fn wait_flowing(riders: &Riders) -> Duration {
+async fn wait_flowing(riders: &Gateways) -> Duration {
     let started = Instant::now();
     let before = riders.acked();
     eventually("acknowledgements to resume", || async {
@@ -158,7 +76,7 @@ async fn outages_slowness_and_throttling_lose_nothing_and_heal_by_themselves() {
     let ingest = spawn_alleycat(&["ingest"], &env).await;
     let transformer = spawn_alleycat(&["transformer"], &env).await;
     let history = spawn_alleycat(&["history"], &env).await;
-    let riders = Riders::start(&ingest.base, 6);
+    let riders = Gateways::start(&ingest.base, 6, 500, 10, Duration::from_millis(100));
     aws.wait_first_class_file().await;
 
     let mut report = Vec::new();
@@ -196,7 +114,11 @@ async fn outages_slowness_and_throttling_lose_nothing_and_heal_by_themselves() {
     let flowing = wait_flowing(&riders).await;
     report.push(("throttled 5 s, slow 5 s", Duration::ZERO, flowing));
 
-    let (sent, acked, refused) = riders.finish().await;
+    let Posted {
+        sent,
+        acked,
+        refused,
+    } = riders.finish().await;
     assert!(
         acked.len() > 1000,
         "only {} records acknowledged",

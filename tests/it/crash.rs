@@ -1,10 +1,9 @@
 //! Crash safety of the real binary: records acknowledged right before a
 //! `kill -9` all reach the class files after a restart.
 
+use crate::common::gateways::{Gateways, Posted};
 use crate::common::*;
-use serde_json::Value;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::Child;
 
@@ -19,31 +18,7 @@ async fn records_acknowledged_before_kill_9_reach_history_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn(dir.path()).await;
 
-    let sent = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let acked = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let posters: Vec<_> = (0..8u64)
-        .map(|p| {
-            let (base, sent, acked) = (base.clone(), sent.clone(), acked.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                let seconds = race(p, (p % 6 + 1) as u8, p * 1000, 25, 3600);
-                for batch in seconds {
-                    sent.lock().unwrap().extend(&batch);
-                    let body = Value::Array(batch.iter().map(Sample::json).collect());
-                    match client
-                        .post(format!("{base}/v1/telemetry"))
-                        .json(&body)
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(&batch),
-                        Ok(r) => panic!("unexpected status {}", r.status()),
-                        Err(_) => return, // the server is gone
-                    }
-                }
-            })
-        })
-        .collect();
+    let gateways = Gateways::start(&base, 8, 0, 25, Duration::ZERO);
 
     // Let deliveries and merges happen, then kill mid-stream.
     eventually("some history to be published", || async {
@@ -56,14 +31,7 @@ async fn records_acknowledged_before_kill_9_reach_history_after_restart() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-    for poster in posters {
-        tokio::time::timeout(PATIENCE, poster)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    let sent = sent.lock().unwrap().clone();
+    let Posted { sent, acked, .. } = gateways.finish().await;
     assert!(
         acked.len() >= 1000,
         "the load was real: {} records acked",
@@ -105,65 +73,24 @@ async fn random_kills_and_restarts_lose_no_acknowledged_record() {
     const KILLS: usize = 5;
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn(dir.path()).await;
-    let current = Arc::new(Mutex::new(base));
-    let sent = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let acked = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let posters: Vec<_> = (0..6u64)
-        .map(|p| {
-            let (current, sent, acked, stop) =
-                (current.clone(), sent.clone(), acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .unwrap();
-                for batch in race(900 + p, (p % 6 + 1) as u8, p * 1000, 20, 3600) {
-                    if stop.is_cancelled() {
-                        return;
-                    }
-                    sent.lock().unwrap().extend(&batch);
-                    let base = current.lock().unwrap().clone();
-                    let body = Value::Array(batch.iter().map(Sample::json).collect());
-                    match client
-                        .post(format!("{base}/v1/telemetry"))
-                        .json(&body)
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(&batch),
-                        Ok(r) => panic!("unexpected status {}", r.status()),
-                        // Down between a kill and its restart.
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-            })
-        })
-        .collect();
+    let gateways = Gateways::start(&base, 6, 900, 20, Duration::ZERO);
 
     let mut kills = Vec::new();
     for _ in 0..KILLS {
         // Anywhere from right after the start to a few deliveries in.
         let after = Duration::from_millis(fastrand::u64(50..1500));
         tokio::time::sleep(after).await;
-        let acked_at_kill = acked.lock().unwrap().len();
+        let acked_at_kill = gateways.acked();
         child.start_kill().unwrap();
         child.wait().await.unwrap();
         kills.push((after, acked_at_kill));
         let (next, base) = spawn(dir.path()).await;
         child = next;
-        *current.lock().unwrap() = base;
+        gateways.retarget(&base);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    for poster in posters {
-        tokio::time::timeout(PATIENCE, poster)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    let sent = sent.lock().unwrap().clone();
+    let base = gateways.base.lock().unwrap().clone();
+    let Posted { sent, acked, .. } = gateways.finish().await;
     assert!(
         acked.len() >= 1000,
         "the load was real: {} acked",
@@ -174,6 +101,5 @@ async fn random_kills_and_restarts_lose_no_acknowledged_record() {
         sent.len(),
         acked.len()
     );
-    let base = current.lock().unwrap().clone();
     assert_acknowledged_in_history(&base, &acked, &sent).await;
 }

@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod fault_proxy;
+pub mod gateways;
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
