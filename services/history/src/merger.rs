@@ -90,7 +90,15 @@ pub struct Merger {
     readiness: Readiness,
     /// Records refused by the bound of racers since the start.
     too_many_racers: u64,
+    /// When the published files were last checked to still be there, and
+    /// how often they are.
+    verified_at: Option<Instant>,
+    verify_every: Duration,
 }
+
+/// How often published class files are checked to still be there (a
+/// deleted data directory, an operator's mistake): one HEAD per class.
+const VERIFY_EVERY: Duration = Duration::from_secs(10);
 
 /// The readiness part of a class.
 fn part(class: ClassId) -> String {
@@ -141,6 +149,8 @@ impl Merger {
             gzip_level: args.gzip_level,
             max_racers: usize::try_from(args.max_racers).unwrap_or(usize::MAX),
             saved_at: None,
+            verified_at: None,
+            verify_every: VERIFY_EVERY,
             readiness,
             too_many_racers: 0,
         })
@@ -167,6 +177,7 @@ impl Merger {
         // before the next one.
         let mut failed = BTreeMap::new();
         self.retry_blocked().await;
+        self.republish_if_gone().await;
         self.merge_pending(&mut report).await?;
         self.publish_all(&mut report, &mut failed).await;
 
@@ -288,24 +299,44 @@ impl Merger {
         classes
     }
 
+    /// Every [`VERIFY_EVERY`], notices published class files that are gone
+    /// and publishes them again from memory.
+    async fn republish_if_gone(&mut self) {
+        if self.verified_at.is_some_and(|at| at.elapsed() < self.verify_every) {
+            return;
+        }
+        self.verified_at = Some(Instant::now());
+        for (&class, slot) in &mut self.classes {
+            if let Class::Ready(state) = slot {
+                state.notice_if_gone(self.history.as_ref(), class).await;
+            }
+        }
+    }
+
     /// Loads again every blocked class whose file may have changed (been
     /// replaced or deleted), or could not be read.
     async fn retry_blocked(&mut self) {
         for class in ClassId::all() {
-            let Some(Class::Blocked(blocked)) = self.classes.get(&class) else {
+            let Some(Class::Blocked(blocked)) = self.classes.get_mut(&class) else {
                 continue;
             };
             if !blocked.may_have_changed(self.history.as_ref(), class).await {
                 continue;
             }
-            let loaded = Class::load(self.history.as_ref(), class, self.gzip_level).await;
-            match &loaded {
-                Class::Ready(_) => {
+            let kept = blocked.kept.take();
+            let previous_reason = blocked.reason.clone();
+            let mut loaded = Class::load(self.history.as_ref(), class, self.gzip_level).await;
+            match &mut loaded {
+                Class::Ready(state) => {
+                    if let Some(kept) = kept {
+                        state.absorb(*kept, self.gzip_level);
+                    }
                     tracing::info!(%class, pending = self.state.pending.get(&class).map_or(0, BTreeSet::len), "class file readable again; merging the records that waited for it");
                     self.readiness.set(&part(class), Ok(()));
                 }
                 Class::Blocked(now) => {
-                    if now.reason != blocked.reason {
+                    now.kept = kept;
+                    if now.reason != previous_reason {
                         tracing::error!(%class, reason = %now.reason, "class history blocked");
                     }
                     self.readiness.set(&part(class), Err(now.reason.clone()));
@@ -391,7 +422,13 @@ impl Merger {
                     tracing::error!(%class, reason = %blocked.reason, "class history blocked");
                     self.readiness
                         .set(&part(class), Err(blocked.reason.clone()));
-                    *slot = Class::Blocked(blocked);
+                    // What this process holds is kept for whatever replaces
+                    // the bad file.
+                    if let Class::Ready(held) = std::mem::replace(slot, Class::Blocked(blocked))
+                        && let Class::Blocked(now) = slot
+                    {
+                        now.kept = Some(held);
+                    }
                 }
             }
         }

@@ -29,6 +29,10 @@ pub(super) struct Blocked {
     /// The version of the file that is not a class file; `None` when reading
     /// it failed (the store), so it is tried again every round.
     etag: Option<ETag>,
+    /// The history this process held when the class became blocked (a
+    /// file overwritten under it): merged into whatever replaces the file,
+    /// so that nothing it held is lost.
+    pub(super) kept: Option<Box<ClassState>>,
 }
 
 /// One class's history and its class file.
@@ -110,6 +114,7 @@ impl Blocked {
                 class_file_key(class)
             ),
             etag: None,
+            kept: None,
         }
     }
 
@@ -148,6 +153,30 @@ impl ClassState {
             version,
             racers,
             pending_merged: false,
+        }
+    }
+
+    /// Takes in the history this process held before the class was blocked
+    /// (everything it held is published again, merged with the file that
+    /// replaced the bad one, if any).
+    pub(super) fn absorb(&mut self, kept: ClassState, level: u32) {
+        self.history.merge_history(&kept.history);
+        self.racers.extend(kept.racers);
+        self.file = SegmentedClassFile::new(&self.history, level);
+        self.dirty.clear();
+        self.unwritten = true;
+    }
+
+    /// Notices a published class file that is gone (deleted under it) and
+    /// makes the next publication write all of the history again.
+    pub(super) async fn notice_if_gone(&mut self, store: &dyn ObjectStore, class: ClassId) {
+        if self.version.is_none() || self.unwritten {
+            return;
+        }
+        if let Ok(None) = store.head(&class_file_key(class)).await {
+            tracing::warn!(%class, "the published class file is gone; publishing it again from memory");
+            self.version = None;
+            self.unwritten = true;
         }
     }
 
@@ -279,6 +308,7 @@ pub(super) async fn read_class_file(
             Loaded::Invalid(Blocked {
                 reason,
                 etag: Some(object.etag),
+                kept: None,
             })
         }
     })

@@ -709,7 +709,8 @@ async fn a_class_file_another_writer_corrupted_is_not_overwritten() {
     .await
     .unwrap();
     let now = Utc::now();
-    deliver(f.delivery.as_ref(), now, "1", &[(3, 1, 1, 1.0)]).await;
+    let first = [(3, 1, 1, 1.0), (3, 2, 1, 5.0)];
+    deliver(f.delivery.as_ref(), now, "1", &first).await;
     merger.merge_new().await.unwrap();
     let junk = put_corrupt(f.history.as_ref(), 3).await;
     let later = [(3, 1, 1, 2.0), (4, 1, 1, 1.0)];
@@ -722,6 +723,38 @@ async fn a_class_file_another_writer_corrupted_is_not_overwritten() {
     );
     assert!(readiness.problems().contains_key("history class-3"));
     assert_eq!(pending(&merger, 3), BTreeSet::from([key]));
+
+    // The bad file deleted: everything this process held is published
+    // again with what waited, not only what waited.
+    f.history.delete("class-3.gz").await.unwrap();
+    merger.merge_new().await.unwrap();
+    let all: Vec<_> = first.iter().chain(&later).copied().collect();
+    assert_eq!(published(f.history.as_ref(), 3).await, Some(expected(3, &all)));
+    assert!(!readiness.problems().contains_key("history class-3"));
+}
+
+#[tokio::test]
+async fn a_published_class_file_deleted_under_it_is_published_again_from_memory() {
+    let f = fixture();
+    let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+        .await
+        .unwrap();
+    merger.verify_every = Duration::ZERO;
+    let lines = [(2, 1, 1, 3.0), (2, 7, 4, 9.5), (5, 1, 1, 1.0)];
+    deliver(f.delivery.as_ref(), Utc::now(), "1", &lines).await;
+    merger.merge_new().await.unwrap();
+    for class in [2, 5] {
+        f.history.delete(&format!("class-{class}.gz")).await.unwrap();
+    }
+    // Nothing new arrives, and yet both are back, whole.
+    merger.merge_new().await.unwrap();
+    for class in [2, 5] {
+        assert_eq!(
+            published(f.history.as_ref(), class).await,
+            Some(expected(class, &lines)),
+            "class {class}"
+        );
+    }
 }
 
 #[tokio::test]
