@@ -115,6 +115,24 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_would_spin_or_overflow_are_refused_at_start() {
+        for (flag, value) in [
+            ("--history-poll-ms", "0"),
+            ("--rankings-history-reload-ms", "0"),
+            ("--header-timeout-ms", "0"),
+            ("--history-listing-grace-ms", "18446744073709551615"),
+            ("--max-connections", "0"),
+        ] {
+            let parsed = Config::try_parse_from(["alleycat", flag, value]);
+            assert!(parsed.is_err(), "{flag} {value} was accepted");
+        }
+        // Zero is a valid retention: keep for ever.
+        assert!(
+            Config::try_parse_from(["alleycat", "--rankings-results-retention-ms", "0"]).is_ok()
+        );
+    }
+
+    #[test]
     fn each_service_parses_alone() {
         for service in ["ingest", "transformer", "history", "rankings"] {
             let cli = Cli::try_parse_from(["alleycat", service, "--data-dir", "/tmp/x"]);

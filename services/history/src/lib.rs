@@ -10,7 +10,9 @@ pub use http::{AppError, AppState, app};
 pub use merger::{MergeReport, Merger};
 
 use alleycat_core::backoff::Backoff;
-use alleycat_runtime::{Context, Readiness, Service, ServiceArgs, Task, parse_millis};
+use alleycat_runtime::{
+    Context, Readiness, Service, ServiceArgs, Task, parse_millis, parse_positive_millis,
+};
 use alleycat_storage::{ObjectStore, StorageArgs};
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Args)]
 pub struct HistoryArgs {
     /// How often the delivery store is checked for new objects, in milliseconds.
-    #[arg(long = "history-poll-ms", env = "ALLEYCAT_HISTORY_POLL_MS", default_value = "500", value_parser = parse_millis)]
+    #[arg(long = "history-poll-ms", env = "ALLEYCAT_HISTORY_POLL_MS", default_value = "500", value_parser = parse_positive_millis)]
     pub poll_interval: Duration,
 
     /// How far before the previous check each check lists again, in

@@ -302,7 +302,10 @@ impl Merger {
     /// Every [`VERIFY_EVERY`], notices published class files that are gone
     /// and publishes them again from memory.
     async fn republish_if_gone(&mut self) {
-        if self.verified_at.is_some_and(|at| at.elapsed() < self.verify_every) {
+        if self
+            .verified_at
+            .is_some_and(|at| at.elapsed() < self.verify_every)
+        {
             return;
         }
         self.verified_at = Some(Instant::now());

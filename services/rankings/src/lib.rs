@@ -19,7 +19,7 @@ pub mod viewers;
 
 pub use http::{AppError, AppState, app};
 
-use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_millis};
+use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_millis, parse_positive_millis};
 use alleycat_storage::config::StreamKind;
 use alleycat_storage::{ObjectStore, StorageArgs, Stream};
 use anyhow::Context as _;
@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RankingsArgs {
     /// Least time between two pushes of the same race, in milliseconds.
-    #[arg(long = "rankings-push-ms", env = "ALLEYCAT_RANKINGS_PUSH_MS", default_value = "250", value_parser = parse_millis)]
+    #[arg(long = "rankings-push-ms", env = "ALLEYCAT_RANKINGS_PUSH_MS", default_value = "250", value_parser = parse_positive_millis)]
     pub push_interval: Duration,
 
     /// Racers listed in each push (plus the viewer's own racer and neighbours).
@@ -46,13 +46,13 @@ pub struct RankingsArgs {
 
     /// How much of the stream a restarted process reads again to rebuild
     /// the races still running, in milliseconds (a race lasts 300 s).
-    #[arg(long = "rankings-replay-ms", env = "ALLEYCAT_RANKINGS_REPLAY_MS", default_value = "330000", value_parser = parse_millis)]
+    #[arg(long = "rankings-replay-ms", env = "ALLEYCAT_RANKINGS_REPLAY_MS", default_value = "330000", value_parser = parse_positive_millis)]
     pub replay: Duration,
 
     /// How often the class files are checked for new versions, in
     /// milliseconds. All-time bests move slowly, and decoding a large class
     /// file costs about 0.1 s of CPU, so not every new version is needed.
-    #[arg(long = "rankings-history-reload-ms", env = "ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS", default_value = "10000", value_parser = parse_millis)]
+    #[arg(long = "rankings-history-reload-ms", env = "ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub history_reload: Duration,
 
     /// Most live races kept (all classes). Race ids come from clients: past

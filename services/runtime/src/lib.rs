@@ -28,16 +28,16 @@ pub struct ServerArgs {
     /// Longest a graceful shutdown may take (flushing open batches) before
     /// the process exits anyway, in milliseconds. Nothing acknowledged is
     /// lost either way: unflushed records are still on the stream.
-    #[arg(long = "shutdown-timeout-ms", env = "ALLEYCAT_SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    #[arg(long = "shutdown-timeout-ms", env = "ALLEYCAT_SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub shutdown_timeout: Duration,
 
     /// Longest a client may take to send a request's headers, in
     /// milliseconds; also how long an idle keep-alive connection is kept.
-    #[arg(long = "header-timeout-ms", env = "ALLEYCAT_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    #[arg(long = "header-timeout-ms", env = "ALLEYCAT_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub header_timeout: Duration,
 
     /// Longest a client may take to send a request's body, in milliseconds.
-    #[arg(long = "body-timeout-ms", env = "ALLEYCAT_BODY_TIMEOUT_MS", default_value = "30000", value_parser = parse_millis)]
+    #[arg(long = "body-timeout-ms", env = "ALLEYCAT_BODY_TIMEOUT_MS", default_value = "30000", value_parser = parse_positive_millis)]
     pub body_timeout: Duration,
 
     /// Most connections (WebSockets included) open at once; past it a new
@@ -51,7 +51,7 @@ pub struct ServerArgs {
     pub max_connections: std::num::NonZeroUsize,
 }
 
-pub use alleycat_core::parse_millis;
+pub use alleycat_core::{parse_millis, parse_positive_millis};
 
 /// Logs to stderr, filtered by `ALLEYCAT_LOG` (or `RUST_LOG`), `info` by default.
 pub fn init_tracing() {

@@ -9,7 +9,7 @@
 use crate::object_store::{ObjectStore, fs::FsStore, s3::S3Store};
 use crate::stream::kinesis::{KinesisSettings, KinesisStream};
 use crate::stream::{Stream, embedded::EmbeddedStream};
-use alleycat_core::parse_millis;
+use alleycat_core::parse_positive_millis;
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,17 +80,17 @@ pub struct StorageArgs {
     pub history_bucket: String,
 
     /// How long a put to Kinesis retries before the request gets a 503, in ms.
-    #[arg(long = "put-timeout-ms", env = "ALLEYCAT_PUT_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    #[arg(long = "put-timeout-ms", env = "ALLEYCAT_PUT_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub put_timeout: Duration,
 
     /// How long a Kinesis shard lease lasts without renewal, in ms: how soon
     /// a live process takes over the shards of a dead one.
-    #[arg(long = "lease-ms", env = "ALLEYCAT_LEASE_MS", default_value = "10000", value_parser = parse_millis)]
+    #[arg(long = "lease-ms", env = "ALLEYCAT_LEASE_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub lease_duration: Duration,
 
     /// Pause after a GetRecords that returned nothing, in ms (a shard allows
     /// 5 GetRecords calls a second across all of its consumers).
-    #[arg(long = "kinesis-idle-poll-ms", env = "ALLEYCAT_KINESIS_IDLE_POLL_MS", default_value = "1000", value_parser = parse_millis)]
+    #[arg(long = "kinesis-idle-poll-ms", env = "ALLEYCAT_KINESIS_IDLE_POLL_MS", default_value = "1000", value_parser = parse_positive_millis)]
     pub idle_poll: Duration,
 
     /// What is opened already: every service of a process shares one stream

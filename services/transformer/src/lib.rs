@@ -13,7 +13,7 @@ mod deliver;
 mod pipeline;
 
 use crate::batcher::BatchLimits;
-use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_millis};
+use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_positive_millis};
 use alleycat_storage::StorageArgs;
 use axum::Router;
 use std::num::NonZeroUsize;
@@ -35,7 +35,7 @@ pub struct TransformerArgs {
 
     /// Deliver a shard's buffer once its oldest record has waited this long,
     /// in milliseconds.
-    #[arg(long = "buffer-interval-ms", env = "ALLEYCAT_BUFFER_INTERVAL_MS", default_value = "5000", value_parser = parse_millis)]
+    #[arg(long = "buffer-interval-ms", env = "ALLEYCAT_BUFFER_INTERVAL_MS", default_value = "5000", value_parser = parse_positive_millis)]
     pub buffer_interval: Duration,
 }
 

@@ -729,7 +729,10 @@ async fn a_class_file_another_writer_corrupted_is_not_overwritten() {
     f.history.delete("class-3.gz").await.unwrap();
     merger.merge_new().await.unwrap();
     let all: Vec<_> = first.iter().chain(&later).copied().collect();
-    assert_eq!(published(f.history.as_ref(), 3).await, Some(expected(3, &all)));
+    assert_eq!(
+        published(f.history.as_ref(), 3).await,
+        Some(expected(3, &all))
+    );
     assert!(!readiness.problems().contains_key("history class-3"));
 }
 
@@ -744,7 +747,10 @@ async fn a_published_class_file_deleted_under_it_is_published_again_from_memory(
     deliver(f.delivery.as_ref(), Utc::now(), "1", &lines).await;
     merger.merge_new().await.unwrap();
     for class in [2, 5] {
-        f.history.delete(&format!("class-{class}.gz")).await.unwrap();
+        f.history
+            .delete(&format!("class-{class}.gz"))
+            .await
+            .unwrap();
     }
     // Nothing new arrives, and yet both are back, whole.
     merger.merge_new().await.unwrap();
