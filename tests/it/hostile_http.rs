@@ -179,6 +179,47 @@ async fn a_body_that_stalls_is_answered_with_a_json_error_and_stores_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_byte_by_byte_is_cut_off_at_the_body_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.body_timeout = Duration::from_millis(1000);
+    let server = Server::start_with(config).await;
+    let body = Value::Array(race(1, 1, 1, 1, 1)[0].iter().map(Sample::json).collect()).to_string();
+    let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+    let head = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // One byte every 200 ms: never a stall as long as a per-chunk timeout.
+    let started = Instant::now();
+    let mut answer = vec![0; 4096];
+    let mut answered = 0;
+    for byte in body.as_bytes() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.read(&mut answer)).await
+        {
+            answered = n;
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never cut off");
+    }
+    let answer = String::from_utf8_lossy(&answer[..answered]);
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(answer.contains("ALLEYCAT_BODY_TIMEOUT_MS"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fetch_class(&server.base, 1).await, None, "nothing stored");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_no_route_serves_get_the_json_error() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;

@@ -2,6 +2,7 @@
 //! the health check, and assembling services into a process that serves
 //! HTTP and shuts down in order ([`Process`]).
 
+mod body_deadline;
 mod errors;
 mod health;
 mod process;

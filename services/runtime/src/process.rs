@@ -3,7 +3,7 @@
 //! listener, with the cross-cutting layers added once here, and stops
 //! everything in order.
 
-use crate::{Readiness, ServerArgs, errors, health, server};
+use crate::{Readiness, ServerArgs, body_deadline, errors, health, server};
 use alleycat_storage::StorageArgs;
 use anyhow::Context as _;
 use axum::Router;
@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// What one service contributes to a process.
@@ -215,7 +214,10 @@ fn layers(router: Router, context: &Context, server: &ServerArgs) -> Router {
     router
         .merge(health::routes(context.readiness.clone()))
         .layer(axum::middleware::from_fn(errors::json_errors))
-        .layer(RequestBodyTimeoutLayer::new(server.body_timeout))
+        .layer(axum::middleware::from_fn({
+            let limit = server.body_timeout;
+            move |request, next| body_deadline::limit_body(limit, request, next)
+        }))
         .layer(TraceLayer::new_for_http())
 }
 
