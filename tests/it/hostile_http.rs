@@ -254,3 +254,69 @@ async fn requests_no_route_serves_get_the_json_error() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_websockets_are_closed_and_answering_ones_are_kept() {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.ws_idle_timeout = Duration::from_millis(600);
+    let server = Server::start_with(config).await;
+
+    /// The close code the server ends the socket with, reading (and so
+    /// answering pings) meanwhile; `None` if still open after `limit`.
+    async fn closed_with<S>(socket: &mut S, limit: Duration) -> Option<CloseCode>
+    where
+        S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+            + Unpin,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, socket.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+                Ok(Some(Ok(_))) => {}
+                Ok(_) => return Some(CloseCode::Abnormal),
+            }
+        }
+    }
+
+    // A bike that sends nothing is closed with 1001, its place freed.
+    let (mut bike, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/telemetry/ws"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        closed_with(&mut bike, Duration::from_secs(5)).await,
+        Some(CloseCode::Away)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    // A viewer that answers pings (the client library does, while reading)
+    // stays open past the timeout...
+    let (mut viewer, _) =
+        tokio_tungstenite::connect_async(server.ws_url("/v1/rankings/ws?classId=1"))
+            .await
+            .unwrap();
+    assert_eq!(
+        closed_with(&mut viewer, Duration::from_millis(1800)).await,
+        None
+    );
+    // ...and one that answers nothing is closed.
+    let (mut deaf, _) =
+        tokio_tungstenite::connect_async(server.ws_url("/v1/rankings/ws?classId=1"))
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Closed: with 1001, or reset when the pongs it now sends to the queued
+    // pings reach a socket the server has closed already.
+    let code = closed_with(&mut deaf, Duration::from_secs(5)).await;
+    assert!(
+        matches!(code, Some(CloseCode::Away | CloseCode::Abnormal)),
+        "{code:?}"
+    );
+    drop(viewer);
+    server.stop().await;
+}

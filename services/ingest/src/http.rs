@@ -61,6 +61,7 @@ mod tests {
             let state = AppState {
                 stream: Arc::new(stream),
                 shutdown: CancellationToken::new(),
+                ws_idle_timeout: std::time::Duration::from_secs(60),
             };
             Fixture { state, _dir: dir }
         }
@@ -294,6 +295,7 @@ mod tests {
         let state = AppState {
             stream: Arc::new(Refusing),
             shutdown: CancellationToken::new(),
+            ws_idle_timeout: std::time::Duration::from_secs(60),
         };
         let request = Request::post("/v1/telemetry")
             .header(header::CONTENT_TYPE, "application/json")

@@ -37,6 +37,7 @@ impl ServiceArgs for IngestArgs {
         let state = AppState {
             stream,
             shutdown: context.closing.clone(),
+            ws_idle_timeout: context.ws_idle_timeout,
         };
         Ok(Service::new("ingest", app(state)))
     }
@@ -59,6 +60,8 @@ pub struct AppState {
     pub stream: Arc<dyn Stream>,
     /// Cancelled at shutdown, so open WebSockets close and let the server stop.
     pub shutdown: CancellationToken,
+    /// A bike's WebSocket that sends nothing for this long is closed.
+    pub ws_idle_timeout: std::time::Duration,
 }
 
 /// The ingest routes.

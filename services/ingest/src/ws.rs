@@ -42,8 +42,17 @@ async fn serve_bike(mut socket: WebSocket, state: AppState) {
     loop {
         let message = tokio::select! {
             message = socket.recv() => message,
+            () = tokio::time::sleep(state.ws_idle_timeout) => {
+                // A bike sends every second: this one is gone or stuck.
+                let reason = format!(
+                    "nothing received for {} ms (ALLEYCAT_WS_IDLE_TIMEOUT_MS)",
+                    state.ws_idle_timeout.as_millis()
+                );
+                websocket::close(&mut socket, close_code::AWAY, &reason).await;
+                return;
+            }
             () = state.shutdown.cancelled() => {
-                let _ = socket.send(Message::Close(None)).await;
+                websocket::close(&mut socket, close_code::AWAY, "the server is shutting down").await;
                 return;
             }
         };

@@ -42,6 +42,8 @@ pub struct AppState {
     pub results: ResultsStore,
     /// Cancelled at shutdown: open WebSockets close.
     pub shutdown: CancellationToken,
+    /// A viewer that answers no ping for this long is closed.
+    pub ws_idle_timeout: std::time::Duration,
     /// Ranked leaderboards, cached.
     pub leaderboards: LeaderboardCache,
 }
@@ -148,8 +150,28 @@ async fn viewer(
 
 async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
     let mut subscription = state.viewers.add(filter);
+    // Viewers only listen: a ping every half idle timeout asks them to
+    // answer (browsers do by themselves), and one that answers nothing for
+    // the whole timeout is gone.
+    let mut pings = tokio::time::interval(state.ws_idle_timeout / 2);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    pings.tick().await;
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = pings.tick() => {
+                if heard.elapsed() >= state.ws_idle_timeout {
+                    let reason = format!(
+                        "no answer to pings for {} ms (ALLEYCAT_WS_IDLE_TIMEOUT_MS)",
+                        state.ws_idle_timeout.as_millis()
+                    );
+                    websocket::close(&mut socket, close_code::AWAY, &reason).await;
+                    break;
+                }
+                if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
             message = subscription.messages.recv() => match message {
                 Some(text) => {
                     if socket.send(Message::Text(text)).await.is_err() {
@@ -162,7 +184,7 @@ async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
                     return;
                 }
             },
-            incoming = socket.recv() => match incoming {
+            incoming = socket.recv() => match incoming.inspect(|_| heard = tokio::time::Instant::now()) {
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Ok(Message::Binary(_))) => {
                     websocket::close(&mut socket, close_code::UNSUPPORTED, "viewers send no binary frames").await;
@@ -179,7 +201,7 @@ async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
                 Some(Ok(_)) => {} // pings, and small texts some clients send to stay alive
             },
             () = state.shutdown.cancelled() => {
-                let _ = socket.send(Message::Close(None)).await;
+                websocket::close(&mut socket, close_code::AWAY, "the server is shutting down").await;
                 break;
             }
         }
@@ -343,6 +365,7 @@ mod tests {
                 viewers: Arc::default(),
                 results: ResultsStore::new(Arc::clone(&store)),
                 shutdown: CancellationToken::new(),
+                ws_idle_timeout: std::time::Duration::from_secs(60),
                 leaderboards: Arc::default(),
             };
             Fixture {

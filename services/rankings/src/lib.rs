@@ -148,6 +148,7 @@ pub async fn start(
             viewers,
             results,
             shutdown: context.closing.clone(),
+            ws_idle_timeout: context.ws_idle_timeout,
             leaderboards: Arc::default(),
         },
         engine,

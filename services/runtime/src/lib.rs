@@ -41,6 +41,12 @@ pub struct ServerArgs {
     #[arg(long = "body-timeout-ms", env = "ALLEYCAT_BODY_TIMEOUT_MS", default_value = "30000", value_parser = parse_positive_millis)]
     pub body_timeout: Duration,
 
+    /// Longest a WebSocket may stay silent, in milliseconds: a bike that
+    /// sends nothing for this long, or a viewer that answers no ping for
+    /// this long, is closed (its place freed for others).
+    #[arg(long = "ws-idle-timeout-ms", env = "ALLEYCAT_WS_IDLE_TIMEOUT_MS", default_value = "60000", value_parser = parse_positive_millis)]
+    pub ws_idle_timeout: Duration,
+
     /// Most connections (WebSockets included) open at once; past it a new
     /// connection is answered 503 at once. Lowered to what the process's
     /// file limit allows.

@@ -93,6 +93,8 @@ pub struct Context {
     pub port: u16,
     /// Where the services report whether they can work (`/readyz`).
     pub readiness: Readiness,
+    /// Longest a WebSocket may stay silent before it is closed.
+    pub ws_idle_timeout: std::time::Duration,
 }
 
 /// A process being assembled: its listener and shutdown settings.
@@ -120,6 +122,7 @@ impl Process {
                 closing: CancellationToken::new(),
                 port,
                 readiness: Readiness::default(),
+                ws_idle_timeout: server.ws_idle_timeout,
             },
             server: server.clone(),
         })
