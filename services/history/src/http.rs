@@ -103,7 +103,7 @@ async fn class_file(
         .ok_or(AppError::NoHistoryYet(class))?;
     let etag = HeaderValue::from_str(&format!("\"{}\"", object.etag.0.trim_matches('"'))).ok();
     if let (Some(etag), Some(seen)) = (&etag, headers.get(header::IF_NONE_MATCH))
-        && seen == etag
+        && matches_any(seen, etag)
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag.clone())]).into_response());
     }
@@ -129,6 +129,17 @@ async fn class_file(
 /// The class whose published key is exactly `file`.
 fn parse_file_name(file: &str) -> Option<ClassId> {
     ClassId::all().find(|&class| class_file_key(class) == file)
+}
+
+/// Whether an `If-None-Match` list names `etag` (RFC 9110 13.1.2: `*`, or
+/// any entry, weak or strong, compared weakly).
+fn matches_any(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let (Ok(list), Ok(etag)) = (if_none_match.to_str(), etag.to_str()) else {
+        return false;
+    };
+    list.split(',')
+        .map(str::trim)
+        .any(|entry| entry == "*" || entry.strip_prefix("W/").unwrap_or(entry) == etag)
 }
 
 #[cfg(test)]
@@ -280,5 +291,27 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_MODIFIED);
         assert_eq!(headers[header::ETAG], etag);
         assert!(body.is_empty());
+        // A list, a weak tag, or `*` naming it are the same.
+        let tag = etag.to_str().unwrap();
+        for seen in [
+            format!("\"other\", {tag}"),
+            format!("W/{tag}"),
+            "*".to_owned(),
+        ] {
+            let request = Request::get("/history/class-2.gz")
+                .header(header::IF_NONE_MATCH, seen.as_str())
+                .body(Body::empty())
+                .unwrap();
+            assert_eq!(
+                fixture.get(request).await.0,
+                StatusCode::NOT_MODIFIED,
+                "{seen}"
+            );
+        }
+        let request = Request::get("/history/class-2.gz")
+            .header(header::IF_NONE_MATCH, "\"other\"")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(fixture.get(request).await.0, StatusCode::OK);
     }
 }

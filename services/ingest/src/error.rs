@@ -25,6 +25,9 @@ pub enum AppError {
     /// Neither JSON nor NDJSON.
     #[error("unsupported Content-Type {0:?}: send application/json or application/x-ndjson")]
     UnsupportedMediaType(String),
+    /// A `Content-Encoding` ingest does not decode.
+    #[error("unsupported Content-Encoding {0:?}: send the body unencoded")]
+    UnsupportedEncoding(String),
     /// `GET /v1/telemetry/ws` without a WebSocket upgrade.
     #[error("not a WebSocket upgrade: {0}")]
     NotUpgrade(#[from] WebSocketUpgradeRejection),
@@ -58,7 +61,9 @@ impl AppError {
             | AppError::BadBody(_)
             | AppError::NotUpgrade(_)
             | AppError::BinaryFrame => StatusCode::BAD_REQUEST,
-            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::UnsupportedMediaType(_) | AppError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -21,8 +21,23 @@ impl<S: Send + Sync> FromRequest<S> for Records {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
-        // Refused before reading: a body of the wrong type is not read at all.
+        // Refused before reading: a body of the wrong type, in an encoding
+        // nobody decodes, or announced larger than the limit is not read
+        // at all (and `Expect: 100-continue` gets no 100).
         let format = body_format(request.headers())?;
+        if let Some(encoding) = request.headers().get(header::CONTENT_ENCODING)
+            && encoding.as_bytes() != b"identity"
+        {
+            let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+            return Err(AppError::UnsupportedEncoding(encoding));
+        }
+        let announced = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if announced.is_some_and(|length| length > MAX_BODY_BYTES) {
+            return Err(AppError::BodyTooLarge);
+        }
         // The limit is enforced while reading, so an oversized body is cut
         // off at the limit rather than buffered whole.
         let request = request.map(|body| Body::new(Limited::new(body, MAX_BODY_BYTES)));

@@ -149,6 +149,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_encoded_body_is_415_and_an_announced_oversize_is_413_unread() {
+        let fixture = Fixture::new();
+        let request = Request::post("/v1/telemetry")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .body(Body::from(message(1).to_string()))
+            .unwrap();
+        assert_eq!(
+            fixture.send(request).await,
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                refused(r#"unsupported Content-Encoding "gzip": send the body unencoded"#)
+            )
+        );
+        // Announced too large: refused on the header, the body never read
+        // (this one would never end).
+        let never = Body::from_stream(futures_util::stream::pending::<
+            Result<bytes::Bytes, std::io::Error>,
+        >());
+        let request = Request::post("/v1/telemetry")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, (MAX_BODY_BYTES + 1).to_string())
+            .body(never)
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), fixture.send(request))
+            .await
+            .expect("answered without reading the body");
+        assert_eq!(answer.0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(fixture.stored().await, 0);
+    }
+
+    #[tokio::test]
     async fn too_large_a_body_or_batch_is_413() {
         let fixture = Fixture::new();
         assert_eq!(

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// What one service contributes to a process.
 pub struct Service {
@@ -221,7 +221,13 @@ fn layers(router: Router, context: &Context, server: &ServerArgs) -> Router {
             let limit = server.body_timeout;
             move |request, next| body_deadline::limit_body(limit, request, next)
         }))
-        .layer(TraceLayer::new_for_http())
+        // Failures are answered (and counted) where they happen; at error
+        // level, a 503 per request of every bike would flood the log
+        // during an outage.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
 }
 
 /// Resolves when the first task ends, with its result and index.
