@@ -21,9 +21,8 @@ impl<S: Send + Sync> FromRequest<S> for Records {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
-        // Refused before reading: a body of the wrong type, in an encoding
-        // nobody decodes, or announced larger than the limit is not read
-        // at all (and `Expect: 100-continue` gets no 100).
+        // Refused before reading: a body of the wrong type or in an
+        // encoding nobody decodes is not read at all.
         let format = body_format(request.headers())?;
         if let Some(encoding) = request.headers().get(header::CONTENT_ENCODING)
             && encoding.as_bytes() != b"identity"
@@ -31,11 +30,18 @@ impl<S: Send + Sync> FromRequest<S> for Records {
             let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
             return Err(AppError::UnsupportedEncoding(encoding));
         }
-        let announced = request
-            .headers()
+        // A client that waits for `100 Continue` is refused before it sends
+        // a body announced too large. (One that sends at once is read up to
+        // the limit: refused on its header, it would see a broken pipe
+        // while writing, not the answer.)
+        let headers = request.headers();
+        let announced = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if announced.is_some_and(|length| length > MAX_BODY_BYTES) {
+        let waits = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if waits && announced.is_some_and(|length| length > MAX_BODY_BYTES) {
             return Err(AppError::BodyTooLarge);
         }
         // The limit is enforced while reading, so an oversized body is cut

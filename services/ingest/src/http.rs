@@ -149,7 +149,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_encoded_body_is_415_and_an_announced_oversize_is_413_unread() {
+    async fn an_encoded_body_is_415_and_an_oversize_announced_to_100_continue_is_413_unread() {
         let fixture = Fixture::new();
         let request = Request::post("/v1/telemetry")
             .header(header::CONTENT_TYPE, "application/json")
@@ -163,14 +163,15 @@ mod tests {
                 refused(r#"unsupported Content-Encoding "gzip": send the body unencoded"#)
             )
         );
-        // Announced too large: refused on the header, the body never read
-        // (this one would never end).
+        // Announced too large to a client waiting for `100 Continue`:
+        // refused on the header, the body never read (this one never ends).
         let never = Body::from_stream(futures_util::stream::pending::<
             Result<bytes::Bytes, std::io::Error>,
         >());
         let request = Request::post("/v1/telemetry")
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CONTENT_LENGTH, (MAX_BODY_BYTES + 1).to_string())
+            .header(header::EXPECT, "100-continue")
             .body(never)
             .unwrap();
         let answer = tokio::time::timeout(Duration::from_secs(5), fixture.send(request))
