@@ -1,7 +1,6 @@
 //! Capped exponential backoff with jitter, for retrying a failing backend,
 //! and [`retry`], the retry loop built on it.
 
-use std::fmt::Display;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -53,34 +52,44 @@ impl Backoff {
 /// attempt was given (`Send`, as the futures of `#[async_trait]` methods are).
 pub type Attempt<'a, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'a>>;
 
+/// Why [`retry`] gave up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GaveUp<E> {
+    /// An error no retry can fix (`is_final` said so).
+    Final(E),
+    /// `wait` said to stop trying (the caller is shutting down).
+    Stopped,
+}
+
 /// Runs `attempt` until it succeeds or fails with an error that `is_final`
-/// says no retry can fix (that error is returned). Pauses for `backoff`'s
-/// delays between attempts and logs every retry with `what` was being done.
-/// A success resets `backoff`, so one backoff can pace a run of steps.
+/// says no retry can fix. After any other failure, `wait` is handed the
+/// error and `backoff`'s next delay: it logs and reports as its caller
+/// needs, waits (the delay, or less), and says whether to try again. A
+/// success resets `backoff`, so one backoff can pace a run of steps.
 ///
 /// Each attempt gets `state` mutably: what its future borrows (a
 /// subscription, the arguments of its call) goes there rather than in the
 /// closure's captures, because a closure cannot lend its captures to the
 /// future it returns. (An async closure could, but the compiler cannot yet
 /// prove such a future `Send` inside a generic function.)
-pub async fn retry<S: ?Sized, T, E: Display>(
+pub async fn retry<S: ?Sized, T, E, W: Future<Output = bool>>(
     backoff: &mut Backoff,
-    what: &str,
     is_final: impl Fn(&E) -> bool,
     state: &mut S,
     mut attempt: impl FnMut(&mut S) -> Attempt<'_, T, E>,
-) -> Result<T, E> {
+    mut wait: impl FnMut(&E, Duration) -> W,
+) -> Result<T, GaveUp<E>> {
     loop {
         match attempt(state).await {
             Ok(value) => {
                 backoff.reset();
                 return Ok(value);
             }
-            Err(e) if is_final(&e) => return Err(e),
+            Err(e) if is_final(&e) => return Err(GaveUp::Final(e)),
             Err(e) => {
-                let pause = backoff.next_delay();
-                tracing::warn!(what, error = %e, ?pause, "failed; retrying");
-                tokio::time::sleep(pause).await;
+                if !wait(&e, backoff.next_delay()).await {
+                    return Err(GaveUp::Stopped);
+                }
             }
         }
     }
@@ -116,16 +125,24 @@ mod tests {
         *e == "final"
     }
 
+    /// Sleeps the whole delay and tries again, as a plain caller would.
+    fn sleep(_: &&str, pause: Duration) -> impl Future<Output = bool> + use<> {
+        async move {
+            tokio::time::sleep(pause).await;
+            true
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retries_with_growing_pauses_until_success_then_resets() {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let started = Instant::now();
         let attempts = retry(
             &mut backoff,
-            "testing",
             is_final,
             &mut failing(&["a", "b", "c"]),
             attempt,
+            sleep,
         )
         .await;
         assert_eq!(attempts, Ok(4));
@@ -144,13 +161,13 @@ mod tests {
         let started = Instant::now();
         let result = retry(
             &mut backoff,
-            "testing",
             is_final,
             &mut failing(&["final"]),
             attempt,
+            sleep,
         )
         .await;
-        assert_eq!(result, Err("final"));
+        assert_eq!(result, Err(GaveUp::Final("final")));
         assert_eq!(started.elapsed(), Duration::ZERO, "no pause");
     }
 
@@ -159,13 +176,39 @@ mod tests {
         let mut backoff = Backoff::default();
         let result = retry(
             &mut backoff,
-            "testing",
             is_final,
             &mut failing(&["a", "final"]),
             attempt,
+            sleep,
         )
         .await;
-        assert_eq!(result, Err("final"));
+        assert_eq!(result, Err(GaveUp::Final("final")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_says_stop_ends_the_loop_with_the_delay_it_was_given() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut delays = Vec::new();
+        let result = retry(
+            &mut backoff,
+            is_final,
+            &mut failing(&["a", "b", "c"]),
+            attempt,
+            |e, pause| {
+                delays.push((*e, pause));
+                std::future::ready(delays.len() < 2)
+            },
+        )
+        .await;
+        assert_eq!(result, Err(GaveUp::Stopped));
+        assert_eq!(
+            delays.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(
+            delays[1].1 >= Duration::from_millis(100),
+            "the backoff grows"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -173,7 +216,7 @@ mod tests {
         let task = tokio::spawn(async {
             let mut backoff = Backoff::default();
             let mut state = failing(&["a"]);
-            retry(&mut backoff, "testing", is_final, &mut state, attempt).await
+            retry(&mut backoff, is_final, &mut state, attempt, sleep).await
         });
         assert_eq!(task.await.unwrap(), Ok(2));
     }

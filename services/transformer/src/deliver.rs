@@ -5,7 +5,7 @@
 //! delivery that completed from one that did not: completed ones are
 //! skipped ([`recover`]), never written twice.
 
-use alleycat_core::backoff::{Attempt, Backoff};
+use alleycat_core::backoff::{Attempt, Backoff, GaveUp, retry};
 use alleycat_core::codec;
 use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord};
 use alleycat_core::validate::parse_record;
@@ -16,6 +16,7 @@ use alleycat_storage::{
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use std::fmt::Display;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A delivery whose object write has been failing this long is renamed with
@@ -101,14 +102,6 @@ pub(crate) struct Control {
     pub(crate) readiness: Readiness,
 }
 
-/// Why [`Control::retry`] gave up.
-pub(crate) enum GaveUp<E> {
-    /// An error no retry can fix.
-    Final(E),
-    /// A failure while stopping.
-    Stopped,
-}
-
 impl Control {
     /// A step failed (and is retried unless stopping).
     pub(crate) fn failing(&self, what: &str, error: &dyn Display) {
@@ -121,9 +114,8 @@ impl Control {
         self.readiness.set(PART, Ok(()));
     }
 
-    /// Pauses for `backoff`'s next delay, or less if the transformer stops.
-    async fn pause(&self, backoff: &mut Backoff, what: &str, error: String) {
-        let pause = backoff.next_delay();
+    /// Pauses for `pause`, or less if the transformer stops.
+    async fn pause(&self, pause: Duration, what: &str, error: String) {
         tracing::warn!(what, %error, ?pause, "failed; retrying");
         tokio::select! {
             () = self.stop.cancelled() => {}
@@ -131,33 +123,30 @@ impl Control {
         }
     }
 
-    /// [`alleycat_core::backoff::retry`], reporting readiness, and giving up
-    /// on a failure once the transformer is stopping.
+    /// [`retry`], reporting readiness, and giving up on a failure once the
+    /// transformer is stopping.
     async fn retry<S: ?Sized, T, E: Display>(
         &self,
         backoff: &mut Backoff,
         what: &str,
         is_final: impl Fn(&E) -> bool,
         state: &mut S,
-        mut attempt: impl FnMut(&mut S) -> Attempt<'_, T, E>,
+        attempt: impl FnMut(&mut S) -> Attempt<'_, T, E>,
     ) -> Result<T, GaveUp<E>> {
-        loop {
-            match attempt(state).await {
-                Ok(value) => {
-                    backoff.reset();
-                    return Ok(value);
+        retry(backoff, is_final, state, attempt, |e, pause| {
+            self.failing(what, e);
+            let stopping = self.stop.is_cancelled();
+            let error = e.to_string();
+            async move {
+                if stopping {
+                    tracing::warn!(what, %error, "failed while stopping; left on the stream for the next start");
+                    return false;
                 }
-                Err(e) if is_final(&e) => return Err(GaveUp::Final(e)),
-                Err(e) => {
-                    self.failing(what, &e);
-                    if self.stop.is_cancelled() {
-                        tracing::warn!(what, error = %e, "failed while stopping; left on the stream for the next start");
-                        return Err(GaveUp::Stopped);
-                    }
-                    self.pause(backoff, what, e.to_string()).await;
-                }
+                self.pause(pause, what, error).await;
+                true
             }
-        }
+        })
+        .await
     }
 }
 
@@ -305,7 +294,11 @@ pub(crate) async fn deliver(
                         return Outcome::Abandoned;
                     }
                     control
-                        .pause(&mut backoff, "writing a delivery object", e.to_string())
+                        .pause(
+                            backoff.next_delay(),
+                            "writing a delivery object",
+                            e.to_string(),
+                        )
                         .await;
                     if Utc::now() - written_at > MAX_KEY_AGE {
                         written_at = Utc::now();
