@@ -8,8 +8,9 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Vis
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// The key of every field of the schema.
-const FIELDS: [&str; 10] = [
+/// The key of every field of the schema, in the order problems are
+/// reported.
+pub(super) const FIELDS: [&str; 10] = [
     "uuid",
     "event",
     "deviceTimestamp",

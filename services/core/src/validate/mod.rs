@@ -185,18 +185,7 @@ mod fuzz {
     use serde_json::Value;
 
     /// The schema's keys, in the order the checker reports them.
-    const KEYS: [&str; 10] = [
-        "uuid",
-        "event",
-        "deviceTimestamp",
-        "second",
-        "raceId",
-        "name",
-        "racerId",
-        "classId",
-        "cadence",
-        "resistance",
-    ];
+    const KEYS: [&str; 10] = diagnose::FIELDS;
 
     /// `s` as a JSON string, each character for which `escape` says so
     /// (and every control character) written as `\uXXXX` escapes (UTF-16,
