@@ -45,7 +45,7 @@ impl ServiceArgs for IngestArgs {
 
 /// Makes `/readyz` report the stream (part `stream`) as not ready while it
 /// cannot take records (a failed write not yet healed, its file deleted).
-pub fn probe_stream(context: &Context, stream: &Arc<dyn Stream>) {
+fn probe_stream(context: &Context, stream: &Arc<dyn Stream>) {
     let stream = Arc::clone(stream);
     context.readiness.probe("stream", move || {
         let stream = Arc::clone(&stream);
