@@ -229,7 +229,13 @@ async fn resharding_mid_run_loses_nothing_and_reads_children_after_parents() {
         .await
         .unwrap();
     aws.wait_active().await;
-    let acked = posters.finish().await;
+    // The posters may have finished by now on a slow machine; a race posted
+    // after the split is what makes sure the children receive records (its
+    // 40 racer keys fall on both halves of the parent's range).
+    let after_split = race(900, 2, 9000, 40, 3);
+    post_all(&ingest.base, std::slice::from_ref(&after_split)).await;
+    let mut acked = posters.finish().await;
+    acked.extend(after_split.into_iter().flatten());
     aws.assert_delivered_exactly_once(&acked).await;
 
     let shards_now = aws
