@@ -69,6 +69,7 @@ fn history(c: &mut Criterion) {
             class_id: ClassId(1),
             second: Second(101 + (i % 5) as u16),
             racer_id: RacerId(i % racers),
+            race_id: RaceId(1),
             output: output_of(i % racers, 101 + (i % 5) as u16)
                 + if i % 5 == 0 { 1.0 } else { -1.0 },
         })
@@ -92,6 +93,7 @@ fn history(c: &mut Criterion) {
             class_id: ClassId(1),
             second: Second(101 + (i % 5) as u16),
             racer_id: RacerId(i * 5 % racers),
+            race_id: RaceId(1),
             output: output_of(i * 5 % racers, 101 + (i % 5) as u16) + 1.0,
         })
         .collect();

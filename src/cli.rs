@@ -27,10 +27,13 @@ enum Command {
     Ingest(Standalone<alleycat_ingest::IngestArgs>),
     /// Only the transformer (stream -> delivery objects).
     Transformer(Standalone<alleycat_transformer::TransformerArgs>),
-    /// Only the history service (delivery objects -> class-N.gz).
-    History(Standalone<alleycat_history::HistoryArgs>),
+    /// Only the history service (delivery objects -> class-N.gz); or,
+    /// with `import`, imports the original system's class files.
+    History(HistoryCommand),
     /// Only the rankings service (live standings, results, leaderboards).
     Rankings(Standalone<alleycat_rankings::RankingsArgs>),
+    /// Prints a bike's token (signed with the first ALLEYCAT_AUTH_SECRET).
+    Token(alleycat_ingest::TokenArgs),
 }
 
 /// Settings of one service run as its own process.
@@ -42,6 +45,25 @@ struct Standalone<A: ServiceArgs> {
     storage: StorageArgs,
     #[command(flatten)]
     service: A,
+}
+
+/// `alleycat history [import SOURCE]`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct HistoryCommand {
+    #[command(subcommand)]
+    action: Option<HistoryAction>,
+    #[command(flatten)]
+    service: Standalone<alleycat_history::HistoryArgs>,
+}
+
+#[derive(Subcommand)]
+enum HistoryAction {
+    /// Merges class files written by the original system (`class-N.gz` or
+    /// `class-N`, N 1-6, gzip or plain JSON) into the history store by
+    /// maximum, rounding values as the original did; drops what is not
+    /// valid and prints what it dropped and imported, per class.
+    Import(Box<alleycat_history::import::ImportArgs>),
 }
 
 impl<A: ServiceArgs> Standalone<A> {
@@ -67,8 +89,12 @@ impl Cli {
             }
             Some(Command::Ingest(service)) => service.run(shutdown).await,
             Some(Command::Transformer(service)) => service.run(shutdown).await,
-            Some(Command::History(service)) => service.run(shutdown).await,
+            Some(Command::History(history)) => match history.action {
+                None => history.service.run(shutdown).await,
+                Some(HistoryAction::Import(args)) => alleycat_history::import::run(&args).await,
+            },
             Some(Command::Rankings(service)) => service.run(shutdown).await,
+            Some(Command::Token(token)) => token.run(),
         }
     }
 }
@@ -87,7 +113,8 @@ mod tests {
         for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
             for arg in command.get_arguments() {
                 let Some(long) = arg.get_long() else { continue };
-                if ["help", "version"].contains(&long) {
+                // `alleycat token`'s own inputs are not settings.
+                if ["help", "version", "racer", "ttl"].contains(&long) {
                     continue;
                 }
                 let env = arg.get_env().and_then(|e| e.to_str());
@@ -138,5 +165,33 @@ mod tests {
             let cli = Cli::try_parse_from(["alleycat", service, "--data-dir", "/tmp/x"]);
             assert!(cli.is_ok_and(|c| c.service.is_some()), "{service}");
         }
+    }
+
+    #[test]
+    fn history_import_is_a_subcommand_of_history() {
+        let cli = Cli::try_parse_from([
+            "alleycat",
+            "history",
+            "import",
+            "s3://old/prod",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Some(Command::History(HistoryCommand {
+            action: Some(HistoryAction::Import(args)),
+            ..
+        })) = cli.service
+        else {
+            panic!("not an import");
+        };
+        assert_eq!(args.source.to_string(), "s3://old/prod/");
+        assert_eq!(args.storage.data_dir.to_str(), Some("/tmp/x"));
+        let service = Cli::try_parse_from(["alleycat", "history", "--history-poll-ms", "100"]);
+        assert!(service.is_ok_and(|c| matches!(
+            c.service,
+            Some(Command::History(HistoryCommand { action: None, .. }))
+        )));
+        assert!(Cli::try_parse_from(["alleycat", "history", "import"]).is_err());
     }
 }

@@ -14,13 +14,13 @@ fn contract_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("frontend-contract")
 }
 
-struct Schema {
+pub(crate) struct Schema {
     name: &'static str,
     validator: jsonschema::Validator,
 }
 
 impl Schema {
-    fn load(name: &'static str) -> Schema {
+    pub(crate) fn load(name: &'static str) -> Schema {
         let text =
             std::fs::read_to_string(contract_dir().join(format!("{name}.schema.json"))).unwrap();
         let schema: Value = serde_json::from_str(&text).unwrap();
@@ -30,7 +30,7 @@ impl Schema {
     }
 
     #[track_caller]
-    fn assert_valid(&self, instance: &Value) {
+    pub(crate) fn assert_valid(&self, instance: &Value) {
         let errors: Vec<String> = self
             .validator
             .iter_errors(instance)
@@ -81,6 +81,7 @@ fn every_example_matches_its_schema() {
         ("ingest-error", &["ingest-error.json"]),
         ("class-history", &["class-history.json"]),
         ("readiness", &["readiness.ndjson"]),
+        ("disqualification", &["disqualification.ndjson"]),
         ("delivery-record", &["delivery-record.ndjson"]),
         (
             "processing-failed-record",
@@ -110,6 +111,28 @@ fn the_schemas_refuse_what_the_services_refuse() {
         let mut v = valid.clone();
         v[field] = bad;
         telemetry.assert_invalid(&v);
+    }
+    // The sensors' limits at the services' defaults: the limit itself is
+    // taken, a hair above it is refused, by the schemas and by the rules.
+    let batch = Schema::load("telemetry-batch");
+    let limits = alleycat_core::validate::SensorLimits::DEFAULT;
+    for (field, max) in [
+        ("cadence", limits.max_cadence()),
+        ("resistance", limits.max_resistance()),
+    ] {
+        for (value, taken) in [(max, true), (max + 0.01, false), (1000.0, false)] {
+            let mut v = valid.clone();
+            v[field] = json!(value);
+            let by_rules = alleycat_core::validate::validate_value(&v).is_ok();
+            assert_eq!(by_rules, taken, "{field} {value}");
+            if taken {
+                telemetry.assert_valid(&v);
+                batch.assert_valid(&json!([v]));
+            } else {
+                telemetry.assert_invalid(&v);
+                batch.assert_invalid(&json!([v]));
+            }
+        }
     }
     let history = Schema::load("class-history");
     history.assert_invalid(&json!({"0": {"1": 1.0}}));
@@ -220,6 +243,7 @@ async fn records_that_fail_processing_go_to_processing_failed_in_the_contract_sh
             buffer_bytes: std::num::NonZeroUsize::new(1 << 20).unwrap(),
             buffer_interval: Duration::from_millis(100),
         },
+        alleycat_core::validate::SensorLimits::DEFAULT,
         stop.clone(),
     ));
     let failed_dir = dir.path().join("delivery").join("processing-failed");
@@ -375,6 +399,8 @@ fn the_openapi_document_covers_every_route_and_its_refs_resolve() {
         "/v1/leaderboard",
         "/healthz",
         "/readyz",
+        "/v1/admin/disqualifications",
+        "/v1/admin/disqualifications/{id}",
     ] {
         assert!(paths.contains_key(route), "{route} is not documented");
     }

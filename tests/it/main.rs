@@ -4,12 +4,16 @@
 
 mod aws;
 mod aws_faults;
+mod bike_auth;
 mod common;
 mod contract;
 mod crash;
 mod disk_faults;
+mod disqualification;
 mod history_faults;
+mod history_import;
 mod hostile_http;
 mod hostile_rankings;
 mod pipeline;
+mod plausibility;
 mod rankings;

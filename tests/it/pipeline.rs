@@ -88,7 +88,7 @@ async fn a_bad_batch_changes_nothing() {
 
     // A batch whose valid records would raise bests, spoiled by one bad record.
     let mut better = good[0][0];
-    better.cadence_q = 3000;
+    better.cadence_q = 800; // 200 rpm: the highest cadence taken by default
     let mut bad = better.json();
     bad["classId"] = json!(9);
     let (status, answer) = post_json(&client, &server.base, &json!([better.json(), bad])).await;

@@ -9,7 +9,7 @@
 //! Keys sort by write time, so a reader can list "everything written since
 //! T" with a start-after key ([`listing_start_after`]).
 
-use crate::telemetry::{ClassId, RacerId, Second, Telemetry};
+use crate::telemetry::{ClassId, RaceId, RacerId, Second, Telemetry};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -43,9 +43,13 @@ impl<'a> DeliveryRecord<'a> {
         }
     }
 
-    /// Appends this record and a newline to `buf`.
+    /// Appends this record and a newline to `buf`, its numbers written as
+    /// the original's `JSON.stringify` wrote them (`81`, not `81.0`).
     pub fn write_line(&self, buf: &mut Vec<u8>) {
-        serde_json::to_writer(&mut *buf, self).expect("serializing to a Vec cannot fail");
+        let mut serializer =
+            serde_json::Serializer::with_formatter(&mut *buf, crate::js_number::JsonFormatter);
+        self.serialize(&mut serializer)
+            .expect("serializing to a Vec cannot fail");
         buf.push(b'\n');
     }
 }
@@ -101,6 +105,8 @@ pub struct HistoryPoint {
     pub second: Second,
     /// The racer.
     pub racer_id: RacerId,
+    /// The race (what a disqualification names).
+    pub race_id: RaceId,
     /// Output at that second.
     pub output: f64,
 }
@@ -111,6 +117,7 @@ struct PointLine {
     class_id: u64,
     second: u64,
     racer_id: u64,
+    race_id: u64,
     output: f64,
 }
 
@@ -123,6 +130,9 @@ pub fn parse_point(line: &[u8]) -> Result<HistoryPoint, String> {
     if raw.racer_id > crate::telemetry::MAX_SAFE_INTEGER {
         return Err("racerId out of range".to_owned());
     }
+    if raw.race_id > crate::telemetry::MAX_SAFE_INTEGER {
+        return Err("raceId out of range".to_owned());
+    }
     if !(raw.output.is_finite() && raw.output >= 0.0) {
         return Err("output must be a finite, non-negative number".to_owned());
     }
@@ -130,6 +140,7 @@ pub fn parse_point(line: &[u8]) -> Result<HistoryPoint, String> {
         class_id,
         second,
         racer_id: RacerId(raw.racer_id),
+        race_id: RaceId(raw.race_id),
         output: raw.output,
     })
 }
@@ -187,6 +198,21 @@ pub fn listing_start_after(at: DateTime<Utc>) -> String {
         at.format(STAMP_FORMAT)
     )
 }
+
+/// The shard a delivery object's records were read from, from its key.
+#[must_use]
+pub fn shard_of(key: &str) -> Option<&str> {
+    // `...alleycat-delivery-YYYY-MM-DD-HH-MM-SS-<shard>-<first>-<last>.gz`;
+    // the shard may hold dashes, the sequence numbers do not.
+    let name = key.rsplit('/').next()?.strip_prefix(OBJECT_PREFIX)?;
+    let rest = name.get(STAMP_CHARS + 1..)?.strip_suffix(".gz")?;
+    let mut parts = rest.rsplitn(3, '-');
+    let (_last, _first) = (parts.next()?, parts.next()?);
+    parts.next()
+}
+
+/// Characters of a key's time stamp (`YYYY-MM-DD-HH-MM-SS`).
+const STAMP_CHARS: usize = 19;
 
 /// Whether `key` names a delivery object (not a failed-records object or
 /// anything else that may share the store).
@@ -246,6 +272,24 @@ mod tests {
         assert_eq!(value["output"], 165.3838);
         assert_eq!(value["racerId"], 101);
         assert_eq!(value["event"], "final");
+        // Numbers as JavaScript writes them.
+        let text = String::from_utf8(buf.clone()).unwrap();
+        assert!(
+            text.ends_with("\"cadence\":80.25,\"resistance\":78.5,\"output\":165.3838}\n"),
+            "{text}"
+        );
+        let whole = Telemetry {
+            cadence: 65.0,
+            resistance: 35.0,
+            ..telemetry()
+        };
+        let mut line = Vec::new();
+        DeliveryRecord::new(&whole).write_line(&mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(
+            line.ends_with("\"cadence\":65,\"resistance\":35,\"output\":100}\n"),
+            "{line}"
+        );
         let point = parse_point(&buf[..buf.len() - 1]).unwrap();
         assert_eq!(
             point,
@@ -253,6 +297,7 @@ mod tests {
                 class_id: ClassId(2),
                 second: Second(300),
                 racer_id: RacerId(101),
+                race_id: telemetry().race_id,
                 output: 165.3838
             }
         );
@@ -263,11 +308,23 @@ mod tests {
         let body = b"{\"classId\":9,\"second\":1,\"racerId\":1,\"output\":1}\n\
                      {\"classId\":1,\"second\":1,\"racerId\":1,\"output\":-1}\n\
                      garbage\n\
+                     {\"classId\":1,\"second\":2,\"racerId\":7,\"raceId\":3,\"output\":99.5}\n\
                      {\"classId\":1,\"second\":2,\"racerId\":7,\"output\":99.5}\n";
         let (points, bad) = parse_points(body);
         assert_eq!(points.len(), 1);
         assert_eq!(points[0].racer_id, RacerId(7));
-        assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), [0, 1, 2]);
+        // A line without its raceId cannot be told apart from a
+        // disqualified race's: refused too.
+        assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), [0, 1, 2, 4]);
+    }
+
+    #[test]
+    fn the_shard_is_read_back_from_a_key() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 26, 9, 5, 7).unwrap();
+        let key = delivery_key(at, "shardId-000000000003", "4968", "4970");
+        assert_eq!(shard_of(&key), Some("shardId-000000000003"));
+        assert_eq!(shard_of(&delivery_key(at, "0", "1", "2")), Some("0"));
+        assert_eq!(shard_of("2026/11/26/09/other.gz"), None);
     }
 
     #[test]

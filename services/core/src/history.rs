@@ -11,6 +11,9 @@ use crate::delivery::HistoryPoint;
 use crate::telemetry::{ClassId, RacerId, Second};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod original;
+pub use original::{DropReason, DropReport};
+
 /// Largest decompressed class file accepted when loading (a 10,000-racer
 /// class is about 50 MB of JSON).
 pub const MAX_CLASS_FILE_BYTES: u64 = 1 << 30;
@@ -62,6 +65,27 @@ impl ClassHistory {
         changed
     }
 
+    /// Replaces every best of `racer` with `bests` (none: the racer leaves
+    /// the history). Returns the seconds whose bests changed. This is how a
+    /// disqualification takes bests back: the only way a best goes down.
+    pub fn replace_racer(&mut self, racer: RacerId, bests: &BTreeMap<Second, f64>) -> Vec<Second> {
+        let mut changed = Vec::new();
+        self.seconds.retain(|&second, racers| {
+            if !bests.contains_key(&second) && racers.remove(&racer).is_some() {
+                changed.push(second);
+            }
+            !racers.is_empty()
+        });
+        for (&second, &output) in bests {
+            let racers = self.seconds.entry(second).or_default();
+            if racers.insert(racer, output) != Some(output) {
+                changed.push(second);
+            }
+        }
+        changed.sort_unstable();
+        changed
+    }
+
     /// `racer`'s best at `second`, if it has one.
     #[must_use]
     pub fn best(&self, second: Second, racer: RacerId) -> Option<f64> {
@@ -92,10 +116,14 @@ impl ClassHistory {
     }
 
     /// The class-file JSON: `{"1": {"101": 152.34, ...}, ...}`, seconds and
-    /// racers in ascending numeric order, so equal histories give equal bytes.
+    /// racers in ascending numeric order, so equal histories give equal bytes,
+    /// numbers as the original's `JSON.stringify` wrote them (`81`, not
+    /// `81.0`), so the same bests give the original's bytes.
     #[must_use]
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.seconds).expect("a map of numbers always serializes")
+        let mut out = Vec::with_capacity(self.len() * 20 + 2);
+        write_js_json(&self.seconds, &mut out);
+        out
     }
 
     /// Parses class-file JSON, checking every second, racer and output.
@@ -128,6 +156,22 @@ impl ClassHistory {
     pub fn from_gzip(bytes: &[u8]) -> Result<Self, HistoryError> {
         Self::from_json(&codec::gunzip(bytes, MAX_CLASS_FILE_BYTES)?)
     }
+}
+
+/// Appends one second's bests as they appear in the class-file JSON
+/// (`{"101":152.34,"102":81}`): what [`ClassHistory::to_json`] writes for
+/// each second, for writers that encode the file a second at a time.
+pub fn write_bests_json(bests: &BTreeMap<RacerId, f64>, out: &mut Vec<u8>) {
+    write_js_json(bests, out);
+}
+
+/// `value` as JSON, floats as JavaScript writes them.
+fn write_js_json(value: &impl serde::Serialize, out: &mut Vec<u8>) {
+    let mut serializer =
+        serde_json::Serializer::with_formatter(&mut *out, crate::js_number::JsonFormatter);
+    value
+        .serialize(&mut serializer)
+        .expect("a map of numbers always serializes");
 }
 
 /// The seconds whose bests changed, per class.
@@ -190,6 +234,7 @@ mod tests {
             class_id: ClassId(class),
             second: Second(second),
             racer_id: RacerId(racer),
+            race_id: crate::RaceId(1),
             output,
         }
     }
@@ -229,7 +274,7 @@ mod tests {
         h.merge(Second(10), RacerId(9), 1.0);
         assert_eq!(
             String::from_utf8(h.to_json()).unwrap(),
-            r#"{"1":{"101":152.34,"102":148.9},"2":{"101":153.1},"10":{"9":1.0}}"#
+            r#"{"1":{"101":152.34,"102":148.9},"2":{"101":153.1},"10":{"9":1}}"#
         );
         assert_eq!(h.len(), 4);
     }

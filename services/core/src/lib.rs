@@ -5,16 +5,21 @@
 //! - [`validate`]: parsing request bodies into validated telemetry, with
 //!   per-record, per-field errors;
 //! - [`output`](mod@output): the power formula;
+//! - [`js_number`]: numbers rounded and written exactly as the original's
+//!   JavaScript did;
 //! - [`delivery`]: the delivery-object line formats and object keys;
 //! - [`backoff`]: retry delays;
+//! - [`disqualification`]: which races and racers no longer count;
 //! - [`history`]: per-class, per-second personal bests and their merge;
 //! - [`codec`]: gzip encoding and decoding.
 
 pub mod backoff;
 pub mod codec;
 pub mod delivery;
+pub mod disqualification;
 pub mod dropped;
 pub mod history;
+pub mod js_number;
 pub mod output;
 pub mod telemetry;
 pub mod validate;

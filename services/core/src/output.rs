@@ -2,20 +2,25 @@
 
 /// Decimal places every stored and published output is rounded to, as the
 /// original real-time functions did.
-pub const OUTPUT_DECIMALS: i32 = 4;
+pub const OUTPUT_DECIMALS: u8 = 4;
 
-/// A racer's output (power) for one second:
-/// `((cadence + 35) * (resistance + 65)) / 100`, rounded to 4 decimal places.
+/// A racer's output (power) for one second, exactly as the original's
+/// JavaScript computed it:
+/// `Number(Math.round(value+'e'+4)+'e-'+4)` of
+/// `value = ((cadence + 35) * (resistance + 65)) / 100` in doubles (see
+/// [`js_number::round`](crate::js_number::round): it rounds the shortest
+/// decimal text of `value`, so 30.01 and 63.5 give 83.5378, as `value`
+/// prints as 83.53784999999999, although the exact product is a tie).
 ///
 /// Inputs are validated telemetry values (finite, 0..=1000), so the result is
 /// always finite and non-negative.
 #[must_use]
+#[inline]
 pub fn output(cadence: f64, resistance: f64) -> f64 {
-    // Scaling the product by 10^4 / 100 in one step (rather than dividing by
-    // 100 first) keeps exact halves exact, so ties round up as in JavaScript:
-    // 115.25 * 143.5 = 16538.375 -> 165.3838.
-    let scale = 10f64.powi(OUTPUT_DECIMALS);
-    ((cadence + 35.0) * (resistance + 65.0) * (scale / 100.0)).round() / scale
+    crate::js_number::round(
+        ((cadence + 35.0) * (resistance + 65.0)) / 100.0,
+        OUTPUT_DECIMALS,
+    )
 }
 
 #[cfg(test)]
@@ -28,6 +33,9 @@ mod tests {
         assert_eq!(output(80.25, 78.5), 165.3838);
         assert_eq!(output(0.0, 0.0), 22.75);
         assert_eq!(output(30.0, 33.0), 63.7);
+        // The example: the value prints as 83.53784999999999, so
+        // JavaScript rounds it down, though the exact product is a tie.
+        assert_eq!(output(30.01, 63.5), 83.5378);
     }
 
     #[test]

@@ -16,6 +16,9 @@ use alleycat_core::history::ClassHistory;
 use flate2::{Compress, Compression, FlushCompress};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The content type class files are written with (as the original did).
+pub const CONTENT_TYPE: &str = "application/gzip";
+
 /// gzip header: magic, deflate, no flags, no mtime, no extra flags, unknown OS.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
 /// A final, empty, fixed-Huffman deflate block: ends the stream.
@@ -111,7 +114,7 @@ impl SegmentedClassFile {
                     text.push(b'"');
                     text.extend_from_slice(second.to_string().as_bytes());
                     text.extend_from_slice(b"\":");
-                    serde_json::to_writer(&mut text, racers).expect("numbers serialize");
+                    alleycat_core::history::write_bests_json(racers, &mut text);
                     self.seconds
                         .insert(second, (comma, Segment::new(&text, self.level)));
                 }

@@ -2,10 +2,13 @@
 //! per-second personal bests of each class it touches, publishes them as
 //! `class-<N>.gz`, and serves those files at `GET /history/class-{N}.gz`.
 
+mod admin;
 pub mod class_file;
 mod http;
+pub mod import;
 mod merger;
 
+pub use admin::{AdminError, AdminToken};
 pub use http::{AppError, AppState, app};
 pub use merger::{MergeReport, Merger};
 
@@ -42,6 +45,11 @@ pub struct HistoryArgs {
     /// frontend downloads.
     #[arg(long = "history-max-racers", env = "ALLEYCAT_HISTORY_MAX_RACERS", default_value = "100000", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_racers: u64,
+
+    /// Bearer token of the operators' API (`/v1/admin/disqualifications`),
+    /// at least 16 characters; unset, that API does not exist (404).
+    #[arg(long, env = "ALLEYCAT_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminToken::parse)]
+    pub admin_token: Option<AdminToken>,
 }
 
 impl ServiceArgs for HistoryArgs {
@@ -52,13 +60,16 @@ impl ServiceArgs for HistoryArgs {
     async fn service(&self, context: &Context, storage: &StorageArgs) -> anyhow::Result<Service> {
         let delivery = storage.open_delivery_store().await?;
         let history = storage.open_history_store().await?;
+        let list = storage.disqualifications().await?;
+        alleycat_runtime::probe_disqualifications(&context.readiness, &list);
         let stop = CancellationToken::new();
         let merging = {
-            let (args, history, readiness, stop) = (
+            let (args, history, readiness, stop, list) = (
                 self.clone(),
                 history.clone(),
                 context.readiness.clone(),
                 stop.clone(),
+                list.clone(),
             );
             async move {
                 let Some(merger) =
@@ -66,11 +77,19 @@ impl ServiceArgs for HistoryArgs {
                 else {
                     return Ok(());
                 };
+                let merger = merger.with_disqualifications(list);
                 run_merger(merger, args.poll_interval, stop, readiness).await
             }
         };
         let merging = Task::spawn("history merge", stop, merging);
-        Ok(Service::new("history", app(AppState { store: history })).with_task(merging))
+        let mut router = app(AppState { store: history });
+        if let Some(token) = &self.admin_token {
+            router = router.merge(admin::routes(admin::AdminState {
+                token: token.clone(),
+                list,
+            }));
+        }
+        Ok(Service::new("history", router).with_task(merging))
     }
 }
 

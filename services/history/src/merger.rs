@@ -34,18 +34,22 @@
 
 mod class_state;
 mod discovery;
+mod disqualify;
+mod race_index;
 mod state;
 #[cfg(test)]
 mod tests;
 
 use crate::HistoryArgs;
-use alleycat_core::ClassId;
 use alleycat_core::delivery::HistoryPoint;
+use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::history::ClassHistory;
+use alleycat_core::{ClassId, RacerId};
 use alleycat_runtime::Readiness;
-use alleycat_storage::ObjectStore;
+use alleycat_storage::{DisqualificationList, ObjectStore};
 use chrono::Utc;
 use class_state::{Class, Merged, PublishError};
+use race_index::ClassIndex;
 use state::MergeState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -72,6 +76,13 @@ pub struct MergeReport {
     /// Per class, records not merged because their racer is new and the
     /// class already holds the most racers it may.
     pub too_many_racers: BTreeMap<ClassId, usize>,
+    /// Records not merged because their race or racer is disqualified.
+    pub disqualified: usize,
+    /// Racers whose bests were recomputed after the disqualification list
+    /// changed.
+    pub rebuilt_racers: usize,
+    /// Delivery objects read to recompute them.
+    pub rebuild_objects: usize,
 }
 
 /// Merges delivery objects into class histories and publishes them.
@@ -94,6 +105,16 @@ pub struct Merger {
     /// how often they are.
     verified_at: Option<Instant>,
     verify_every: Duration,
+    /// Per class, where each racer's records are.
+    index: BTreeMap<ClassId, ClassIndex>,
+    /// The disqualification list as this process reads it; `None`: none
+    /// is watched (nothing is ever disqualified).
+    list: Option<Arc<DisqualificationList>>,
+    /// The disqualifications the in-memory histories reflect: records they
+    /// cover are not merged.
+    applied: Arc<Disqualifications>,
+    /// Per class, the racers whose bests are still to be recomputed.
+    rebuild: BTreeMap<ClassId, BTreeSet<RacerId>>,
 }
 
 /// How often published class files are checked to still be there (a
@@ -128,7 +149,9 @@ impl Merger {
     ) -> anyhow::Result<Merger> {
         let state = MergeState::load(history.as_ref()).await?;
         let mut classes = BTreeMap::new();
+        let mut index = BTreeMap::new();
         for class in ClassId::all() {
+            index.insert(class, ClassIndex::load(history.as_ref(), class).await?);
             let loaded = Class::load(history.as_ref(), class, args.gzip_level).await;
             match &loaded {
                 Class::Ready(_) => readiness.set(&part(class), Ok(())),
@@ -139,10 +162,15 @@ impl Merger {
             }
             classes.insert(class, loaded);
         }
+        let applied = Arc::new(state.applied.clone());
         Ok(Merger {
             delivery,
             history,
             classes,
+            index,
+            list: None,
+            applied,
+            rebuild: BTreeMap::new(),
             state,
             state_changed: false,
             grace: args.listing_grace,
@@ -154,6 +182,14 @@ impl Merger {
             readiness,
             too_many_racers: 0,
         })
+    }
+
+    /// Follows `list`: records it disqualifies are not merged, and when it
+    /// changes, the bests of the racers it names are recomputed.
+    #[must_use]
+    pub fn with_disqualifications(mut self, list: Arc<DisqualificationList>) -> Merger {
+        self.list = Some(list);
+        self
     }
 
     /// The in-memory history of `class`; `None` while the class is blocked.
@@ -178,6 +214,7 @@ impl Merger {
         let mut failed = BTreeMap::new();
         self.retry_blocked().await;
         self.republish_if_gone().await;
+        self.apply_disqualifications(&mut report).await?;
         self.merge_pending(&mut report).await?;
         self.publish_all(&mut report, &mut failed).await;
 
@@ -196,7 +233,7 @@ impl Merger {
                         report.rejected += rejected;
                         report.objects += 1;
                         report.records += points.len();
-                        read.push((key, self.merge(&points, &mut report)));
+                        read.push((key, self.merge(key, &points, &mut report)));
                     }
                     Err(e) => {
                         read_error = Some(e);
@@ -223,6 +260,30 @@ impl Merger {
                 return Err(e);
             }
         }
+        // The index is saved before the state records its objects as
+        // merged: unsaved, the state is not saved either, so a restart
+        // reads those objects again.
+        let mut index_error = None;
+        for (class, index) in &mut self.index {
+            if let Err(e) = index.save(self.history.as_ref(), *class).await {
+                index_error = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = index_error {
+            if failed.is_empty() {
+                return Err(e);
+            }
+            // The failed publication is the error to report.
+            tracing::warn!(error = format!("{e:#}"), "saving the race index failed");
+            self.log_report(&report);
+            return Err(self.publication_failed(&failed));
+        }
+        if failed.is_empty() && self.rebuild.is_empty() && self.state.applied != *self.applied {
+            // Every class file now reflects the list.
+            self.state.applied = (*self.applied).clone();
+            self.state_changed = true;
+        }
         self.state
             .complete_check(started, started - self.grace_delta());
         // An idle check changes only `checked_at`; saving it now and then
@@ -245,17 +306,23 @@ impl Merger {
             }
         }
         self.log_report(&report);
-        if let Some((class, error)) = failed.first_key_value() {
-            let classes: Vec<String> = failed.keys().map(ToString::to_string).collect();
-            anyhow::bail!(
-                "publishing class {} failed (class {class}: {error}); their records stay to be \
-                 published by the next check",
-                classes.join(", ")
-            );
+        if !failed.is_empty() {
+            return Err(self.publication_failed(&failed));
         }
         report.published.sort_unstable();
         report.published.dedup();
         Ok(report)
+    }
+
+    /// The error of a check whose publications `failed`.
+    fn publication_failed(&self, failed: &BTreeMap<ClassId, String>) -> anyhow::Error {
+        let classes: Vec<String> = failed.keys().map(ToString::to_string).collect();
+        let (class, error) = failed.first_key_value().expect("some publication failed");
+        anyhow::anyhow!(
+            "publishing class {} failed (class {class}: {error}); their records stay to be \
+             published by the next check",
+            classes.join(", ")
+        )
     }
 
     fn grace_delta(&self) -> chrono::Duration {
@@ -264,7 +331,7 @@ impl Merger {
 
     fn log_report(&mut self, report: &MergeReport) {
         if report.objects > 0 || report.reread > 0 {
-            tracing::info!(objects = report.objects, reread = report.reread, records = report.records, rejected = report.rejected, published = ?report.published, "merged delivery objects");
+            tracing::info!(objects = report.objects, reread = report.reread, records = report.records, rejected = report.rejected, disqualified = report.disqualified, published = ?report.published, "merged delivery objects");
         }
         for (&class, &refused) in &report.too_many_racers {
             self.too_many_racers += refused as u64;
@@ -280,9 +347,16 @@ impl Merger {
         }
     }
 
-    /// Merges every point into its class, unless the class is blocked;
-    /// returns the classes the points belong to.
-    fn merge(&mut self, points: &[HistoryPoint], report: &mut MergeReport) -> BTreeSet<ClassId> {
+    /// Merges every point of the object at `key` into its class, unless
+    /// the class is blocked or the point disqualified, and notes where the
+    /// point is in the class's index; returns the classes the points belong
+    /// to.
+    fn merge(
+        &mut self,
+        key: &str,
+        points: &[HistoryPoint],
+        report: &mut MergeReport,
+    ) -> BTreeSet<ClassId> {
         let mut classes = BTreeSet::new();
         for p in points {
             classes.insert(p.class_id);
@@ -290,9 +364,17 @@ impl Merger {
                 Class::Ready(Box::new(class_state::ClassState::empty(self.gzip_level)))
             });
             // A blocked class's records wait (the caller keeps them pending).
-            if let Class::Ready(state) = class
-                && state.merge(p, self.max_racers) == Merged::TooManyRacers
-            {
+            let Class::Ready(state) = class else { continue };
+            let merged = if self.applied.covers(p.racer_id, p.race_id) {
+                // Kept in the index: a reinstatement brings it back.
+                report.disqualified += 1;
+                state.admits(p.racer_id, self.max_racers)
+            } else {
+                state.merge(p, self.max_racers) != Merged::TooManyRacers
+            };
+            if merged {
+                self.index.entry(p.class_id).or_default().note(key, p);
+            } else {
                 *report.too_many_racers.entry(p.class_id).or_default() += 1;
             }
         }
@@ -334,6 +416,15 @@ impl Merger {
                     if let Some(kept) = kept {
                         state.absorb(*kept, self.gzip_level);
                     }
+                    // The file that replaced the bad one may hold bests the
+                    // list takes back, or lack some it gives back.
+                    let named = self
+                        .applied
+                        .entries()
+                        .iter()
+                        .map(|e| e.racer_id)
+                        .chain(self.state.applied.changed_racers(&self.applied));
+                    self.rebuild.entry(class).or_default().extend(named);
                     tracing::info!(%class, pending = self.state.pending.get(&class).map_or(0, BTreeSet::len), "class file readable again; merging the records that waited for it");
                     self.readiness.set(&part(class), Ok(()));
                 }
@@ -378,7 +469,7 @@ impl Merger {
             points.retain(|p| classes.contains(&p.class_id));
             report.reread += 1;
             report.records += points.len();
-            self.merge(&points, report);
+            self.merge(key, &points, report);
         }
         for class in rereading {
             if let Some(Class::Ready(state)) = self.classes.get_mut(&class) {
@@ -402,7 +493,7 @@ impl Merger {
                 continue;
             }
             match state
-                .publish(self.history.as_ref(), class, self.gzip_level)
+                .publish(self.history.as_ref(), class, self.gzip_level, &self.applied)
                 .await
             {
                 Ok(wrote) => {

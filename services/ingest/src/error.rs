@@ -1,11 +1,14 @@
 //! The ingest API's errors and how they are answered.
 
+use crate::auth::AuthError;
+use crate::rate_limit::RateLimitError;
+use alleycat_core::RacerId;
 use alleycat_core::validate::{BatchError, RecordError};
 use alleycat_storage::StreamError;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -37,6 +40,36 @@ pub enum AppError {
     /// The stream did not take the records; none of them count as accepted.
     #[error("the stream is unavailable; nothing from this request was stored, retry later")]
     Unavailable(#[from] StreamError),
+    /// No valid bearer token, when ingest requires one.
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    /// Records of another racer than the token's.
+    #[error(
+        "{} of {total} records are not of racer {subject}, whose token this is; nothing was accepted",
+        .records.len()
+    )]
+    WrongRacer {
+        /// The token's racer.
+        subject: RacerId,
+        /// Records in the batch.
+        total: usize,
+        /// One per record of another racer.
+        records: Vec<RecordError>,
+    },
+    /// Records of a disqualified race or racer.
+    #[error(
+        "{} of {total} records are of a disqualified race or racer; nothing was accepted",
+        .records.len()
+    )]
+    Disqualified {
+        /// Records in the batch.
+        total: usize,
+        /// One per disqualified record, with the reason.
+        records: Vec<RecordError>,
+    },
+    /// A racer of the batch is over its rate.
+    #[error(transparent)]
+    RateLimited(#[from] RateLimitError),
 }
 
 /// The JSON error body (`frontend-contract/ingest-error.schema.json`).
@@ -46,6 +79,10 @@ pub(crate) struct ErrorBody<'a> {
     pub(crate) kind: Option<&'static str>,
     pub(crate) error: String,
     pub(crate) records: &'a [RecordError],
+    /// Seconds to wait before sending the batch again, when waiting helps
+    /// (rate limited): a WebSocket frame has no `Retry-After` header.
+    #[serde(rename = "retryAfter", skip_serializing_if = "Option::is_none")]
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl AppError {
@@ -64,7 +101,15 @@ impl AppError {
             AppError::UnsupportedMediaType(_) | AppError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::RateLimited(RateLimitError::Full { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::WrongRacer { .. } | AppError::Disqualified { .. } => StatusCode::FORBIDDEN,
+            AppError::RateLimited(RateLimitError::Exceeded { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::RateLimited(RateLimitError::LargerThanBurst { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
         }
     }
 
@@ -77,7 +122,14 @@ impl AppError {
             error: self.to_string(),
             records: match self {
                 AppError::Batch(e) => e.records(),
+                AppError::WrongRacer { records, .. } | AppError::Disqualified { records, .. } => {
+                    records
+                }
                 _ => &[],
+            },
+            retry_after: match self {
+                AppError::RateLimited(e) => e.retry_after(),
+                _ => None,
             },
         }
     }
@@ -91,10 +143,24 @@ pub(crate) const RETRY_AFTER_SECONDS: u64 = 1;
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body(None))).into_response();
-        if let AppError::Unavailable(_) = self {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(RETRY_AFTER_SECONDS),
+        let headers = response.headers_mut();
+        let retry_after = match &self {
+            AppError::Unavailable(_) => Some(RETRY_AFTER_SECONDS),
+            AppError::RateLimited(e) => e.retry_after(),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let AppError::Unauthorized(e) = &self {
+            // RFC 6750 section 3: no error code when no token was sent.
+            let challenge = match e {
+                AuthError::Missing => "Bearer",
+                _ => "Bearer error=\"invalid_token\"",
+            };
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
             );
         }
         response

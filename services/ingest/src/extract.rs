@@ -1,9 +1,9 @@
 //! The ingest routes' inputs, read and checked before a handler runs: each
 //! extractor rejects with the service's JSON [`AppError`].
 
-use crate::{AppError, MAX_BODY_BYTES};
+use crate::{AppError, AppState, MAX_BODY_BYTES};
 use alleycat_core::Telemetry;
-use alleycat_core::validate::{BodyFormat, parse_batch};
+use alleycat_core::validate::BodyFormat;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -14,13 +14,13 @@ use http_body_util::Limited;
 
 /// Every record of a `POST /v1/telemetry` body, validated: one JSON object,
 /// a JSON array, or NDJSON (by `Content-Type`), of at most
-/// [`MAX_BODY_BYTES`].
+/// [`MAX_BODY_BYTES`], checked against the service's sensor limits.
 pub(crate) struct Records(pub(crate) Vec<Telemetry>);
 
-impl<S: Send + Sync> FromRequest<S> for Records {
+impl FromRequest<AppState> for Records {
     type Rejection = AppError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, AppError> {
         // Refused before reading: a body of the wrong type or in an
         // encoding nobody decodes is not read at all.
         let format = body_format(request.headers())?;
@@ -56,7 +56,7 @@ impl<S: Send + Sync> FromRequest<S> for Records {
                     AppError::BadBody(rejection)
                 }
             })?;
-        Ok(Records(parse_batch(&body, format)?))
+        Ok(Records(state.sensor_limits.parse_batch(&body, format)?))
     }
 }
 

@@ -1,5 +1,6 @@
 //! `POST /v1/telemetry`.
 
+use crate::auth::HttpBearer;
 use crate::extract::Records;
 use crate::{AppError, AppState};
 use axum::Json;
@@ -20,9 +21,10 @@ pub(crate) struct Accepted {
 /// NDJSON; 202 once all are on the stream.
 pub(crate) async fn post_telemetry(
     State(state): State<AppState>,
+    HttpBearer(bearer): HttpBearer,
     Records(records): Records,
 ) -> Result<(StatusCode, Json<Accepted>), AppError> {
-    let accepted = crate::put(state.stream.as_ref(), &records).await?;
+    let accepted = crate::gate::store(&state, &bearer, &records).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
@@ -33,7 +35,7 @@ pub(crate) async fn post_telemetry(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::MAX_BODY_BYTES;
     use alleycat_core::validate::MAX_BATCH_RECORDS;
@@ -62,6 +64,8 @@ mod tests {
                 stream: Arc::new(stream),
                 shutdown: CancellationToken::new(),
                 ws_idle_timeout: std::time::Duration::from_secs(60),
+                gate: open_gate(),
+                sensor_limits: alleycat_core::validate::SensorLimits::DEFAULT,
             };
             Fixture { state, _dir: dir }
         }
@@ -92,6 +96,12 @@ mod tests {
             let records = reader.poll(usize::MAX, Duration::ZERO).await.unwrap();
             records.len()
         }
+    }
+
+    /// No secret, and a rate limit no test here reaches.
+    fn open_gate() -> Arc<crate::Gate> {
+        let limiter = crate::RateLimiter::new(1e6, std::num::NonZeroU32::new(1_000_000).unwrap());
+        Arc::new(crate::Gate::new(None, limiter))
     }
 
     fn message(racer: u64) -> Value {
@@ -293,7 +303,7 @@ mod tests {
 
     /// A stream that cannot store (a full disk). The trait's methods as
     /// `#[async_trait]` declares them.
-    struct Refusing;
+    pub(crate) struct Refusing;
 
     type Boxed<'a, T> = std::pin::Pin<
         Box<dyn Future<Output = Result<T, alleycat_storage::StreamError>> + Send + 'a>,
@@ -329,6 +339,8 @@ mod tests {
             stream: Arc::new(Refusing),
             shutdown: CancellationToken::new(),
             ws_idle_timeout: std::time::Duration::from_secs(60),
+            gate: open_gate(),
+            sensor_limits: alleycat_core::validate::SensorLimits::DEFAULT,
         };
         let request = Request::post("/v1/telemetry")
             .header(header::CONTENT_TYPE, "application/json")

@@ -11,19 +11,29 @@
 //! read or buffered), 1007 for a text frame that is not UTF-8, 1003 for a
 //! binary frame, 1002 for any other protocol violation (an unknown opcode,
 //! an unmasked frame, reserved bits, a bad continuation, a fragmented or
-//! oversized control frame).
+//! oversized control frame); 1008 once the bike's token has expired.
 
+use crate::auth::{Bearer, WsBearer};
 use crate::error::AppError;
 use crate::extract::Upgrade;
 use crate::http::Accepted;
 use crate::{AppState, MAX_BODY_BYTES};
-use alleycat_core::validate::{BodyFormat, parse_batch};
+use alleycat_core::validate::BodyFormat;
 use alleycat_runtime::websocket;
 use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, close_code};
 use axum::response::Response;
 
-pub(crate) async fn upgrade(State(state): State<AppState>, Upgrade(ws): Upgrade) -> Response {
+/// The token is checked before the upgrade (401 JSON); the socket then
+/// lives until the token expires: a message received on or after its `exp`
+/// is answered with the error and the socket closed with 1008 (policy
+/// violation), and so is a socket still open when it expires. The bike
+/// reconnects with a new token.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    WsBearer(bearer): WsBearer,
+    Upgrade(ws): Upgrade,
+) -> Response {
     // A bike sends about 300 bytes a second: small buffers keep ten
     // thousand open sockets from costing gigabytes (the defaults are
     // 128 KiB each way per socket). A frame may be no larger than a
@@ -35,10 +45,16 @@ pub(crate) async fn upgrade(State(state): State<AppState>, Upgrade(ws): Upgrade)
         .max_frame_size(MAX_BODY_BYTES)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| serve_bike(socket, state))
+        .on_upgrade(move |socket| serve_bike(socket, state, bearer))
 }
 
-async fn serve_bike(mut socket: WebSocket, state: AppState) {
+const TOKEN_EXPIRED: &str = "the token expired: reconnect with a new one";
+
+async fn serve_bike(mut socket: WebSocket, state: AppState, bearer: Bearer) {
+    let expiry = match bearer {
+        Bearer::Racer(token) => Some(token.deadline()),
+        Bearer::Open => None,
+    };
     loop {
         let message = tokio::select! {
             message = socket.recv() => message,
@@ -55,9 +71,13 @@ async fn serve_bike(mut socket: WebSocket, state: AppState) {
                 websocket::close(&mut socket, close_code::AWAY, "the server is shutting down").await;
                 return;
             }
+            () = until(expiry) => {
+                websocket::close(&mut socket, close_code::POLICY, TOKEN_EXPIRED).await;
+                return;
+            }
         };
         let reply = match message {
-            Some(Ok(Message::Text(text))) => answer(&state, text.as_bytes()).await,
+            Some(Ok(Message::Text(text))) => answer(&state, &bearer, text.as_bytes()).await,
             Some(Ok(Message::Binary(_))) => {
                 let reason = AppError::BinaryFrame.to_string();
                 websocket::close(&mut socket, close_code::UNSUPPORTED, &reason).await;
@@ -76,12 +96,24 @@ async fn serve_bike(mut socket: WebSocket, state: AppState) {
         if socket.send(Message::Text(reply)).await.is_err() {
             return;
         }
+        if expiry.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            websocket::close(&mut socket, close_code::POLICY, TOKEN_EXPIRED).await;
+            return;
+        }
     }
 }
 
-async fn answer(state: &AppState, frame: &[u8]) -> Utf8Bytes {
-    let result = match parse_batch(frame, BodyFormat::Json) {
-        Ok(records) => crate::put(state.stream.as_ref(), &records).await,
+/// Resolves at `deadline`, never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn answer(state: &AppState, bearer: &Bearer, frame: &[u8]) -> Utf8Bytes {
+    let result = match state.sensor_limits.parse_batch(frame, BodyFormat::Json) {
+        Ok(records) => crate::gate::store(state, bearer, &records).await,
         Err(e) => Err(AppError::Batch(e)),
     };
     match result {

@@ -15,7 +15,7 @@ use crate::store::{Final, Finals, ResultsStore};
 use crate::viewers::Viewers;
 use alleycat_core::backoff::Backoff;
 use alleycat_core::history::{ClassHistory, class_file_key};
-use alleycat_core::validate::parse_record;
+use alleycat_core::validate::{FieldError, SensorLimits, describe};
 use alleycat_core::{ClassId, RaceId};
 use alleycat_runtime::Readiness;
 use alleycat_storage::{ETag, ObjectStore, SequenceNumber, StreamRecord, Subscription};
@@ -77,6 +77,10 @@ pub(crate) struct Engine {
     replay_ms: i64,
     /// Per shard, (arrival, sequence) of records read, oldest first.
     read: HashMap<String, VecDeque<(i64, SequenceNumber)>>,
+    /// How high a record's sensors may read.
+    sensor_limits: SensorLimits,
+    /// Records read that break the rules, counted.
+    invalid: u64,
 }
 
 /// Live races evicted to stay within the bound, counted and logged.
@@ -97,6 +101,7 @@ impl Engine {
         viewers: Arc<Viewers>,
         all_time: HashMap<ClassId, Arc<AllTime>>,
         args: &RankingsArgs,
+        sensor_limits: SensorLimits,
     ) -> Engine {
         Engine {
             races: HashMap::new(),
@@ -110,6 +115,8 @@ impl Engine {
             top: args.top.get(),
             replay_ms: millis(args.replay),
             read: HashMap::new(),
+            sensor_limits,
+            invalid: 0,
         }
     }
 
@@ -121,9 +128,12 @@ impl Engine {
             if record.arrival_ms < too_old {
                 continue; // a race long over: nothing to show, its results were kept
             }
-            // Invalid records are the transformer's to report.
-            let Ok(t) = parse_record(&record.data) else {
-                continue;
+            let t = match self.sensor_limits.parse_record(&record.data) {
+                Ok(t) => t,
+                Err(errors) => {
+                    self.skip_invalid(&record, &errors);
+                    continue;
+                }
             };
             self.order += 1;
             let key = (t.class_id, t.race_id);
@@ -153,6 +163,25 @@ impl Engine {
                     finished_ms: record.arrival_ms,
                 });
             }
+        }
+    }
+
+    /// Skips a record that breaks the rules (put on the stream by another
+    /// producer than ingest, or before the limits were lowered): it must
+    /// reach no push, result or "All time". The transformer sets it aside
+    /// in `processing-failed/` with its reason; here it is counted and
+    /// logged, the running total at 1, 2, 4, 8, ... so that a flood shows
+    /// in the log without flooding it.
+    fn skip_invalid(&mut self, record: &StreamRecord, errors: &[FieldError]) {
+        self.invalid += 1;
+        if self.invalid.is_power_of_two() {
+            tracing::warn!(
+                shard = %record.shard_id,
+                sequence = %record.sequence,
+                reason = describe(errors),
+                total = self.invalid,
+                "skipped an invalid record on the stream"
+            );
         }
     }
 
@@ -529,7 +558,12 @@ mod tests {
     }
 
     fn engine(viewers: &Arc<Viewers>) -> Engine {
-        Engine::new(Arc::clone(viewers), HashMap::new(), &args())
+        Engine::new(
+            Arc::clone(viewers),
+            HashMap::new(),
+            &args(),
+            SensorLimits::DEFAULT,
+        )
     }
 
     /// Racer `racer` of class `class`, race 7, at `second`; a higher
@@ -623,6 +657,53 @@ mod tests {
         assert_eq!(racer_ids(&message, "hereNow"), [2, 1]);
         assert_eq!(next_message(&mut class_1), None, "one push per race");
         assert_eq!(next_message(&mut class_2), None, "another class's race");
+    }
+
+    #[test]
+    fn records_past_the_sensor_limits_reach_no_push_and_no_result_but_are_counted() {
+        let viewers = Arc::new(Viewers::default());
+        let mut viewer = watch(&viewers, 1);
+        let mut engine = engine(&viewers);
+        // Racer 2 cheats (cadence 1000, then 200.01 on its final second);
+        // a record of racer 3 is not even JSON.
+        let mut records = fresh(
+            1,
+            T0,
+            &[
+                update(1, 1, 1, 200.0),
+                update(1, 2, 1, 1000.0),
+                telemetry(1, 2, 2, 200.01, Event::Final),
+            ],
+        );
+        records.push(StreamRecord {
+            data: "{oops".into(),
+            ..record(4, T0, &update(1, 3, 1, 60.0))
+        });
+        engine.apply(records, T0);
+        assert_eq!(engine.invalid, 3, "counted");
+        assert!(engine.take_finals().is_empty(), "no result of a cheat");
+        engine.push_due(T0);
+        let message = next_message(&mut viewer).unwrap();
+        assert_eq!(racer_ids(&message, "hereNow"), [1], "only the honest racer");
+        assert_eq!(
+            sequences(engine.replay_checkpoints(T0 + millis(REPLAY) + 1)),
+            [(SHARD.to_owned(), Some(4))],
+            "skipped records are read past all the same"
+        );
+
+        // Limits raised: the same records count.
+        let mut lenient = Engine::new(
+            Arc::clone(&viewers),
+            HashMap::new(),
+            &args(),
+            SensorLimits::new(1000.0, 1000.0).unwrap(),
+        );
+        lenient.apply(
+            fresh(1, T0, &[telemetry(1, 2, 2, 1000.0, Event::Final)]),
+            T0,
+        );
+        assert_eq!(lenient.invalid, 0);
+        assert_eq!(lenient.take_finals().len(), 1);
     }
 
     #[test]
@@ -791,6 +872,7 @@ mod tests {
                 max_live_races: NonZeroUsize::new(100).unwrap(),
                 ..args()
             },
+            SensorLimits::DEFAULT,
         );
         // A real race of 20 racers, second 1.
         let real: Vec<Telemetry> = (1..=20).map(|r| update(1, r, 1, 60.0)).collect();
@@ -849,7 +931,7 @@ mod tests {
         write_results(results.clone(), pending, Readiness::default()).await;
         let race = results.race(RaceId(7)).await.unwrap().unwrap();
         let ranked: Vec<u64> = race
-            .ranked(ClassId(3))
+            .ranked(ClassId(3), &Default::default())
             .iter()
             .map(|r| r.result.racer_id.0)
             .collect();

@@ -5,9 +5,11 @@ use crate::extract::{LeaderboardQuery, Position, RaceIdPath, RacesQuery, Upgrade
 use crate::results::{RankedEntry, RankedResult, around, page};
 use crate::store::ResultsStore;
 use crate::viewers::{Filter, Viewers};
+use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::telemetry::CLASS_COUNT;
 use alleycat_core::{ClassId, RaceId, RacerId};
 use alleycat_runtime::websocket;
+use alleycat_storage::DisqualificationList;
 use alleycat_storage::{ETag, StoreError};
 use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
@@ -30,8 +32,10 @@ use tower_http::cors::CorsLayer;
 /// server buffer at 10 MiB, where the 64 MiB default allowed 640 GiB.
 pub(crate) const VIEWER_MAX_MESSAGE: usize = 1024;
 
-/// Each class's ranked leaderboard, for the version it was read at.
-pub(crate) type LeaderboardCache = Arc<Mutex<HashMap<ClassId, (ETag, Arc<Vec<RankedEntry>>)>>>;
+/// Each class's ranked leaderboard, for the version it was read at and the
+/// disqualification list it was ranked under.
+pub(crate) type LeaderboardCache =
+    Arc<Mutex<HashMap<ClassId, (ETag, Arc<Disqualifications>, Arc<Vec<RankedEntry>>)>>>;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -46,6 +50,15 @@ pub struct AppState {
     pub ws_idle_timeout: std::time::Duration,
     /// Ranked leaderboards, cached.
     pub leaderboards: LeaderboardCache,
+    /// What results and leaderboards leave out.
+    pub disqualifications: Arc<DisqualificationList>,
+}
+
+impl AppState {
+    /// The disqualification list as last read (empty before the first read).
+    fn disqualified(&self) -> Arc<Disqualifications> {
+        self.disqualifications.current().unwrap_or_default()
+    }
 }
 
 /// The rankings routes.
@@ -229,12 +242,13 @@ async fn races(
     RacesQuery { class_id, limit }: RacesQuery,
 ) -> Result<Json<RacesBody>, AppError> {
     let index = state.results.index(class_id).await?;
+    let disqualified = state.disqualified();
     let mut races = Vec::new();
     for race_id in index.newest().into_iter().take(limit) {
         if let Some(doc) = state.results.race(race_id).await? {
             races.push(RaceSummary {
                 race_id,
-                results: doc.ranked(class_id),
+                results: doc.ranked(class_id, &disqualified),
             });
         }
     }
@@ -265,12 +279,13 @@ async fn race(
         .race(race_id)
         .await?
         .ok_or(AppError::NoResults(race_id))?;
+    let disqualified = state.disqualified();
     let classes = doc
         .classes
         .keys()
         .map(|class_id| ClassResults {
             class_id: *class_id,
-            results: doc.ranked(*class_id),
+            results: doc.ranked(*class_id, &disqualified),
         })
         .collect();
     Ok(Json(RaceBody { race_id, classes }))
@@ -318,21 +333,23 @@ async fn ranked_leaderboard(
     let Some(version) = state.results.leaderboard_version(class).await? else {
         return Ok(Arc::default());
     };
-    if let Some((cached_version, ranked)) =
+    let disqualified = state.disqualified();
+    if let Some((cached_version, ranked_under, ranked)) =
         state.leaderboards.lock().expect("not poisoned").get(&class)
         && *cached_version == version
+        && Arc::ptr_eq(ranked_under, &disqualified)
     {
         return Ok(Arc::clone(ranked));
     }
     let Some((board, version)) = state.results.leaderboard(class).await? else {
         return Ok(Arc::default());
     };
-    let ranked = Arc::new(board.ranked());
+    let ranked = Arc::new(board.ranked(&disqualified));
     state
         .leaderboards
         .lock()
         .expect("not poisoned")
-        .insert(class, (version, Arc::clone(&ranked)));
+        .insert(class, (version, disqualified, Arc::clone(&ranked)));
     Ok(ranked)
 }
 
@@ -367,6 +384,10 @@ mod tests {
                 shutdown: CancellationToken::new(),
                 ws_idle_timeout: std::time::Duration::from_secs(60),
                 leaderboards: Arc::default(),
+                disqualifications: DisqualificationList::watch(
+                    Arc::clone(&store),
+                    std::time::Duration::from_secs(3600),
+                ),
             };
             Fixture {
                 state,

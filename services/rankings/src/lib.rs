@@ -21,7 +21,7 @@ pub use http::{AppError, AppState, app};
 
 use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_millis, parse_positive_millis};
 use alleycat_storage::config::StreamKind;
-use alleycat_storage::{ObjectStore, StorageArgs, Stream};
+use alleycat_storage::{DisqualificationList, ObjectStore, StorageArgs, Stream};
 use anyhow::Context as _;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -115,6 +115,7 @@ pub async fn start(
     args: &RankingsArgs,
     stop: CancellationToken,
     context: &Context,
+    disqualifications: Arc<DisqualificationList>,
 ) -> anyhow::Result<Started> {
     let mut loader = engine::AllTimeLoader::new(Arc::clone(&history_store));
     // A history store that does not answer now must not stop the process:
@@ -131,7 +132,8 @@ pub async fn start(
     let viewers = Arc::new(viewers::Viewers::default());
     let subscription = stream.subscribe(consumer).await?;
     let results = store::ResultsStore::new(history_store).with_retention(args.results_retention());
-    let engine_state = engine::Engine::new(Arc::clone(&viewers), all_time, args);
+    let engine_state =
+        engine::Engine::new(Arc::clone(&viewers), all_time, args, context.sensor_limits);
     let pending = Arc::new(pending::Pending::new(args.max_pending_races.get()));
     let parts = engine::Parts {
         subscription,
@@ -150,6 +152,7 @@ pub async fn start(
             shutdown: context.closing.clone(),
             ws_idle_timeout: context.ws_idle_timeout,
             leaderboards: Arc::default(),
+            disqualifications,
         },
         engine,
     })
@@ -178,6 +181,8 @@ impl ServiceArgs for RankingsArgs {
             StreamKind::Kinesis => consumer_name(self, context.port),
         };
         let stop = CancellationToken::new();
+        let disqualifications = storage.disqualifications().await?;
+        alleycat_runtime::probe_disqualifications(&context.readiness, &disqualifications);
         let started = start(
             storage.open_stream().await?,
             storage.open_history_store().await?,
@@ -185,6 +190,7 @@ impl ServiceArgs for RankingsArgs {
             self,
             stop.clone(),
             context,
+            disqualifications,
         )
         .await
         .context("starting the rankings")?;

@@ -6,6 +6,7 @@
 //! re-reading the stream after a restart changes nothing.
 
 use crate::race::RaceResult;
+use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::dropped::Dropped;
 use alleycat_core::{ClassId, RaceId, RacerId};
 use serde::{Deserialize, Serialize};
@@ -91,13 +92,19 @@ impl RaceResults {
         changed
     }
 
-    /// A class's results, ranked by final output (ties: lower racer id).
+    /// A class's results, ranked by final output (ties: lower racer id),
+    /// without those `disqualified` takes out. (They stay stored: a
+    /// reinstatement brings them back.)
     #[must_use]
-    pub fn ranked(&self, class: ClassId) -> Vec<RankedResult> {
+    pub fn ranked(&self, class: ClassId, disqualified: &Disqualifications) -> Vec<RankedResult> {
         let mut results: Vec<&RaceResult> = self
             .classes
             .get(&class)
-            .map(|r| r.values().collect())
+            .map(|r| {
+                r.values()
+                    .filter(|r| !disqualified.covers(r.racer_id, self.race_id))
+                    .collect()
+            })
             .unwrap_or_default();
         results.sort_by(|a, b| {
             b.output
@@ -224,6 +231,10 @@ pub struct LeaderboardEntry {
 /// Most entries a class leaderboard keeps (the best ones).
 pub const MAX_LEADERBOARD_ENTRIES: usize = 100_000;
 
+/// Races kept per racer on a leaderboard, its best included: when its best
+/// race is disqualified, the next one stands in.
+pub const RACES_KEPT_PER_RACER: usize = 5;
+
 static LEADERBOARD_DROPPED: Dropped = Dropped::new("leaderboard entries past its bound");
 
 /// All-time class leaderboard: each racer once, with its best result.
@@ -232,6 +243,17 @@ static LEADERBOARD_DROPPED: Dropped = Dropped::new("leaderboard entries past its
 pub struct Leaderboard {
     /// Best result per racer.
     pub entries: BTreeMap<RacerId, LeaderboardEntry>,
+    /// Per racer, its next best races (at most
+    /// [`RACES_KEPT_PER_RACER`]` - 1`, best first).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runners_up: BTreeMap<RacerId, Vec<LeaderboardEntry>>,
+}
+
+/// Which of two entries ranks first: the higher output, then the earlier race.
+fn entry_order(a: &LeaderboardEntry, b: &LeaderboardEntry) -> Ordering {
+    b.output
+        .total_cmp(&a.output)
+        .then(a.race_id.cmp(&b.race_id))
 }
 
 /// A leaderboard line.
@@ -252,13 +274,19 @@ pub struct RankedEntry {
 
 impl Leaderboard {
     /// Keeps `entry` if it beats the racer's current best (on a tie, the
-    /// earlier race keeps it). Returns whether it changed.
+    /// earlier race keeps it), or among the racer's next best races.
+    /// Returns whether it changed. What is kept per racer is the best
+    /// [`RACES_KEPT_PER_RACER`] races of everything offered, so merges
+    /// converge in any order.
     pub fn offer(&mut self, racer: RacerId, entry: LeaderboardEntry) -> bool {
         match self.entries.get(&racer) {
             Some(current)
-                if current.output > entry.output
-                    || (current.output == entry.output && current.race_id <= entry.race_id) =>
+                if current.race_id != entry.race_id
+                    && entry_order(current, &entry) != Ordering::Greater =>
             {
+                self.offer_runner_up(racer, entry)
+            }
+            Some(current) if current.race_id == entry.race_id && current.output >= entry.output => {
                 false
             }
             _ => {
@@ -269,10 +297,41 @@ impl Leaderboard {
                     LEADERBOARD_DROPPED.add(MAX_LEADERBOARD_ENTRIES);
                     return false;
                 }
-                self.entries.insert(racer, entry);
+                let race = entry.race_id;
+                // The new best's race leaves the runners-up first, so that
+                // the old best does not push out a race that stays kept.
+                if let Some(others) = self.runners_up.get_mut(&racer) {
+                    others.retain(|e| e.race_id != race);
+                    if others.is_empty() {
+                        self.runners_up.remove(&racer);
+                    }
+                }
+                if let Some(previous) = self.entries.insert(racer, entry)
+                    && previous.race_id != race
+                {
+                    self.offer_runner_up(racer, previous);
+                }
                 true
             }
         }
+    }
+
+    /// Keeps `entry` among the racer's next best races if it is one of them.
+    fn offer_runner_up(&mut self, racer: RacerId, entry: LeaderboardEntry) -> bool {
+        let others = self.runners_up.entry(racer).or_default();
+        let before = others.clone();
+        match others.iter_mut().find(|e| e.race_id == entry.race_id) {
+            Some(same) if same.output >= entry.output => {}
+            Some(same) => *same = entry,
+            None => others.push(entry),
+        }
+        others.sort_by(entry_order);
+        others.truncate(RACES_KEPT_PER_RACER - 1);
+        let changed = *others != before;
+        if others.is_empty() {
+            self.runners_up.remove(&racer);
+        }
+        changed
     }
 
     /// On a full board, a new racer enters only above the lowest entry,
@@ -307,13 +366,31 @@ impl Leaderboard {
         for (racer, entry) in &other.entries {
             changed |= self.offer(*racer, entry.clone());
         }
+        for (racer, others) in &other.runners_up {
+            for entry in others {
+                changed |= self.offer(*racer, entry.clone());
+            }
+        }
         changed
     }
 
-    /// Every racer, best first (ties: lower racer id).
+    /// Every racer, best first (ties: lower racer id), each with its best
+    /// race that `disqualified` leaves standing.
     #[must_use]
-    pub fn ranked(&self) -> Vec<RankedEntry> {
-        let mut entries: Vec<(&RacerId, &LeaderboardEntry)> = self.entries.iter().collect();
+    pub fn ranked(&self, disqualified: &Disqualifications) -> Vec<RankedEntry> {
+        let mut entries: Vec<(&RacerId, &LeaderboardEntry)> = self
+            .entries
+            .iter()
+            .filter_map(|(racer, best)| {
+                if !disqualified.names(*racer) {
+                    return Some((racer, best));
+                }
+                std::iter::once(best)
+                    .chain(self.runners_up.get(racer).into_iter().flatten())
+                    .find(|e| !disqualified.covers(*racer, e.race_id))
+                    .map(|e| (racer, e))
+            })
+            .collect();
         entries.sort_by(|a, b| b.1.output.total_cmp(&a.1.output).then(a.0.cmp(b.0)));
         entries
             .into_iter()
@@ -388,12 +465,15 @@ mod tests {
         race.offer(ClassId(1), result(2, 120.0, 300));
         race.offer(ClassId(1), result(3, 90.0, 300));
         let ranked: Vec<(u32, u64)> = race
-            .ranked(ClassId(1))
+            .ranked(ClassId(1), &Disqualifications::default())
             .iter()
             .map(|r| (r.rank, r.result.racer_id.0))
             .collect();
         assert_eq!(ranked, [(1, 2), (2, 1), (3, 3)]);
-        assert!(race.ranked(ClassId(2)).is_empty());
+        assert!(
+            race.ranked(ClassId(2), &Disqualifications::default())
+                .is_empty()
+        );
     }
 
     #[test]
@@ -422,16 +502,26 @@ mod tests {
     fn leaderboard_keeps_each_racers_best_once() {
         let mut board = Leaderboard::default();
         assert!(board.offer(RacerId(1), entry(100.0, 5)));
-        assert!(!board.offer(RacerId(1), entry(90.0, 6)));
         assert!(
-            !board.offer(RacerId(1), entry(100.0, 7)),
+            board.offer(RacerId(1), entry(90.0, 6)),
+            "kept as a runner-up"
+        );
+        assert!(!board.offer(RacerId(1), entry(90.0, 6)), "idempotent");
+        assert!(
+            !board.offer(RacerId(1), entry(80.0, 5)),
+            "race 5 did better"
+        );
+        assert!(board.offer(RacerId(1), entry(100.0, 7)));
+        assert_eq!(
+            board.entries[&RacerId(1)].race_id,
+            RaceId(5),
             "a tie keeps the earlier race"
         );
         assert!(board.offer(RacerId(1), entry(110.0, 8)));
         board.offer(RacerId(2), entry(120.0, 5));
         board.offer(RacerId(3), entry(110.0, 5));
         let ranked: Vec<(u32, u64, f64)> = board
-            .ranked()
+            .ranked(&Disqualifications::default())
             .iter()
             .map(|e| (e.rank, e.racer_id.0, e.output))
             .collect();
@@ -439,7 +529,10 @@ mod tests {
         let mut other = Leaderboard::default();
         other.offer(RacerId(3), entry(130.0, 9));
         assert!(board.merge(&other));
-        assert_eq!(board.ranked()[0].racer_id, RacerId(3));
+        assert_eq!(
+            board.ranked(&Disqualifications::default())[0].racer_id,
+            RacerId(3)
+        );
     }
 
     #[test]
@@ -455,7 +548,10 @@ mod tests {
         // A better one does, and the lowest entry leaves.
         assert!(board.offer(RacerId(u64::MAX - 2), entry(5000.0, 2)));
         assert_eq!(board.entries.len(), MAX_LEADERBOARD_ENTRIES);
-        assert_eq!(board.ranked()[0].racer_id, RacerId(u64::MAX - 2));
+        assert_eq!(
+            board.ranked(&Disqualifications::default())[0].racer_id,
+            RacerId(u64::MAX - 2)
+        );
         assert!(board.entries.values().all(|e| e.output >= 100.0));
         // A racer already on the board still improves.
         assert!(board.offer(RacerId(1), entry(6000.0, 3)));
@@ -468,7 +564,7 @@ mod tests {
         for r in 1..=10u64 {
             board.offer(RacerId(r), entry(100.0 - r as f64, 1));
         }
-        let ranked = board.ranked();
+        let ranked = board.ranked(&Disqualifications::default());
         let (first, next) = page(&ranked, 0, 4);
         assert_eq!((first.len(), next), (4, Some(4)));
         let (last, next) = page(&ranked, 8, 4);
@@ -541,5 +637,123 @@ mod tests {
         let back: RaceIndex = serde_json::from_value(json).unwrap();
         assert_eq!(back, index);
         assert_eq!(back.newest()[0], RaceId(1));
+    }
+}
+
+#[cfg(test)]
+mod disqualified {
+    use super::*;
+    use alleycat_core::disqualification::NewDisqualification;
+    use chrono::Utc;
+    use proptest::prelude::*;
+
+    fn entry(output: f64, race: u64) -> LeaderboardEntry {
+        LeaderboardEntry {
+            name: "x".into(),
+            output,
+            race_id: RaceId(race),
+        }
+    }
+
+    fn list(requests: &[(u64, Option<u64>)]) -> Disqualifications {
+        requests
+            .iter()
+            .fold(Disqualifications::default(), |list, (racer, race)| {
+                let request = NewDisqualification {
+                    racer_id: RacerId(*racer),
+                    race_id: race.map(RaceId),
+                    reason: "x".into(),
+                };
+                list.with(request, Utc::now()).unwrap().0
+            })
+    }
+
+    #[test]
+    fn a_disqualified_best_race_gives_way_to_the_next_and_a_racer_leaves() {
+        let mut board = Leaderboard::default();
+        for (output, race) in [(100.0, 1), (150.0, 2), (120.0, 3)] {
+            board.offer(RacerId(7), entry(output, race));
+        }
+        board.offer(RacerId(8), entry(130.0, 2));
+        let ranked = |dq: &Disqualifications| -> Vec<(u64, f64, u64)> {
+            board
+                .ranked(dq)
+                .iter()
+                .map(|e| (e.racer_id.0, e.output, e.race_id.0))
+                .collect()
+        };
+        assert_eq!(ranked(&list(&[])), [(7, 150.0, 2), (8, 130.0, 2)]);
+        assert_eq!(
+            ranked(&list(&[(7, Some(2))])),
+            [(8, 130.0, 2), (7, 120.0, 3)]
+        );
+        assert_eq!(
+            ranked(&list(&[(7, Some(2)), (7, Some(3))])),
+            [(8, 130.0, 2), (7, 100.0, 1)]
+        );
+        assert_eq!(ranked(&list(&[(7, None)])), [(8, 130.0, 2)]);
+        // The store keeps all of it: nothing to undo on a reinstatement.
+        assert_eq!(ranked(&list(&[])), [(7, 150.0, 2), (8, 130.0, 2)]);
+    }
+
+    #[test]
+    fn race_results_leave_out_the_disqualified_and_rank_again() {
+        let mut race = RaceResults {
+            race_id: RaceId(4),
+            ..Default::default()
+        };
+        for (racer, output) in [(1, 100.0), (2, 200.0), (3, 150.0)] {
+            race.offer(
+                ClassId(1),
+                crate::race::RaceResult {
+                    racer_id: RacerId(racer),
+                    name: String::new(),
+                    output,
+                    average: output,
+                    best: output,
+                    seconds: 300,
+                },
+            );
+        }
+        let ranked: Vec<(u32, u64)> = race
+            .ranked(ClassId(1), &list(&[(2, Some(4)), (1, Some(5))]))
+            .iter()
+            .map(|r| (r.rank, r.result.racer_id.0))
+            .collect();
+        assert_eq!(ranked, [(1, 3), (2, 1)]);
+    }
+
+    proptest! {
+        /// Whatever the order results arrive in, or how they are split
+        /// between two writers, every process ends with the same board.
+        #[test]
+        fn merges_converge_in_any_order(
+            offers in proptest::collection::vec((0u64..3, 0u64..8, 0u32..20), 0..40),
+            split in 0usize..40,
+        ) {
+            let offers: Vec<(RacerId, LeaderboardEntry)> = offers
+                .into_iter()
+                .map(|(racer, race, output)| (RacerId(racer), entry(f64::from(output), race)))
+                .collect();
+            let mut whole = Leaderboard::default();
+            for (racer, e) in &offers {
+                whole.offer(*racer, e.clone());
+            }
+            let mut reversed = Leaderboard::default();
+            for (racer, e) in offers.iter().rev() {
+                reversed.offer(*racer, e.clone());
+            }
+            let (left, right) = offers.split_at(split.min(offers.len()));
+            let (mut a, mut b) = (Leaderboard::default(), Leaderboard::default());
+            for (racer, e) in left {
+                a.offer(*racer, e.clone());
+            }
+            for (racer, e) in right {
+                b.offer(*racer, e.clone());
+            }
+            a.merge(&b);
+            prop_assert_eq!(&whole, &reversed);
+            prop_assert_eq!(&whole, &a);
+        }
     }
 }

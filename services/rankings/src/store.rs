@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(board.entries.len(), 40);
         assert_eq!(store.index(ClassId(1)).await.unwrap().races.len(), 5);
         let race = store.race(RaceId(100)).await.unwrap().unwrap();
-        assert_eq!(race.ranked(ClassId(1)).len(), 8);
+        assert_eq!(race.ranked(ClassId(1), &Default::default()).len(), 8);
         // Recording the same finals again changes nothing.
         let before = store.leaderboard_version(ClassId(1)).await.unwrap();
         store

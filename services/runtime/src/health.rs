@@ -68,11 +68,11 @@ impl Readiness {
         F: Future<Output = Result<(), String>> + Send + 'static,
     {
         let probe: Probe = Arc::new(move || Box::pin(probe()));
-        self.inner
-            .probes
-            .lock()
-            .expect("not poisoned")
-            .push((part.to_owned(), probe));
+        let mut probes = self.inner.probes.lock().expect("not poisoned");
+        // Services of one process may share a part (their one stream, their
+        // one list): it is asked once.
+        probes.retain(|(name, _)| name != part);
+        probes.push((part.to_owned(), probe));
     }
 
     /// The parts set not ready.

@@ -5,21 +5,38 @@
 mod body_deadline;
 mod errors;
 mod health;
+mod limits;
 mod process;
 mod server;
 mod shutdown;
 pub mod websocket;
 
 pub use health::Readiness;
+pub use limits::SensorLimitArgs;
 pub use process::{Context, Process, Service, ServiceArgs, Task};
 pub use shutdown::shutdown_signal;
+
+/// Makes `/readyz` report the disqualification list (part
+/// `disqualifications`) as not ready while it cannot be read: the process
+/// then acts on its last copy, which may miss changes.
+pub fn probe_disqualifications(
+    readiness: &Readiness,
+    list: &std::sync::Arc<alleycat_storage::DisqualificationList>,
+) {
+    let list = std::sync::Arc::clone(list);
+    readiness.probe("disqualifications", move || {
+        let error = list.error();
+        async move { error.map_or(Ok(()), Err) }
+    });
+}
 
 use axum::Json;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Where a service listens, and how long it may take to shut down.
+/// Where a service listens, how long it may take to shut down, and what
+/// the process's services accept.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Address the HTTP server binds to.
@@ -56,6 +73,11 @@ pub struct ServerArgs {
         default_value = "50000"
     )]
     pub max_connections: std::num::NonZeroUsize,
+
+    /// How high telemetry's sensors may read: every service of the process
+    /// that checks records (ingest, transformer, rankings) uses these.
+    #[command(flatten)]
+    pub sensor_limits: SensorLimitArgs,
 }
 
 pub use alleycat_core::{parse_millis, parse_positive_millis};

@@ -95,6 +95,9 @@ pub struct Context {
     pub readiness: Readiness,
     /// Longest a WebSocket may stay silent before it is closed.
     pub ws_idle_timeout: std::time::Duration,
+    /// How high a record's cadence and resistance may be: one setting for
+    /// every service that checks records.
+    pub sensor_limits: alleycat_core::validate::SensorLimits,
 }
 
 /// A process being assembled: its listener and shutdown settings.
@@ -123,6 +126,7 @@ impl Process {
                 port,
                 readiness: Readiness::default(),
                 ws_idle_timeout: server.ws_idle_timeout,
+                sensor_limits: server.sensor_limits.limits()?,
             },
             server: server.clone(),
         })
@@ -226,6 +230,13 @@ fn layers(router: Router, context: &Context, server: &ServerArgs) -> Router {
         // during an outage.
         .layer(
             TraceLayer::new_for_http()
+                // The span names the path, not the URI: a bike's token may
+                // be in the query (`/v1/telemetry/ws?token=`), and logs must
+                // not hold it.
+                .make_span_with(|request: &axum::extract::Request| {
+                    let path = request.uri().path();
+                    tracing::debug_span!("request", method = %request.method(), path = %path, version = ?request.version())
+                })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
 }

@@ -6,6 +6,7 @@
 //! (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_KINESIS`,
 //! `AWS_ENDPOINT_URL_S3`).
 
+use crate::disqualifications::DisqualificationList;
 use crate::object_store::{ObjectStore, fs::FsStore, s3::S3Store};
 use crate::stream::kinesis::{KinesisSettings, KinesisStream};
 use crate::stream::{Stream, embedded::EmbeddedStream};
@@ -93,6 +94,11 @@ pub struct StorageArgs {
     #[arg(long = "kinesis-idle-poll-ms", env = "ALLEYCAT_KINESIS_IDLE_POLL_MS", default_value = "1000", value_parser = parse_positive_millis)]
     pub idle_poll: Duration,
 
+    /// How often each process reads the disqualification list again, in
+    /// ms (a disqualification takes effect everywhere within about this).
+    #[arg(long = "disqualifications-poll-ms", env = "ALLEYCAT_DISQUALIFICATIONS_POLL_MS", default_value = "5000", value_parser = parse_positive_millis)]
+    pub disqualifications_poll: Duration,
+
     /// What is opened already: every service of a process shares one stream
     /// and one handle per store (the embedded stream admits one opener).
     #[arg(skip)]
@@ -105,6 +111,7 @@ struct Opened {
     stream: OnceCell<Arc<dyn Stream>>,
     delivery: OnceCell<Arc<dyn ObjectStore>>,
     history: OnceCell<Arc<dyn ObjectStore>>,
+    disqualifications: OnceCell<Arc<DisqualificationList>>,
 }
 
 impl std::fmt::Debug for Opened {
@@ -172,6 +179,23 @@ impl StorageArgs {
         Ok(Arc::clone(store))
     }
 
+    /// The disqualification list (kept in the history store), watched by
+    /// one poller per process, started on first use.
+    pub async fn disqualifications(&self) -> anyhow::Result<Arc<DisqualificationList>> {
+        let list = self
+            .opened
+            .disqualifications
+            .get_or_try_init(|| async {
+                let store = self.open_history_store().await?;
+                anyhow::Ok(DisqualificationList::watch(
+                    store,
+                    self.disqualifications_poll,
+                ))
+            })
+            .await?;
+        Ok(Arc::clone(list))
+    }
+
     async fn open_store(&self, name: &str, bucket: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
         match self.store_kind {
             StoreKind::Embedded => {
@@ -180,20 +204,25 @@ impl StorageArgs {
                     .with_context(|| format!("opening the {name} store in {}", dir.display()))?;
                 Ok(Arc::new(store))
             }
-            StoreKind::S3 => {
-                let mut config = aws_sdk_s3::config::Builder::from(self.aws().await);
-                // A custom endpoint (a local S3-protocol server) rarely
-                // resolves bucket subdomains: address buckets by path.
-                if ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-                    .iter()
-                    .any(|v| std::env::var_os(v).is_some())
-                {
-                    config = config.force_path_style(true);
-                }
-                let client = aws_sdk_s3::Client::from_conf(config.build());
-                Ok(Arc::new(S3Store::new(client, bucket)))
-            }
+            StoreKind::S3 => Ok(self.open_s3_bucket(bucket).await),
         }
+    }
+
+    /// Any S3 bucket, whatever `ALLEYCAT_STORE` says, with the client the
+    /// S3 stores use (the SDK's standard chain, path-style addressing for
+    /// a custom endpoint): e.g. for importing the original's files.
+    pub async fn open_s3_bucket(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        let mut config = aws_sdk_s3::config::Builder::from(self.aws().await);
+        // A custom endpoint (a local S3-protocol server) rarely
+        // resolves bucket subdomains: address buckets by path.
+        if ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some())
+        {
+            config = config.force_path_style(true);
+        }
+        let client = aws_sdk_s3::Client::from_conf(config.build());
+        Arc::new(S3Store::new(client, bucket))
     }
 
     /// The AWS settings from the SDK's standard chain, loaded once.

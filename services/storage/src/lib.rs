@@ -5,10 +5,12 @@
 //! (Kinesis Data Streams, S3). Services only see the traits.
 
 pub mod config;
+pub mod disqualifications;
 pub mod object_store;
 pub mod stream;
 
 pub use config::{StorageArgs, load_aws_config};
+pub use disqualifications::DisqualificationList;
 pub use object_store::{ETag, Object, ObjectStore, Precondition, StoreError};
 pub use stream::{
     PendingDelivery, PutRecord, SequenceNumber, Stream, StreamError, StreamRecord, Subscription,

@@ -8,7 +8,7 @@
 use alleycat_core::backoff::{Attempt, Backoff, GaveUp, retry};
 use alleycat_core::codec;
 use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord};
-use alleycat_core::validate::parse_record;
+use alleycat_core::validate::{SensorLimits, describe};
 use alleycat_runtime::Readiness;
 use alleycat_storage::{
     ObjectStore, PendingDelivery, SequenceNumber, StreamError, StreamRecord, Subscription,
@@ -32,33 +32,25 @@ pub struct Processed {
 }
 
 impl Processed {
-    /// Validates a stream record (producers other than our ingest may put
-    /// anything on a Kinesis stream) and renders its delivery line.
+    /// Validates a stream record by the same rules as ingest, sensors
+    /// within `limits` (producers other than our ingest may put anything
+    /// on a Kinesis stream) and renders its delivery line; a record that
+    /// breaks a rule becomes a [`FailedRecord`] saying which and why.
     #[must_use]
-    pub fn from_record(record: StreamRecord) -> Processed {
-        let outcome = match parse_record(&record.data) {
+    pub fn from_record(record: StreamRecord, limits: SensorLimits) -> Processed {
+        let outcome = match limits.parse_record(&record.data) {
             Ok(telemetry) => {
                 let mut line = Vec::with_capacity(record.data.len() + 24);
                 DeliveryRecord::new(&telemetry).write_line(&mut line);
                 Ok(line)
             }
-            Err(errors) => {
-                let reason = errors
-                    .iter()
-                    .map(|e| match e.field {
-                        Some(field) => format!("{field} {}", e.reason),
-                        None => e.reason.clone(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Err(FailedRecord::invalid(
-                    &record.data,
-                    reason,
-                    record.arrival_ms,
-                    &record.shard_id,
-                    &record.sequence.to_string(),
-                ))
-            }
+            Err(errors) => Err(FailedRecord::invalid(
+                &record.data,
+                describe(&errors),
+                record.arrival_ms,
+                &record.shard_id,
+                &record.sequence.to_string(),
+            )),
         };
         Processed {
             sequence: record.sequence,
@@ -324,5 +316,60 @@ pub(crate) async fn deliver(
         }
         Err(GaveUp::Final(_)) => Outcome::ShardLost,
         Err(GaveUp::Stopped) => Outcome::Abandoned,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_record(cadence: &str, resistance: &str) -> StreamRecord {
+        let data = format!(
+            r#"{{"event":"update","deviceTimestamp":1,"second":3,"raceId":1,"name":"R","racerId":7,"classId":1,"cadence":{cadence},"resistance":{resistance}}}"#
+        );
+        StreamRecord {
+            shard_id: "shard-1".to_owned(),
+            sequence: SequenceNumber::from(42),
+            arrival_ms: 1_700_000_000_000,
+            data: Bytes::from(data),
+        }
+    }
+
+    fn failure(processed: &Processed) -> Option<&FailedRecord> {
+        processed.outcome.as_ref().err()
+    }
+
+    #[test]
+    fn records_past_the_sensor_limits_fail_with_the_field_and_the_limit() {
+        let defaults = SensorLimits::DEFAULT;
+        assert!(
+            failure(&Processed::from_record(
+                stream_record("200", "100"),
+                defaults
+            ))
+            .is_none()
+        );
+        let over = Processed::from_record(stream_record("200.01", "100"), defaults);
+        let failed = failure(&over).expect("refused");
+        assert_eq!(failed.error_code, "InvalidRecord");
+        assert_eq!(
+            failed.error_message,
+            "cadence must be at most 200, got 200.01"
+        );
+        assert_eq!(failed.sequence_number, SequenceNumber::from(42).to_string());
+        let both = Processed::from_record(stream_record("1000", "250"), defaults);
+        assert_eq!(
+            failure(&both).unwrap().error_message,
+            "cadence must be at most 200, got 1000; resistance must be at most 100, got 250"
+        );
+        // Other limits, other answers.
+        let custom = SensorLimits::new(1000.0, 60.0).unwrap();
+        assert!(failure(&Processed::from_record(stream_record("1000", "60"), custom)).is_none());
+        assert_eq!(
+            failure(&Processed::from_record(stream_record("80", "60.5"), custom))
+                .unwrap()
+                .error_message,
+            "resistance must be at most 60, got 60.5"
+        );
     }
 }

@@ -59,6 +59,7 @@ impl ServiceArgs for TransformerArgs {
             stream,
             delivery,
             self.clone(),
+            context.sensor_limits,
             stop.clone(),
             context.readiness.clone(),
         );

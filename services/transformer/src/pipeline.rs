@@ -5,6 +5,7 @@ use crate::batcher::{BatchLimits, Batcher};
 use crate::deliver::{self, Control, Processed};
 use crate::{CONSUMER, TransformerArgs};
 use alleycat_core::backoff::Backoff;
+use alleycat_core::validate::SensorLimits;
 use alleycat_runtime::Readiness;
 use alleycat_storage::{ObjectStore, SequenceNumber, Stream, StreamRecord, Subscription};
 use std::collections::HashMap;
@@ -19,14 +20,17 @@ const POLL_RECORDS: usize = 10_000;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Reads the stream and delivers batches until `stop` is cancelled, then
-/// delivers every open batch and returns.
+/// delivers every open batch and returns. Records that break the rules
+/// (`limits` saying how high their sensors may read) go to
+/// `processing-failed/` with the reason.
 pub async fn run_pipeline(
     stream: Arc<dyn Stream>,
     store: Arc<dyn ObjectStore>,
     args: TransformerArgs,
+    limits: SensorLimits,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_pipeline_reporting(stream, store, args, stop, Readiness::default()).await
+    run_pipeline_reporting(stream, store, args, limits, stop, Readiness::default()).await
 }
 
 /// [`run_pipeline`], reporting to `readiness` (part `transformer`): not
@@ -37,6 +41,7 @@ pub async fn run_pipeline_reporting(
     stream: Arc<dyn Stream>,
     store: Arc<dyn ObjectStore>,
     args: TransformerArgs,
+    limits: SensorLimits,
     stop: CancellationToken,
     readiness: Readiness,
 ) -> anyhow::Result<()> {
@@ -45,6 +50,7 @@ pub async fn run_pipeline_reporting(
         store,
         subscription,
         limits: args.limits(),
+        sensor_limits: limits,
         shards: HashMap::new(),
         control: Control {
             stop: stop.clone(),
@@ -53,7 +59,13 @@ pub async fn run_pipeline_reporting(
         abandoned: false,
     };
     let mut backoff = Backoff::default();
-    tracing::info!(buffer_bytes = pipeline.limits.max_bytes, buffer_interval = ?pipeline.limits.max_age, "transformer started");
+    tracing::info!(
+        buffer_bytes = pipeline.limits.max_bytes,
+        buffer_interval = ?pipeline.limits.max_age,
+        max_cadence = limits.max_cadence(),
+        max_resistance = limits.max_resistance(),
+        "transformer started"
+    );
     loop {
         let polled = tokio::select! {
             biased;
@@ -98,6 +110,8 @@ struct Pipeline {
     store: Arc<dyn ObjectStore>,
     subscription: Box<dyn Subscription>,
     limits: BatchLimits,
+    /// How high a record's sensors may read.
+    sensor_limits: SensorLimits,
     shards: HashMap<String, Shard>,
     control: Control,
     /// A delivery was given up while stopping: nothing more is delivered or
@@ -154,7 +168,7 @@ impl Pipeline {
             shard.delivered_through = None;
         }
         let shard_id = record.shard_id.clone();
-        let processed = Processed::from_record(record);
+        let processed = Processed::from_record(record, self.sensor_limits);
         let size = processed.size();
         if let Some(batch) = shard.batcher.push(processed, size) {
             self.deliver(&shard_id, batch).await;
@@ -283,6 +297,7 @@ mod tests {
             stream.clone(),
             Arc::new(store.clone()),
             args(16 * 1024, Duration::from_secs(3600)),
+            SensorLimits::DEFAULT,
             stop.clone(),
         ));
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -325,6 +340,7 @@ mod tests {
             stream,
             Arc::new(store.clone()),
             args(16 * 1024, Duration::from_millis(10)),
+            SensorLimits::DEFAULT,
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -393,6 +409,7 @@ mod tests {
                 stream,
                 dying.clone(),
                 args.clone(),
+                SensorLimits::DEFAULT,
                 CancellationToken::new(),
             ));
             tokio::time::timeout(Duration::from_secs(30), dying.written.notified())
@@ -418,6 +435,7 @@ mod tests {
             stream,
             Arc::new(store.clone()),
             args,
+            SensorLimits::DEFAULT,
             stop.clone(),
         ));
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -451,6 +469,7 @@ mod tests {
             store: Arc::new(store.clone()),
             subscription: stream.subscribe(CONSUMER).await.unwrap(),
             limits: args.limits(),
+            sensor_limits: SensorLimits::DEFAULT,
             shards: HashMap::new(),
             control: Control::default(),
             abandoned: false,
@@ -634,6 +653,7 @@ mod tests {
             stream,
             Arc::new(store.clone()),
             args(1 << 20, Duration::from_secs(3600)),
+            SensorLimits::DEFAULT,
             stop.clone(),
         ));
         tokio::time::timeout(Duration::from_secs(30), read.notified())
@@ -745,6 +765,7 @@ mod tests {
             stream,
             Arc::new(store.clone()),
             args(1 << 20, Duration::from_millis(50)),
+            SensorLimits::DEFAULT,
             stop.clone(),
             readiness.clone(),
         ));
@@ -791,6 +812,7 @@ mod tests {
             stream,
             Arc::new(store.clone()),
             args(1 << 20, Duration::from_millis(1)),
+            SensorLimits::DEFAULT,
             stop.clone(),
             readiness.clone(),
         ));

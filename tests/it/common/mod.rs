@@ -25,13 +25,17 @@ pub struct Server {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
-/// Flags that make history and rankings appear quickly; everything else is
-/// the binary's own default.
-pub const QUICK_FLAGS: [(&str, &str); 4] = [
+/// Flags that make history and rankings appear quickly, and a per-racer
+/// rate limit the tests' races (far faster than a record a second) never
+/// reach; everything else is the binary's own default.
+pub const QUICK_FLAGS: [(&str, &str); 7] = [
     ("ALLEYCAT_BUFFER_INTERVAL_MS", "200"),
     ("ALLEYCAT_HISTORY_POLL_MS", "50"),
     ("ALLEYCAT_RANKINGS_PUSH_MS", "100"),
     ("ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS", "200"),
+    ("ALLEYCAT_DISQUALIFICATIONS_POLL_MS", "200"),
+    ("ALLEYCAT_RACER_RATE", "1000000"),
+    ("ALLEYCAT_RACER_BURST", "1000000"),
 ];
 
 /// All-in-one settings for tests: clap's defaults, the data under

@@ -2,7 +2,7 @@
 //! names every problem of every record and field. Slower than the typed
 //! fast path, so it runs only on what that path refuses.
 
-use super::{BatchError, BodyFormat, FieldError, RecordError, framing, rules};
+use super::{BatchError, BodyFormat, FieldError, RecordError, SensorLimits, framing, rules};
 use crate::telemetry::{Event, RaceId, RacerId, Telemetry};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -160,7 +160,11 @@ impl<'de> Deserialize<'de> for Body {
 /// Cold and never inlined: it must not weigh on the fast path's caller.
 #[cold]
 #[inline(never)]
-pub(super) fn batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, BatchError> {
+pub(super) fn batch(
+    body: &[u8],
+    format: BodyFormat,
+    limits: SensorLimits,
+) -> Result<Vec<Telemetry>, BatchError> {
     let values = framing::values(body, format)?;
     framing::check_size(values.len())?;
     let total = values.len();
@@ -168,7 +172,7 @@ pub(super) fn batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, B
     let mut problems = Vec::new();
     let mut invalid = 0;
     for (index, parsed) in values.iter().enumerate() {
-        match validate_parsed(parsed) {
+        match validate_parsed(parsed, limits) {
             Ok(record) => records.push(record),
             Err(errors) => {
                 invalid += 1;
@@ -194,9 +198,9 @@ pub(super) fn batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, B
 /// Cold and never inlined, like [`batch`].
 #[cold]
 #[inline(never)]
-pub(super) fn record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
+pub(super) fn record(bytes: &[u8], limits: SensorLimits) -> Result<Telemetry, Vec<FieldError>> {
     match serde_json::from_slice::<Parsed>(bytes) {
-        Ok(parsed) => validate_parsed(&parsed),
+        Ok(parsed) => validate_parsed(&parsed, limits),
         Err(e) => Err(vec![FieldError {
             field: None,
             reason: format!("not valid JSON: {e}"),
@@ -204,20 +208,24 @@ pub(super) fn record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
     }
 }
 
-/// Validates one JSON value as a telemetry message, reporting every problem.
-/// Unknown extra fields are ignored. A [`Value`] holds each key once, so
-/// this cannot see a repeated key; request bodies and stream records are
-/// checked for those as they are parsed.
-pub fn validate_value(value: &Value) -> Result<Telemetry, Vec<FieldError>> {
-    validate(value, &[])
+/// [`SensorLimits::validate_value`].
+pub(super) fn validate_value(
+    value: &Value,
+    limits: SensorLimits,
+) -> Result<Telemetry, Vec<FieldError>> {
+    validate(value, &[], limits)
 }
 
 /// [`validate_value`] of a parsed record, refusing its repeated fields.
-fn validate_parsed(parsed: &Parsed) -> Result<Telemetry, Vec<FieldError>> {
-    validate(&parsed.value, &parsed.repeated)
+fn validate_parsed(parsed: &Parsed, limits: SensorLimits) -> Result<Telemetry, Vec<FieldError>> {
+    validate(&parsed.value, &parsed.repeated, limits)
 }
 
-fn validate(value: &Value, repeated: &[&'static str]) -> Result<Telemetry, Vec<FieldError>> {
+fn validate(
+    value: &Value,
+    repeated: &[&'static str],
+    limits: SensorLimits,
+) -> Result<Telemetry, Vec<FieldError>> {
     let Value::Object(object) = value else {
         return Err(vec![FieldError {
             field: None,
@@ -237,8 +245,8 @@ fn validate(value: &Value, repeated: &[&'static str]) -> Result<Telemetry, Vec<F
     let name = check.name("name");
     let racer_id = check.integer("racerId", rules::id);
     let class_id = check.integer("classId", rules::class_id);
-    let cadence = check.sensor("cadence");
-    let resistance = check.sensor("resistance");
+    let cadence = check.sensor("cadence", |v| rules::cadence(v, limits));
+    let resistance = check.sensor("resistance", |v| rules::resistance(v, limits));
     match (
         uuid,
         event,
@@ -344,10 +352,14 @@ impl<'a> Checker<'a> {
         None
     }
 
-    fn sensor(&mut self, field: &'static str) -> Option<f64> {
+    fn sensor(
+        &mut self,
+        field: &'static str,
+        rule: impl Fn(f64) -> Result<f64, String>,
+    ) -> Option<f64> {
         let value = self.required(field)?;
         let reason = match value.as_f64() {
-            Some(v) => match rules::sensor(v) {
+            Some(v) => match rule(v) {
                 Ok(v) => return Some(v),
                 Err(reason) => reason,
             },
@@ -401,7 +413,7 @@ impl<'a> Checker<'a> {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{only_error, valid, with, without};
-    use super::super::{parse_batch, parse_record};
+    use super::super::{parse_batch, parse_record, validate_value};
     use super::*;
     use crate::telemetry::{CLASS_COUNT, ClassId, Second};
     use serde_json::json;
@@ -539,7 +551,11 @@ mod tests {
     /// second record) and NDJSON (its second line), with only `errors`.
     fn assert_refused(text: &str, errors: &[FieldError]) {
         assert_eq!(parse_record(text.as_bytes()).unwrap_err(), errors, "{text}");
-        assert_eq!(record(text.as_bytes()).unwrap_err(), errors, "{text}");
+        assert_eq!(
+            record(text.as_bytes(), SensorLimits::DEFAULT).unwrap_err(),
+            errors,
+            "{text}"
+        );
         let line = serde_json::to_string(&valid()).unwrap();
         for (body, format) in [
             (format!("[{line},{text}]"), BodyFormat::Json),
@@ -643,7 +659,10 @@ mod tests {
             parse_record(text.as_bytes()).unwrap(),
             validate_value(&valid()).unwrap()
         );
-        assert_eq!(record(text.as_bytes()), parse_record(text.as_bytes()));
+        assert_eq!(
+            record(text.as_bytes(), SensorLimits::DEFAULT),
+            parse_record(text.as_bytes())
+        );
         let bad = with("classId", json!(9));
         let body = format!("[{text},{bad}]");
         assert_eq!(

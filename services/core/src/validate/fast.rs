@@ -2,7 +2,7 @@
 //! borrowing struct, without building a [`serde_json::Value`] tree. Whatever
 //! it refuses, it leaves to the diagnosing path, which says what is wrong.
 
-use super::{BodyFormat, framing, rules};
+use super::{BodyFormat, SensorLimits, framing, rules};
 use crate::telemetry::{RaceId, RacerId, Telemetry};
 use std::borrow::Cow;
 
@@ -31,9 +31,9 @@ struct Wire<'a> {
 }
 
 impl Wire<'_> {
-    /// The record, if every rule holds; `None` sends the caller to the
-    /// diagnosing path.
-    fn into_telemetry(self) -> Option<Telemetry> {
+    /// The record, if every rule holds under `limits`; `None` sends the
+    /// caller to the diagnosing path.
+    fn into_telemetry(self, limits: SensorLimits) -> Option<Telemetry> {
         let uuid = match self.uuid {
             Some(uuid) => {
                 rules::uuid(&uuid).ok()?;
@@ -51,8 +51,8 @@ impl Wire<'_> {
             name: self.name.into_owned(),
             racer_id: RacerId(rules::id(self.racer_id).ok()?),
             class_id: rules::class_id(self.class_id).ok()?,
-            cadence: rules::sensor(self.cadence).ok()?,
-            resistance: rules::sensor(self.resistance).ok()?,
+            cadence: rules::cadence(self.cadence, limits).ok()?,
+            resistance: rules::resistance(self.resistance, limits).ok()?,
         })
     }
 }
@@ -81,27 +81,31 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> 
 }
 
 /// The typed fast path of one record.
-pub(super) fn record(bytes: &[u8]) -> Option<Telemetry> {
+pub(super) fn record(bytes: &[u8], limits: SensorLimits) -> Option<Telemetry> {
     serde_json::from_slice::<ObjectOnly<Wire<'_>>>(bytes)
         .ok()?
         .0
-        .into_telemetry()
+        .into_telemetry(limits)
 }
 
 /// The typed fast path of a whole body: every record, or `None` when any
 /// record (or the batch's size) needs the diagnosing path.
-pub(super) fn batch(body: &[u8], format: BodyFormat) -> Option<Vec<Telemetry>> {
+pub(super) fn batch(
+    body: &[u8],
+    format: BodyFormat,
+    limits: SensorLimits,
+) -> Option<Vec<Telemetry>> {
     let records: Vec<Telemetry> = match format {
         BodyFormat::Json => match body.trim_ascii_start().first()? {
             b'[' => serde_json::from_slice::<Vec<ObjectOnly<Wire<'_>>>>(body)
                 .ok()?
                 .into_iter()
-                .map(|wire| wire.0.into_telemetry())
+                .map(|wire| wire.0.into_telemetry(limits))
                 .collect::<Option<_>>()?,
-            _ => vec![record(body)?],
+            _ => vec![record(body, limits)?],
         },
         BodyFormat::NdJson => framing::ndjson_lines(body)
-            .map(record)
+            .map(|line| record(line, limits))
             .collect::<Option<_>>()?,
     };
     framing::check_size(records.len()).ok()?;
@@ -109,13 +113,14 @@ pub(super) fn batch(body: &[u8], format: BodyFormat) -> Option<Vec<Telemetry>> {
 }
 
 /// The fast path must agree with the diagnosing path on every input:
-/// the same records, or (by falling back) the same errors.
+/// the same records, or (by falling back) the same errors, at the default
+/// sensor limits and at any others.
 #[cfg(test)]
 mod fast_path_agrees {
     use super::super::diagnose::{self, REPEATED};
     use super::super::proptest_config;
-    use super::super::{BatchError, BodyFormat, RecordError, parse_batch, parse_record};
-    use crate::telemetry::Telemetry;
+    use super::super::{BatchError, BodyFormat, RecordError, SensorLimits};
+    use crate::telemetry::{MAX_SENSOR_VALUE, Telemetry};
     use proptest::prelude::*;
 
     const FIELDS: [(&str, &str); 10] = [
@@ -128,11 +133,12 @@ mod fast_path_agrees {
         ("racerId", "0"),
         ("classId", "6"),
         ("cadence", "80.25"),
-        ("resistance", "1000"),
+        ("resistance", "100"),
     ];
 
-    /// Values of every JSON type, in and out of each field's range.
-    const OTHERS: [&str; 31] = [
+    /// Values of every JSON type, in and out of each field's range (and
+    /// around the sensors' default and custom limits).
+    const OTHERS: [&str; 38] = [
         "null",
         "true",
         r#""x""#,
@@ -154,6 +160,13 @@ mod fast_path_agrees {
         "3.0",
         "1e3",
         "1000.0000001",
+        "100.0",
+        "100.0000001",
+        "120.5",
+        "120.50001",
+        "200",
+        "200.01",
+        "2E2",
         "9007199254740992",
         "18446744073709551615",
         "18446744073709551616",
@@ -236,46 +249,75 @@ mod fast_path_agrees {
         })
     }
 
+    /// Sensor limits: the defaults, ones the values above sit on, and any.
+    fn limits() -> impl Strategy<Value = SensorLimits> {
+        let any_limit = prop_oneof![
+            0.001..=MAX_SENSOR_VALUE,
+            proptest::sample::select(&[1.0, 1.5, 100.0, 120.5, 200.0, MAX_SENSOR_VALUE][..]),
+        ];
+        prop_oneof![
+            1 => Just(SensorLimits::DEFAULT),
+            2 => (any_limit.clone(), any_limit)
+                .prop_map(|(cadence, resistance)| SensorLimits::new(cadence, resistance).unwrap()),
+        ]
+    }
+
+    /// A sensor reading, often exactly on or just past a limit above.
+    fn sensor() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            0.0..=MAX_SENSOR_VALUE,
+            proptest::sample::select(&[0.0, 1.0, 1.5, 100.0, 100.01, 120.5, 200.0, 200.01][..]),
+        ]
+    }
+
     proptest! {
         #![proptest_config(proptest_config(4096))]
 
         #[test]
-        fn on_single_records((object, positional, repeated) in record()) {
+        fn on_single_records((object, positional, repeated) in record(), limits in limits()) {
             for text in [&object, &positional] {
-                let fast = parse_record(text.as_bytes());
-                prop_assert_eq!(&fast, &diagnose::record(text.as_bytes()), "{}", text);
+                let fast = limits.parse_record(text.as_bytes());
+                prop_assert_eq!(&fast, &diagnose::record(text.as_bytes(), limits), "{}", text);
                 prop_assert_eq!(
-                    parse_batch(text.as_bytes(), BodyFormat::Json),
-                    diagnose::batch(text.as_bytes(), BodyFormat::Json),
+                    limits.parse_batch(text.as_bytes(), BodyFormat::Json),
+                    diagnose::batch(text.as_bytes(), BodyFormat::Json, limits),
                     "{}", text
                 );
+                if let Ok(t) = &fast {
+                    prop_assert!(t.cadence <= limits.max_cadence(), "{:?} {}", limits, text);
+                    prop_assert!(t.resistance <= limits.max_resistance(), "{:?} {}", limits, text);
+                }
             }
-            prop_assert!(parse_record(positional.as_bytes()).is_err(), "positional form refused");
+            prop_assert!(limits.parse_record(positional.as_bytes()).is_err(), "positional form refused");
             if let Some(field) = repeated {
                 // Refused, naming the field once, whatever its values.
-                prop_assert!(super::record(object.as_bytes()).is_none(), "{}", object);
-                let errors = parse_record(object.as_bytes()).unwrap_err();
+                prop_assert!(super::record(object.as_bytes(), limits).is_none(), "{}", object);
+                let errors = limits.parse_record(object.as_bytes()).unwrap_err();
                 let about: Vec<_> = errors.iter().filter(|e| e.field == Some(field)).collect();
                 prop_assert_eq!(about.len(), 1, "{:?}", errors);
                 prop_assert_eq!(&about[0].reason, REPEATED);
-                let batch = parse_batch(object.as_bytes(), BodyFormat::Json);
+                let batch = limits.parse_batch(object.as_bytes(), BodyFormat::Json);
                 prop_assert!(refuses_repeated(&batch, 0, field), "{:?}", batch);
             }
         }
 
         #[test]
-        fn on_batches((a, _, repeated_a) in record(), (b, positional, repeated_b) in record()) {
+        fn on_batches(
+            (a, _, repeated_a) in record(),
+            (b, positional, repeated_b) in record(),
+            limits in limits(),
+        ) {
             for body in [format!("[{a},{b}]"), format!("[{a},{positional}]"), format!(" [{a}]")] {
                 prop_assert_eq!(
-                    parse_batch(body.as_bytes(), BodyFormat::Json),
-                    diagnose::batch(body.as_bytes(), BodyFormat::Json),
+                    limits.parse_batch(body.as_bytes(), BodyFormat::Json),
+                    diagnose::batch(body.as_bytes(), BodyFormat::Json, limits),
                     "{}", body
                 );
             }
             for body in [format!("{a}\n{b}\n"), format!("{a}\r\n\n{positional}")] {
                 prop_assert_eq!(
-                    parse_batch(body.as_bytes(), BodyFormat::NdJson),
-                    diagnose::batch(body.as_bytes(), BodyFormat::NdJson),
+                    limits.parse_batch(body.as_bytes(), BodyFormat::NdJson),
+                    diagnose::batch(body.as_bytes(), BodyFormat::NdJson, limits),
                     "{}", body
                 );
             }
@@ -283,11 +325,49 @@ mod fast_path_agrees {
                 (format!("[{a},{b}]"), BodyFormat::Json),
                 (format!("{a}\r\n\n{b}\n"), BodyFormat::NdJson),
             ] {
-                let result = parse_batch(body.as_bytes(), format);
+                let result = limits.parse_batch(body.as_bytes(), format);
                 for (index, repeated) in [repeated_a, repeated_b].into_iter().enumerate() {
                     if let Some(field) = repeated {
                         prop_assert!(refuses_repeated(&result, index, field), "{:?}", result);
                     }
+                }
+            }
+        }
+
+        /// A sensor value is taken exactly when it is at most its limit,
+        /// by both paths, and refused naming the field and that limit.
+        #[test]
+        fn sensors_are_taken_up_to_their_limit(
+            limits in limits(),
+            cadence in sensor(),
+            resistance in sensor(),
+        ) {
+            let mut members: Vec<String> = FIELDS[..8]
+                .iter()
+                .map(|(field, v)| format!(r#""{field}":{v}"#))
+                .collect();
+            members.push(format!(r#""cadence":{cadence}"#));
+            members.push(format!(r#""resistance":{resistance}"#));
+            let text = format!("{{{}}}", members.join(","));
+            let result = limits.parse_record(text.as_bytes());
+            prop_assert_eq!(&result, &diagnose::record(text.as_bytes(), limits));
+            let mut expected = Vec::new();
+            for (field, value, max) in [
+                ("cadence", cadence, limits.max_cadence()),
+                ("resistance", resistance, limits.max_resistance()),
+            ] {
+                if value > max {
+                    expected.push((Some(field), format!("must be at most {max}, got {value}")));
+                }
+            }
+            match result {
+                Ok(t) => {
+                    prop_assert!(expected.is_empty(), "{:?}", expected);
+                    prop_assert_eq!((t.cadence, t.resistance), (cadence, resistance));
+                }
+                Err(errors) => {
+                    let got: Vec<_> = errors.into_iter().map(|e| (e.field, e.reason)).collect();
+                    prop_assert_eq!(got, expected);
                 }
             }
         }
@@ -301,13 +381,23 @@ mod fast_path_agrees {
             .collect::<Vec<_>>()
             .join(",");
         let record = format!("{{{valid}}}");
-        let t = super::record(record.as_bytes()).expect("the fast path takes it");
+        let limits = SensorLimits::DEFAULT;
+        let t = super::record(record.as_bytes(), limits).expect("the fast path takes it");
         assert_eq!(t.name, "Hubert é", "escapes decoded");
-        assert_eq!(Ok(t), diagnose::record(record.as_bytes()));
+        assert_eq!(
+            t.resistance,
+            limits.max_resistance(),
+            "the limit itself is valid"
+        );
+        assert_eq!(Ok(t), diagnose::record(record.as_bytes(), limits));
         let body = format!("[{record},{record}]");
         assert_eq!(
-            super::batch(body.as_bytes(), BodyFormat::Json).map(|r| r.len()),
+            super::batch(body.as_bytes(), BodyFormat::Json, limits).map(|r| r.len()),
             Some(2)
         );
+        // Past the limit, the fast path leaves the record to the other.
+        let lower = SensorLimits::new(200.0, 99.5).unwrap();
+        assert_eq!(super::record(record.as_bytes(), lower), None);
+        assert_eq!(super::batch(body.as_bytes(), BodyFormat::Json, lower), None);
     }
 }

@@ -9,13 +9,20 @@
 //! diagnosing path (`diagnose`), which names every problem. Both apply the
 //! same per-field `rules` and split bodies the same way (`framing`), so they
 //! accept exactly the same records.
+//!
+//! How high cadence and resistance may go is a setting: every parser is a
+//! method of [`SensorLimits`]; the free functions here check against its
+//! defaults (services use the limits they are configured with).
 
 mod diagnose;
 mod fast;
 mod framing;
+mod limits;
 mod rules;
 
-pub use diagnose::validate_value;
+pub use limits::{
+    DEFAULT_MAX_CADENCE, DEFAULT_MAX_RESISTANCE, LimitError, SensorLimits, parse_sensor_limit,
+};
 
 use crate::telemetry::Telemetry;
 use serde::Serialize;
@@ -92,17 +99,41 @@ pub struct FieldError {
     pub reason: String,
 }
 
-/// Parses and validates a request body: all of its records, or why not.
-pub fn parse_batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, BatchError> {
-    match fast::batch(body, format) {
-        Some(records) => Ok(records),
-        None => diagnose::batch(body, format),
+impl std::fmt::Display for FieldError {
+    /// The field, then what is wrong with it: "cadence must be at most
+    /// 200, got 250".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.field {
+            Some(field) => write!(f, "{field} {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
     }
 }
 
-/// Parses one record from raw JSON bytes (as read back from a stream).
+/// Every problem of one record in one line, as `processing-failed/`
+/// objects and logs give them.
+#[must_use]
+pub fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// [`SensorLimits::parse_batch`] at the default limits.
+pub fn parse_batch(body: &[u8], format: BodyFormat) -> Result<Vec<Telemetry>, BatchError> {
+    SensorLimits::DEFAULT.parse_batch(body, format)
+}
+
+/// [`SensorLimits::parse_record`] at the default limits.
 pub fn parse_record(bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
-    fast::record(bytes).map_or_else(|| diagnose::record(bytes), Ok)
+    SensorLimits::DEFAULT.parse_record(bytes)
+}
+
+/// [`SensorLimits::validate_value`] at the default limits.
+pub fn validate_value(value: &serde_json::Value) -> Result<Telemetry, Vec<FieldError>> {
+    SensorLimits::DEFAULT.validate_value(value)
 }
 
 /// The property tests' configuration: `default_cases` cases, or as many as
@@ -179,7 +210,7 @@ mod tests {
 mod fuzz {
     use super::diagnose::{self, REPEATED};
     use super::*;
-    use crate::telemetry::{CLASS_COUNT, MAX_SAFE_INTEGER, MAX_SECOND};
+    use crate::telemetry::{CLASS_COUNT, MAX_SAFE_INTEGER, MAX_SECOND, MAX_SENSOR_VALUE};
     use proptest::prelude::*;
     use proptest::sample::select;
     use serde_json::Value;
@@ -276,16 +307,34 @@ mod fuzz {
             "name" => ("[^\\p{Cc}]{0,64}", escapes(64))
                 .prop_map(|(name, escape)| quoted(&name, &escape))
                 .boxed(),
-            "cadence" | "resistance" => prop_oneof![
-                (0u32..=1000).prop_map(|n| n.to_string()),
-                (0.0..=1000.0f64).prop_map(|f| f.to_string()),
-                (0.0..=1000.0f64).prop_map(|f| format!("{f:E}")),
-                select(&["-0", "-0.0", "1000.0", "1e3", "0E0", "0.5e-3"][..])
-                    .prop_map(str::to_owned),
-            ]
-            .boxed(),
+            // Valid at the default limits (what `jsonish_bodies...` checks
+            // acceptance against); `agree` also runs under other limits.
+            "cadence" => sensor_value(DEFAULT_MAX_CADENCE, &["200.0", "2e2", "2E+2"]),
+            "resistance" => sensor_value(DEFAULT_MAX_RESISTANCE, &["100.0", "1e2", "1E2"]),
             _ => (0..=MAX_SAFE_INTEGER).prop_map(|n| n.to_string()).boxed(),
         }
+    }
+
+    /// A valid sensor value up to `max`, as JSON text; `at_max` spells
+    /// `max` itself.
+    fn sensor_value(max: f64, at_max: &'static [&'static str]) -> BoxedStrategy<String> {
+        prop_oneof![
+            (0u32..=max as u32).prop_map(|n| n.to_string()),
+            (0.0..=max).prop_map(|f| f.to_string()),
+            (0.0..=max).prop_map(|f| format!("{f:E}")),
+            select(&["-0", "-0.0", "0E0", "0.5e-3"][..]).prop_map(str::to_owned),
+            select(at_max).prop_map(str::to_owned),
+        ]
+        .boxed()
+    }
+
+    /// Sensor limits other than the defaults.
+    fn limits() -> impl Strategy<Value = SensorLimits> {
+        let limit = prop_oneof![
+            0.001..=MAX_SENSOR_VALUE,
+            select(&[0.5, 1.0, 99.5, 150.0, 250.0, MAX_SENSOR_VALUE][..]),
+        ];
+        (limit.clone(), limit).prop_map(|(c, r)| SensorLimits::new(c, r).unwrap())
     }
 
     /// One member of a record.
@@ -607,21 +656,30 @@ mod fuzz {
     }
 
     /// Both paths give the same answer, for the body in either format and
-    /// as one record; what is accepted round-trips.
-    fn agree(body: &[u8]) -> Result<(), TestCaseError> {
+    /// as one record, at the default limits and at `limits`; what is
+    /// accepted round-trips.
+    fn agree(body: &[u8], limits: SensorLimits) -> Result<(), TestCaseError> {
         for format in [BodyFormat::Json, BodyFormat::NdJson] {
             let result = parse_batch(body, format);
-            prop_assert_eq!(&result, &diagnose::batch(body, format));
+            prop_assert_eq!(
+                &result,
+                &diagnose::batch(body, format, SensorLimits::DEFAULT)
+            );
             if let Ok(accepted) = &result {
                 round_trip(accepted)?;
                 hold_the_input(body, format, accepted)?;
             }
+            prop_assert_eq!(
+                limits.parse_batch(body, format),
+                diagnose::batch(body, format, limits)
+            );
         }
         let one = parse_record(body);
-        prop_assert_eq!(&one, &diagnose::record(body));
+        prop_assert_eq!(&one, &diagnose::record(body, SensorLimits::DEFAULT));
         if let Ok(record) = one {
             round_trip(&[record])?;
         }
+        prop_assert_eq!(limits.parse_record(body), diagnose::record(body, limits));
         Ok(())
     }
 
@@ -663,8 +721,8 @@ mod fuzz {
         #![proptest_config(proptest_config(1000))]
 
         #[test]
-        fn any_bytes_are_answered_alike_by_both_paths(bytes in bytes()) {
-            agree(&bytes)?;
+        fn any_bytes_are_answered_alike_by_both_paths(bytes in bytes(), limits in limits()) {
+            agree(&bytes, limits)?;
         }
 
         #[test]
@@ -672,10 +730,12 @@ mod fuzz {
             records in prop::collection::vec(record(), 0..5),
             shape in shape(),
             damage in damage(),
+            limits in limits(),
         ) {
             let (body, format) = body(&records, &shape);
             let damaged = apply(body.clone(), &damage);
-            agree(&damaged)?;
+            agree(&damaged, limits)?;
+            agree(&body, limits)?;
             let result = parse_batch(&body, format);
             if json_records(&body, format).is_some() {
                 // Undamaged and JSON: what the generator knows holds.

@@ -7,12 +7,13 @@
 
 use crate::class_file::SegmentedClassFile;
 use alleycat_core::delivery::HistoryPoint;
+use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::history::{ClassHistory, class_file_key};
 use alleycat_core::{ClassId, RacerId, Second};
 use alleycat_storage::{ETag, ObjectStore, Precondition, StoreError};
 use anyhow::Context as _;
 use bytes::Bytes;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// One class: mergeable, or blocked by a file that cannot be read.
 pub(super) enum Class {
@@ -190,6 +191,29 @@ impl ClassState {
         self.unwritten || !self.dirty.is_empty()
     }
 
+    /// Whether a point of `racer` may join the history: the racer is in it,
+    /// or there is room for one more.
+    pub(super) fn admits(&self, racer: RacerId, max_racers: usize) -> bool {
+        self.racers.contains(&racer) || self.racers.len() < max_racers
+    }
+
+    /// Whether `racer` has a best in the history.
+    pub(super) fn has_racer(&self, racer: RacerId) -> bool {
+        self.racers.contains(&racer)
+    }
+
+    /// Replaces every best of `racer` (a disqualification or reinstatement
+    /// recomputed them); no bests: the racer leaves the class.
+    pub(super) fn replace_racer(&mut self, racer: RacerId, bests: &BTreeMap<Second, f64>) {
+        let changed = self.history.replace_racer(racer, bests);
+        self.dirty.extend(changed);
+        if bests.is_empty() {
+            self.racers.remove(&racer);
+        } else {
+            self.racers.insert(racer);
+        }
+    }
+
     /// Merges one point into the history (not yet the file). A racer new to
     /// the class is merged only while the class has fewer than
     /// `max_racers` racers.
@@ -216,11 +240,16 @@ impl ClassState {
     /// saw; on a conflict, merges the newer file in and tries again. Returns
     /// whether it wrote. On an error, what is unpublished stays so, for the
     /// next call.
+    ///
+    /// The bests of racers `applied` names are never taken from the other
+    /// writer's file: they are recomputed here, and the other writer may
+    /// not have applied the list yet.
     pub(super) async fn publish(
         &mut self,
         store: &dyn ObjectStore,
         class: ClassId,
         level: u32,
+        applied: &Disqualifications,
     ) -> Result<bool, PublishError> {
         if !self.is_unpublished() {
             return Ok(false);
@@ -249,7 +278,10 @@ impl ClassState {
                 Err(StoreError::PreconditionFailed { .. }) => {
                     tracing::debug!(%key, "class file changed by another writer; merging it in");
                     match read_class_file(store, class).await {
-                        Ok(Loaded::Valid(theirs, etag)) => {
+                        Ok(Loaded::Valid(mut theirs, etag)) => {
+                            for entry in applied.entries() {
+                                theirs.replace_racer(entry.racer_id, &BTreeMap::new());
+                            }
                             self.history.merge_history(&theirs);
                             self.racers.extend(racers_of(&theirs));
                             // Rare (only with several history processes): encode it all.

@@ -5,7 +5,7 @@ use alleycat_core::codec;
 use alleycat_core::delivery::{self, HistoryPoint};
 use alleycat_storage::ObjectStore;
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 /// Largest decompressed delivery object accepted (the transformer writes at
 /// most its buffer size, 1 MiB by default).
@@ -37,6 +37,34 @@ pub(super) async fn list_candidates(
             .await
             .with_context(|| format!("listing {prefix}"))?;
         keys.extend(listed.into_iter().filter(|k| delivery::is_delivery_key(k)));
+    }
+    Ok(keys)
+}
+
+/// Every delivery key from `first` to `last` (both included), oldest first:
+/// the objects of a race's window.
+pub(super) async fn list_between(
+    store: &dyn ObjectStore,
+    first: &str,
+    last: &str,
+) -> anyhow::Result<Vec<String>> {
+    let hour = |key: &str| {
+        key.get(..13)
+            .and_then(|h| NaiveDateTime::parse_from_str(&format!("{h}:00"), "%Y/%m/%d/%H:%M").ok())
+            .map(|t| t.and_utc())
+            .with_context(|| format!("{key:?} is not a delivery key"))
+    };
+    let mut keys = Vec::new();
+    for prefix in delivery::hour_prefixes(hour(first)?, hour(last)?) {
+        let listed = store
+            .list(&prefix, None)
+            .await
+            .with_context(|| format!("listing {prefix}"))?;
+        keys.extend(
+            listed.into_iter().filter(|k| {
+                k.as_str() >= first && k.as_str() <= last && delivery::is_delivery_key(k)
+            }),
+        );
     }
     Ok(keys)
 }

@@ -5,6 +5,7 @@
 
 use alleycat_core::ClassId;
 use alleycat_core::delivery;
+use alleycat_core::disqualification::Disqualifications;
 use alleycat_storage::ObjectStore;
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -30,6 +31,9 @@ pub(super) struct MergeState {
     /// read): read again once the class can be published. Kept however old.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) pending: BTreeMap<ClassId, BTreeSet<String>>,
+    /// The disqualification list every published class file reflects.
+    #[serde(default, skip_serializing_if = "Disqualifications::is_empty")]
+    pub(super) applied: Disqualifications,
 }
 
 impl MergeState {

@@ -38,21 +38,34 @@ fn args() -> HistoryArgs {
         listing_grace: Duration::from_secs(60),
         gzip_level: 6,
         max_racers: 100_000,
+        admin_token: None,
     }
 }
 
-/// Writes a delivery object with the given (class, second, racer, output) lines.
+/// Writes a delivery object with the given (class, second, racer, output)
+/// lines, all of race 1.
 async fn deliver(
     store: &dyn ObjectStore,
     at: DateTime<Utc>,
     tag: &str,
     lines: &[(u8, u16, u64, f64)],
 ) -> String {
+    deliver_race(store, at, tag, 1, lines).await
+}
+
+/// [`deliver`] with the lines' race.
+async fn deliver_race(
+    store: &dyn ObjectStore,
+    at: DateTime<Utc>,
+    tag: &str,
+    race: u64,
+    lines: &[(u8, u16, u64, f64)],
+) -> String {
     let body: String = lines
         .iter()
         .map(|(c, s, r, o)| {
             format!(
-                "{{\"classId\":{c},\"second\":{s},\"racerId\":{r},\"output\":{o},\"name\":\"x\"}}\n"
+                "{{\"classId\":{c},\"second\":{s},\"racerId\":{r},\"raceId\":{race},\"output\":{o},\"name\":\"x\"}}\n"
             )
         })
         .collect();
@@ -810,4 +823,203 @@ async fn new_racers_past_the_bound_are_refused_and_counted() {
     assert_eq!(class1.best(Second(3), RacerId(2)), Some(1.0));
     assert_eq!(class1.best(Second(1), RacerId(4)), None);
     assert_eq!(class1.len(), 3);
+}
+
+mod disqualifications {
+    use super::*;
+    use alleycat_core::RaceId;
+    use alleycat_core::disqualification::NewDisqualification;
+    use alleycat_storage::DisqualificationList;
+    use alleycat_storage::disqualifications::Added;
+
+    fn list(f: &Fixture) -> Arc<DisqualificationList> {
+        DisqualificationList::watch(f.history.clone(), Duration::from_secs(3600))
+    }
+
+    async fn disqualify(list: &DisqualificationList, racer: u64, race: Option<u64>) -> u64 {
+        let request = NewDisqualification {
+            racer_id: RacerId(racer),
+            race_id: race.map(RaceId),
+            reason: "test".to_owned(),
+        };
+        match list.add(request).await.unwrap() {
+            Added::Created(entry) => entry.id.0,
+            Added::Existing(_) => panic!("already there"),
+        }
+    }
+
+    async fn best(f: &Fixture, second: u16, racer: u64) -> Option<f64> {
+        published(f.history.as_ref(), 1)
+            .await
+            .unwrap()
+            .best(Second(second), RacerId(racer))
+    }
+
+    /// Racer 7 rides race 10 (strong) and race 20 (weaker, one second
+    /// more); racer 8 rides race 10; other races fill the store around them.
+    async fn two_races(f: &Fixture) -> usize {
+        let now = Utc::now();
+        let t = |s: i64| now - chrono::Duration::seconds(30 - s);
+        let mut objects = 0;
+        deliver_race(
+            f.delivery.as_ref(),
+            t(0),
+            "a",
+            10,
+            &[(1, 1, 7, 300.0), (1, 1, 8, 100.0)],
+        )
+        .await;
+        deliver_race(
+            f.delivery.as_ref(),
+            t(1),
+            "b",
+            10,
+            &[(1, 2, 7, 310.0), (1, 2, 8, 110.0)],
+        )
+        .await;
+        deliver_race(f.delivery.as_ref(), t(2), "c", 99, &[(1, 1, 9, 50.0)]).await;
+        deliver_race(
+            f.delivery.as_ref(),
+            t(3),
+            "d",
+            20,
+            &[(1, 1, 7, 150.0), (1, 2, 7, 160.0), (1, 3, 7, 170.0)],
+        )
+        .await;
+        for i in 0..5 {
+            deliver_race(
+                f.delivery.as_ref(),
+                t(10 + i),
+                &format!("z{i}"),
+                98,
+                &[(1, 1, 9, 40.0)],
+            )
+            .await;
+            objects += 1;
+        }
+        objects
+    }
+
+    #[tokio::test]
+    async fn a_race_is_taken_back_from_the_class_file_and_given_back_on_reinstatement() {
+        let f = fixture();
+        two_races(&f).await;
+        let list = list(&f);
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone());
+        merger.merge_new().await.unwrap();
+        assert_eq!(best(&f, 1, 7).await, Some(300.0));
+
+        let id = disqualify(&list, 7, Some(10)).await;
+        let report = merger.merge_new().await.unwrap();
+        assert_eq!(report.rebuilt_racers, 1);
+        // Objects of race 20, the race that still counts, and of race 10's
+        // window (listed, so read): never the other races' objects.
+        assert!(report.rebuild_objects <= 4, "{report:?}");
+        assert_eq!(best(&f, 1, 7).await, Some(150.0));
+        assert_eq!(best(&f, 2, 7).await, Some(160.0));
+        assert_eq!(best(&f, 3, 7).await, Some(170.0));
+        assert_eq!(best(&f, 1, 8).await, Some(100.0), "others keep theirs");
+
+        // The change survives a restart, and what arrives of the race
+        // afterwards is not merged.
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone());
+        deliver_race(
+            f.delivery.as_ref(),
+            Utc::now(),
+            "late",
+            10,
+            &[(1, 4, 7, 999.0)],
+        )
+        .await;
+        let report = merger.merge_new().await.unwrap();
+        assert_eq!(report.disqualified, 1);
+        assert_eq!(report.rebuilt_racers, 0, "nothing left to recompute");
+        assert_eq!(best(&f, 4, 7).await, None);
+
+        assert!(
+            list.remove(alleycat_core::disqualification::DisqualificationId(id))
+                .await
+                .unwrap()
+        );
+        let report = merger.merge_new().await.unwrap();
+        assert_eq!(report.rebuilt_racers, 1);
+        assert_eq!(best(&f, 1, 7).await, Some(300.0));
+        assert_eq!(best(&f, 2, 7).await, Some(310.0));
+        assert_eq!(best(&f, 3, 7).await, Some(170.0));
+        assert_eq!(
+            best(&f, 4, 7).await,
+            Some(999.0),
+            "the late record counts again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whole_racer_leaves_every_class_file_and_imports_count_unless_it_is_out() {
+        let f = fixture();
+        two_races(&f).await;
+        // What an import of the original's history left.
+        let mut imported = ClassHistory::default();
+        imported.merge(Second(5), RacerId(7), 55.0);
+        imported.merge(Second(5), RacerId(8), 58.0);
+        f.history
+            .put(
+                &format!("{}2026.json.gz", crate::import::imports_prefix(ClassId(1))),
+                Bytes::from(codec::gzip(&imported.to_json(), 6)),
+                "application/gzip",
+            )
+            .await
+            .unwrap();
+        let list = list(&f);
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone());
+        merger.merge_new().await.unwrap();
+
+        disqualify(&list, 8, Some(10)).await;
+        disqualify(&list, 7, None).await;
+        merger.merge_new().await.unwrap();
+        let class = published(f.history.as_ref(), 1).await.unwrap();
+        for second in 1..=5 {
+            assert_eq!(class.best(Second(second), RacerId(7)), None);
+        }
+        assert_eq!(class.best(Second(1), RacerId(8)), None);
+        assert_eq!(
+            class.best(Second(5), RacerId(8)),
+            Some(58.0),
+            "imported, no race to take back"
+        );
+        assert_eq!(class.best(Second(1), RacerId(9)), Some(50.0));
+    }
+
+    #[tokio::test]
+    async fn a_failed_publication_leaves_the_list_unapplied_until_it_works() {
+        let f = fixture();
+        two_races(&f).await;
+        let list = list(&f);
+        let failing = Faulty::new(f.history.clone());
+        let mut merger = Merger::load(f.delivery.clone(), failing.clone(), &args())
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone());
+        merger.merge_new().await.unwrap();
+        disqualify(&list, 7, Some(10)).await;
+        failing.set(|f| f.puts_of = Some("class-"));
+        assert!(merger.merge_new().await.is_err());
+        assert_eq!(best(&f, 1, 7).await, Some(300.0), "not published yet");
+        // A restart now recomputes again, from the durable state.
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone());
+        let report = merger.merge_new().await.unwrap();
+        assert_eq!(report.rebuilt_racers, 1);
+        assert_eq!(best(&f, 1, 7).await, Some(150.0));
+    }
 }
