@@ -82,6 +82,10 @@ fn bad_tokens(racer: u64) -> Vec<(&'static str, Option<String>)> {
         ("malformed base64", Some("a.b.c".to_owned())),
         ("expired", Some(token(NEW, racer, now() - 10))),
         (
+            "exp in milliseconds: too far in the future",
+            Some(token(NEW, racer, now() * 1000)),
+        ),
+        (
             "forged: another secret",
             Some(token(
                 "a secret nobody here knows about of 32+ bytes",
@@ -420,6 +424,20 @@ async fn rotation_the_first_secret_signs_and_every_secret_verifies() {
     assert!(days.expires >= now() + 2 * 86_400 - 10);
     let (ok, _, stderr) = alleycat_token(&["--racer", "7", "--ttl", "2w"], Some(&rotated())).await;
     assert!(!ok && stderr.contains("unit s, m, h or d"), "{stderr}");
+    // Ten years at most: ingest would refuse a token valid for longer.
+    let (ok, stdout, _) =
+        alleycat_token(&["--racer", "7", "--ttl", "3650d"], Some(&rotated())).await;
+    assert!(ok);
+    assert_eq!(
+        post(&server.base, stdout.lines().last(), &[sample(7, 1)])
+            .await
+            .status,
+        202
+    );
+    let (ok, stdout, stderr) =
+        alleycat_token(&["--racer", "7", "--ttl", "3651d"], Some(&rotated())).await;
+    assert!(!ok && stderr.contains("from 1s to 3650d"), "{stderr}");
+    assert!(stdout.trim().is_empty(), "{stdout}");
     let (ok, stdout, stderr) = alleycat_token(&["--racer", "7"], None).await;
     assert!(!ok, "{stdout}");
     assert!(stderr.contains("ALLEYCAT_AUTH_SECRET"), "{stderr}");

@@ -220,7 +220,7 @@ async fn a_race_and_a_racer_are_taken_back_everywhere_and_given_back_across_a_re
         .await;
     assert_eq!(
         (again, &same["id"]),
-        (200, &entry["id"]),
+        (201, &entry["id"]),
         "asking twice stores one entry"
     );
     let race_taken = without(&sent, |s| s.racer == 7 && s.race == 10);
@@ -308,6 +308,12 @@ async fn the_admin_api_needs_its_token_checks_requests_and_is_absent_without_one
         client.get(&url),
         client.delete(format!("{url}/1")),
         client.get(&url).header("authorization", ADMIN_TOKEN),
+        client
+            .get(&url)
+            .header("authorization", format!("Basic {ADMIN_TOKEN}")),
+        client
+            .get(&url)
+            .bearer_auth(&ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]),
     ] {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 401);
@@ -357,6 +363,14 @@ async fn the_admin_api_needs_its_token_checks_requests_and_is_absent_without_one
         );
     }
     assert_eq!(admin.reinstate(&json!("abc")).await, 404);
+    // The scheme is case-insensitive (RFC 9110).
+    let lower = client
+        .get(&url)
+        .header("authorization", format!("bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
     assert_eq!(
         admin.list().await,
         json!({"entries": []}),

@@ -211,6 +211,15 @@ pub fn shard_of(key: &str) -> Option<&str> {
     parts.next()
 }
 
+/// When a delivery object was written, from its key (to the second).
+#[must_use]
+pub fn written_at(key: &str) -> Option<DateTime<Utc>> {
+    let name = key.rsplit('/').next()?.strip_prefix(OBJECT_PREFIX)?;
+    chrono::NaiveDateTime::parse_from_str(name.get(..STAMP_CHARS)?, STAMP_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 /// Characters of a key's time stamp (`YYYY-MM-DD-HH-MM-SS`).
 const STAMP_CHARS: usize = 19;
 
@@ -325,6 +334,8 @@ mod tests {
         assert_eq!(shard_of(&key), Some("shardId-000000000003"));
         assert_eq!(shard_of(&delivery_key(at, "0", "1", "2")), Some("0"));
         assert_eq!(shard_of("2026/11/26/09/other.gz"), None);
+        assert_eq!(written_at(&key), Some(at));
+        assert_eq!(written_at("2026/11/26/09/other.gz"), None);
     }
 
     #[test]

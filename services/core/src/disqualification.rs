@@ -15,7 +15,7 @@ use std::fmt;
 
 /// Most entries a list holds: far more than any operator files, and a
 /// bound on what the list costs every process that reads it.
-pub const MAX_ENTRIES: usize = 100_000;
+pub const MAX_ENTRIES: usize = 10_000;
 
 /// Longest `reason`, in characters.
 pub const MAX_REASON_CHARS: usize = 500;
@@ -160,11 +160,18 @@ pub enum AddError {
     Full,
 }
 
-/// The list, as stored (`{"entries": [...]}`), ordered by id.
+/// The list, as stored (`{"entries": [...], "nextId", "version"}`),
+/// ordered by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "StoredList")]
+#[serde(from = "StoredList", rename_all = "camelCase")]
 pub struct Disqualifications {
     entries: Vec<Disqualification>,
+    /// The id the next entry gets: ids are never reused, so a process that
+    /// knew entry 5 never takes another entry 5 for the same one.
+    next_id: u64,
+    /// Raised by every change: a copy read before a change never replaces
+    /// one read after it.
+    version: u64,
     /// Fast lookups: per racer, the indexes of its entries.
     #[serde(skip)]
     by_racer: BTreeMap<RacerId, Vec<usize>>,
@@ -172,26 +179,73 @@ pub struct Disqualifications {
 
 /// The stored form, indexed once read.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct StoredList {
     entries: Vec<Disqualification>,
+    #[serde(default)]
+    next_id: u64,
+    #[serde(default)]
+    version: u64,
 }
 
 impl From<StoredList> for Disqualifications {
     fn from(stored: StoredList) -> Self {
-        Disqualifications::new(stored.entries)
+        Disqualifications::new(stored.entries, stored.next_id, stored.version)
     }
 }
 
+/// What identifies an entry's effect: the racer and race of entry `id`.
+pub type EntryKey = (DisqualificationId, RacerId, Option<RaceId>);
+
 impl Disqualifications {
-    /// The list of `entries`.
-    #[must_use]
-    pub fn new(mut entries: Vec<Disqualification>) -> Disqualifications {
+    /// The list of `entries` at `version`; the next id is at least
+    /// `next_id`.
+    fn new(mut entries: Vec<Disqualification>, next_id: u64, version: u64) -> Disqualifications {
         entries.sort_by_key(|e| e.id);
         let mut by_racer: BTreeMap<RacerId, Vec<usize>> = BTreeMap::new();
         for (i, e) in entries.iter().enumerate() {
             by_racer.entry(e.racer_id).or_default().push(i);
         }
-        Disqualifications { entries, by_racer }
+        let next_id = next_id.max(entries.last().map_or(1, |e| e.id.0 + 1));
+        Disqualifications {
+            entries,
+            next_id,
+            version,
+            by_racer,
+        }
+    }
+
+    /// The version: raised by every change.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// This list without what only people read (reasons, times): what a
+    /// service keeps to remember which list it applied.
+    #[must_use]
+    pub fn compact(&self) -> Disqualifications {
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| Disqualification {
+                reason: String::new(),
+                created_at: DateTime::<Utc>::UNIX_EPOCH,
+                ..e.clone()
+            })
+            .collect();
+        Disqualifications::new(entries, self.next_id, self.version)
+    }
+
+    /// Whether both lists disqualify the same races and racers by the same
+    /// entries (reasons and times aside).
+    #[must_use]
+    pub fn same_effect(&self, other: &Disqualifications) -> bool {
+        self.keys().eq(other.keys())
+    }
+
+    fn keys(&self) -> impl Iterator<Item = EntryKey> + '_ {
+        self.entries.iter().map(|e| (e.id, e.racer_id, e.race_id))
     }
 
     /// Parses a stored list.
@@ -277,7 +331,7 @@ impl Disqualifications {
         if self.entries.len() >= MAX_ENTRIES {
             return Err(AddError::Full);
         }
-        let id = DisqualificationId(self.entries.last().map_or(1, |e| e.id.0 + 1));
+        let id = DisqualificationId(self.next_id.max(1));
         let entry = Disqualification {
             id,
             racer_id: request.racer_id,
@@ -287,7 +341,10 @@ impl Disqualifications {
         };
         let mut entries = self.entries.clone();
         entries.push(entry.clone());
-        Ok((Disqualifications::new(entries), entry))
+        Ok((
+            Disqualifications::new(entries, id.0 + 1, self.version + 1),
+            entry,
+        ))
     }
 
     /// This list without entry `id`, or `None` if it has no such entry.
@@ -300,6 +357,8 @@ impl Disqualifications {
                 .filter(|e| e.id != id)
                 .cloned()
                 .collect(),
+            self.next_id,
+            self.version + 1,
         ))
     }
 
@@ -307,15 +366,16 @@ impl Disqualifications {
     /// whose bests differ between the two.
     #[must_use]
     pub fn changed_racers(&self, other: &Disqualifications) -> BTreeSet<RacerId> {
-        let ids = |list: &Disqualifications| -> BTreeMap<DisqualificationId, RacerId> {
-            list.entries.iter().map(|e| (e.id, e.racer_id)).collect()
-        };
-        let (ours, theirs) = (ids(self), ids(other));
-        ours.iter()
-            .filter(|(id, _)| !theirs.contains_key(id))
-            .chain(theirs.iter().filter(|(id, _)| !ours.contains_key(id)))
-            .map(|(_, racer)| *racer)
+        let ours: BTreeSet<EntryKey> = self.keys().collect();
+        let theirs: BTreeSet<EntryKey> = other.keys().collect();
+        ours.symmetric_difference(&theirs)
+            .map(|(_, racer, _)| *racer)
             .collect()
+    }
+
+    /// Every racer an entry names.
+    pub fn racers(&self) -> impl Iterator<Item = RacerId> + '_ {
+        self.by_racer.keys().copied()
     }
 }
 
@@ -363,10 +423,33 @@ mod tests {
         let back = Disqualifications::from_json(&list.to_json()).unwrap();
         assert_eq!(back, list);
         assert!(back.covers(RacerId(2), RaceId(3)));
-        // An id is never reused, even after the last entry is deleted.
-        let shorter = list.without(DisqualificationId(2)).unwrap();
-        let (_, next) = shorter.with(request(5, None), Utc::now()).unwrap();
+        // An id is never reused, even after the last entry is deleted, and
+        // across a round trip.
+        let shorter = list.without(DisqualificationId(3)).unwrap();
+        let shorter = Disqualifications::from_json(&shorter.to_json()).unwrap();
+        let (after, next) = shorter.with(request(5, None), Utc::now()).unwrap();
         assert_eq!(next.id, DisqualificationId(4));
+        // Every change raises the version.
+        assert_eq!(
+            (list.version(), shorter.version(), after.version()),
+            (3, 4, 5)
+        );
+        // Another racer under a reused id would still count as a change.
+        assert_eq!(
+            shorter
+                .changed_racers(&after)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [RacerId(5)]
+        );
+        assert!(after.compact().same_effect(&after));
+        assert!(
+            after
+                .compact()
+                .entries()
+                .iter()
+                .all(|e| e.reason.is_empty())
+        );
     }
 
     #[test]
@@ -479,7 +562,7 @@ mod tests {
                 created_at: Utc::now(),
             })
             .collect();
-        let full = Disqualifications::new(entries);
+        let full = Disqualifications::new(entries, 0, 0);
         assert_eq!(
             full.with(request(1, None), Utc::now()).unwrap_err(),
             AddError::Full

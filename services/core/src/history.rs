@@ -86,6 +86,27 @@ impl ClassHistory {
         changed
     }
 
+    /// Removes every best of `racers`, in one pass; whether any was there.
+    pub fn remove_racers(&mut self, racers: &BTreeSet<RacerId>) -> bool {
+        let mut removed = false;
+        self.seconds.retain(|_, at| {
+            let before = at.len();
+            at.retain(|racer, _| !racers.contains(racer));
+            removed |= at.len() != before;
+            !at.is_empty()
+        });
+        removed
+    }
+
+    /// Every best of `racer`, by second.
+    #[must_use]
+    pub fn racer_bests(&self, racer: RacerId) -> BTreeMap<Second, f64> {
+        self.seconds
+            .iter()
+            .filter_map(|(second, at)| Some((*second, *at.get(&racer)?)))
+            .collect()
+    }
+
     /// `racer`'s best at `second`, if it has one.
     #[must_use]
     pub fn best(&self, second: Second, racer: RacerId) -> Option<f64> {

@@ -4,8 +4,8 @@
 //! exist (404).
 //!
 //! - `POST /v1/admin/disqualifications` `{"racerId", "raceId"?, "reason"}`:
-//!   201 and the stored entry (200 and the existing one if it was already
-//!   there);
+//!   201 and the stored entry (the one stored the first time, when asked
+//!   again for the same racer and race);
 //! - `GET /v1/admin/disqualifications`: `{"entries": [...]}`;
 //! - `DELETE /v1/admin/disqualifications/{id}`: 204, the racer reinstated.
 //!
@@ -45,27 +45,42 @@ impl fmt::Debug for AdminToken {
 }
 
 impl AdminToken {
-    /// For clap's `value_parser`: at least [`MIN_TOKEN_CHARS`] characters.
+    /// A token of at least [`MIN_TOKEN_CHARS`] characters.
     pub fn parse(text: &str) -> Result<AdminToken, String> {
-        let chars = text.chars().count();
+        let token = AdminToken::unchecked(text).unwrap_or_else(|never| match never {});
+        token.check().map(|()| token)
+    }
+
+    /// For clap's `value_parser`, which prints a refused value in its
+    /// error: taken as it is, and checked by [`AdminToken::check`] when the
+    /// service starts, without printing it.
+    pub fn unchecked(text: &str) -> Result<AdminToken, std::convert::Infallible> {
+        Ok(AdminToken(text.to_owned()))
+    }
+
+    /// Whether the token is long enough to be hard to guess.
+    pub fn check(&self) -> Result<(), String> {
+        let chars = self.0.chars().count();
         if chars < MIN_TOKEN_CHARS {
             return Err(format!(
                 "must be at least {MIN_TOKEN_CHARS} characters, got {chars}"
             ));
         }
-        Ok(AdminToken(text.to_owned()))
+        Ok(())
     }
 
-    /// Whether `presented` is this token, in time that does not depend on
-    /// where they differ.
+    /// Whether `presented` is this token, in time that depends on neither
+    /// where they differ nor by how much their lengths do.
     fn matches(&self, presented: &[u8]) -> bool {
         let ours = self.0.as_bytes();
-        ours.len() == presented.len()
-            && ours
-                .iter()
-                .zip(presented)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        let differ = (0..ours.len().max(presented.len())).fold(
+            u8::from(ours.len() != presented.len()),
+            |acc, i| {
+                acc | (ours.get(i).copied().unwrap_or(0)
+                    ^ presented.get(i).copied().unwrap_or(0xff))
+            },
+        );
+        differ == 0
     }
 }
 
@@ -155,7 +170,9 @@ impl FromRequestParts<AdminState> for Operator {
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(|v| v.as_bytes())
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| &v[7..])
             .ok_or(AdminError::Unauthorized)?;
         if state.token.matches(presented.trim_ascii()) {
             Ok(Operator)
@@ -192,7 +209,8 @@ async fn add_entry(
             tracing::warn!(id = %entry.id, racer = %entry.racer_id, race = ?entry.race_id, reason = %entry.reason, "disqualified");
             (StatusCode::CREATED, entry)
         }
-        Added::Existing(entry) => (StatusCode::OK, entry),
+        // Asked twice: the same entry, as stored the first time.
+        Added::Existing(entry) => (StatusCode::CREATED, entry),
     };
     let location = format!("/v1/admin/disqualifications/{}", entry.id);
     Ok((

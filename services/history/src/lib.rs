@@ -48,7 +48,7 @@ pub struct HistoryArgs {
 
     /// Bearer token of the operators' API (`/v1/admin/disqualifications`),
     /// at least 16 characters; unset, that API does not exist (404).
-    #[arg(long, env = "ALLEYCAT_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminToken::parse)]
+    #[arg(long, env = "ALLEYCAT_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminToken::unchecked)]
     pub admin_token: Option<AdminToken>,
 }
 
@@ -58,6 +58,11 @@ impl ServiceArgs for HistoryArgs {
     /// a store that does not answer nor a class file that cannot be read
     /// stops the process: `/readyz` says what does not work.
     async fn service(&self, context: &Context, storage: &StorageArgs) -> anyhow::Result<Service> {
+        if let Some(token) = &self.admin_token {
+            token
+                .check()
+                .map_err(|e| anyhow::anyhow!("ALLEYCAT_ADMIN_TOKEN {e}"))?;
+        }
         let delivery = storage.open_delivery_store().await?;
         let history = storage.open_history_store().await?;
         let list = storage.disqualifications().await?;

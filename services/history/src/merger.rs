@@ -151,8 +151,12 @@ impl Merger {
         let mut classes = BTreeMap::new();
         let mut index = BTreeMap::new();
         for class in ClassId::all() {
-            index.insert(class, ClassIndex::load(history.as_ref(), class).await?);
             let loaded = Class::load(history.as_ref(), class, args.gzip_level).await;
+            let empty = matches!(&loaded, Class::Ready(state) if state.history().is_empty());
+            index.insert(
+                class,
+                ClassIndex::load(history.as_ref(), class, empty).await?,
+            );
             match &loaded {
                 Class::Ready(_) => readiness.set(&part(class), Ok(())),
                 Class::Blocked(blocked) => {
@@ -163,6 +167,14 @@ impl Merger {
             classes.insert(class, loaded);
         }
         let applied = Arc::new(state.applied.clone());
+        // Another history process may have published bests of the named
+        // racers that this process's list took back (it had not read the
+        // list yet): they are recomputed once, from the index.
+        let named: BTreeSet<RacerId> = applied.racers().collect();
+        let rebuild = ClassId::all()
+            .filter(|_| !named.is_empty())
+            .map(|class| (class, named.clone()))
+            .collect();
         Ok(Merger {
             delivery,
             history,
@@ -170,7 +182,7 @@ impl Merger {
             index,
             list: None,
             applied,
-            rebuild: BTreeMap::new(),
+            rebuild,
             state,
             state_changed: false,
             grace: args.listing_grace,
@@ -214,7 +226,7 @@ impl Merger {
         let mut failed = BTreeMap::new();
         self.retry_blocked().await;
         self.republish_if_gone().await;
-        self.apply_disqualifications(&mut report).await?;
+        self.apply_disqualifications(&mut report).await;
         self.merge_pending(&mut report).await?;
         self.publish_all(&mut report, &mut failed).await;
 
@@ -279,9 +291,12 @@ impl Merger {
             self.log_report(&report);
             return Err(self.publication_failed(&failed));
         }
-        if failed.is_empty() && self.rebuild.is_empty() && self.state.applied != *self.applied {
+        if failed.is_empty()
+            && self.rebuild.is_empty()
+            && self.state.applied.version() != self.applied.version()
+        {
             // Every class file now reflects the list.
-            self.state.applied = (*self.applied).clone();
+            self.state.applied = self.applied.compact();
             self.state_changed = true;
         }
         self.state
@@ -365,17 +380,17 @@ impl Merger {
             });
             // A blocked class's records wait (the caller keeps them pending).
             let Class::Ready(state) = class else { continue };
-            let merged = if self.applied.covers(p.racer_id, p.race_id) {
-                // Kept in the index: a reinstatement brings it back.
+            let index = self.index.entry(p.class_id).or_default();
+            if self.applied.covers(p.racer_id, p.race_id) {
+                // Not merged, but indexed: a reinstatement brings it back.
                 report.disqualified += 1;
-                state.admits(p.racer_id, self.max_racers)
-            } else {
-                state.merge(p, self.max_racers) != Merged::TooManyRacers
-            };
-            if merged {
-                self.index.entry(p.class_id).or_default().note(key, p);
-            } else {
+                if index.has_racer(p.racer_id) || state.admits(p.racer_id, self.max_racers) {
+                    index.note(key, p);
+                }
+            } else if state.merge(p, self.max_racers) == Merged::TooManyRacers {
                 *report.too_many_racers.entry(p.class_id).or_default() += 1;
+            } else {
+                index.note(key, p);
             }
         }
         classes
@@ -497,6 +512,10 @@ impl Merger {
                 .await
             {
                 Ok(wrote) => {
+                    let stripped = state.take_stripped();
+                    if !stripped.is_empty() {
+                        self.rebuild.entry(class).or_default().extend(stripped);
+                    }
                     if wrote {
                         report.published.push(class);
                     }

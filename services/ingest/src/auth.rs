@@ -27,6 +27,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// bits (RFC 7518 section 3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Longest a token may be valid, ten years (3650 days): `alleycat token`
+/// issues none longer, and ingest refuses a token whose `exp` is further
+/// ahead, such as one minted with milliseconds instead of seconds, which
+/// would otherwise never expire.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
+
 /// The `ALLEYCAT_AUTH_SECRET` setting, shared by ingest and `alleycat token`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthArgs {
@@ -115,10 +121,17 @@ impl Verified {
         now >= self.expires
     }
 
-    /// When it expires, as a point on the monotonic clock (for timers).
+    /// When it expires, as a point on the monotonic clock (for timers): at
+    /// most [`MAX_TOKEN_LIFETIME`] from now, whatever `expires` says.
     pub(crate) fn deadline(&self) -> tokio::time::Instant {
-        let left = Duration::from_secs(self.expires).saturating_sub(since_epoch());
-        tokio::time::Instant::now() + left
+        let left = Duration::from_secs(self.expires)
+            .saturating_sub(since_epoch())
+            .min(MAX_TOKEN_LIFETIME);
+        let now = tokio::time::Instant::now();
+        // `+` panics past the end of the clock, which would kill the
+        // socket's task. No monotonic clock ends within ten years; if one
+        // did, the token counts as expiring now (the bike reconnects).
+        now.checked_add(left).unwrap_or(now)
     }
 }
 
@@ -143,7 +156,8 @@ pub enum AuthError {
     /// Signed with none of the secrets.
     #[error("the bearer token's signature does not verify")]
     Signature,
-    /// A claim is missing or of the wrong type.
+    /// A claim is missing, of the wrong type, or out of range (an `exp`
+    /// more than [`MAX_TOKEN_LIFETIME`] ahead).
     #[error(
         "the bearer token's claims must hold sub (the racerId, a string) and exp (seconds since the epoch): {0}"
     )]
@@ -210,7 +224,8 @@ impl AuthSecrets {
             .expect("HS256 signs any claims")
     }
 
-    /// A token for `racer`, valid for `ttl` from now.
+    /// A token for `racer`, valid for `ttl` from now. Ingest refuses a
+    /// token valid for longer than [`MAX_TOKEN_LIFETIME`].
     #[must_use]
     pub fn issue(&self, racer: RacerId, ttl: Duration) -> String {
         let now = since_epoch().as_secs();
@@ -226,8 +241,8 @@ impl AuthSecrets {
     /// # Errors
     ///
     /// When it is malformed, signed with another algorithm or with none of
-    /// the secrets, lacks `sub` or `exp`, its subject is not a racerId, or
-    /// it has expired.
+    /// the secrets, lacks `sub` or `exp`, its subject is not a racerId, it
+    /// has expired, or it expires more than [`MAX_TOKEN_LIFETIME`] from now.
     pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let keys = &*self.0;
         for key in &keys.verifying {
@@ -263,8 +278,14 @@ fn verified(claims: &Incoming) -> Result<Verified, AuthError> {
         racer: RacerId(racer),
         expires: claims.exp,
     };
-    if verified.expired(since_epoch().as_secs()) {
+    let now = since_epoch().as_secs();
+    if verified.expired(now) {
         return Err(AuthError::Expired);
+    }
+    if claims.exp > now.saturating_add(MAX_TOKEN_LIFETIME.as_secs()) {
+        return Err(AuthError::Claims(
+            "exp too far in the future, more than 3650 days ahead (milliseconds instead of seconds?)",
+        ));
     }
     Ok(verified)
 }
@@ -369,7 +390,8 @@ fn header_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
 }
 
 /// Parses a token lifetime: a whole number with a unit, `s`, `m`, `h` or
-/// `d` (`90s`, `15m`, `1h`, `7d`); at least a second, at most ten years.
+/// `d` (`90s`, `15m`, `1h`, `7d`); at least a second, at most
+/// [`MAX_TOKEN_LIFETIME`] (3650 days).
 ///
 /// # Errors
 ///
@@ -388,8 +410,11 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     };
     let number: u64 = number.parse().map_err(|_| usage())?;
     let seconds = number.checked_mul(seconds_per).ok_or_else(usage)?;
-    if seconds == 0 || seconds > 3650 * 86_400 {
-        return Err(format!("{text:?}: a lifetime is from 1s to 3650d"));
+    if seconds == 0 || seconds > MAX_TOKEN_LIFETIME.as_secs() {
+        return Err(format!(
+            "{text:?}: a lifetime is from 1s to {}d",
+            MAX_TOKEN_LIFETIME.as_secs() / 86_400
+        ));
     }
     Ok(Duration::from_secs(seconds))
 }
@@ -400,7 +425,8 @@ pub struct TokenArgs {
     /// The racerId the token is for (its subject).
     #[arg(long)]
     pub racer: u64,
-    /// How long the token is valid: a number with a unit s, m, h or d.
+    /// How long the token is valid: a number with a unit s, m, h or d; at
+    /// most 3650d.
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     pub ttl: Duration,
     /// The secret(s) ingest verifies with: the first signs.
@@ -414,7 +440,9 @@ impl TokenArgs {
     ///
     /// # Errors
     ///
-    /// Without a secret, with an invalid one, or a racerId out of range.
+    /// Without a secret, with an invalid one, a racerId out of range, or a
+    /// lifetime longer than [`MAX_TOKEN_LIFETIME`], whose token ingest would
+    /// refuse.
     pub fn run(&self) -> anyhow::Result<()> {
         let secrets = self.auth.secrets()?.ok_or_else(|| {
             anyhow::anyhow!(
@@ -424,6 +452,11 @@ impl TokenArgs {
         anyhow::ensure!(
             self.racer <= MAX_SAFE_INTEGER,
             "--racer must be a racerId from 0 to {MAX_SAFE_INTEGER}"
+        );
+        anyhow::ensure!(
+            self.ttl.as_secs() >= 1 && self.ttl <= MAX_TOKEN_LIFETIME,
+            "--ttl must be from 1s to {}d: ingest refuses a token valid for longer",
+            MAX_TOKEN_LIFETIME.as_secs() / 86_400
         );
         let token = secrets.issue(RacerId(self.racer), self.ttl);
         let expires = since_epoch().as_secs() + self.ttl.as_secs();
@@ -547,6 +580,19 @@ mod tests {
                 AuthError::NotYet,
             ),
             (
+                // Milliseconds instead of seconds: it would never expire.
+                keys.sign(&claims("101", now() * 1000)),
+                AuthError::Claims(TOO_FAR),
+            ),
+            (
+                keys.sign(&claims("101", u64::MAX)),
+                AuthError::Claims(TOO_FAR),
+            ),
+            (
+                keys.sign(&claims("101", now() + MAX_TOKEN_LIFETIME.as_secs() + 60)),
+                AuthError::Claims(TOO_FAR),
+            ),
+            (
                 keys.sign(&claims("Hubert", now() + 60)),
                 AuthError::Claims("sub is not a racerId"),
             ),
@@ -562,6 +608,63 @@ mod tests {
             assert_eq!(keys.verify(&token), Err(refusal), "{token}");
         }
         assert!(keys.verify(&good).is_ok());
+    }
+
+    const TOO_FAR: &str =
+        "exp too far in the future, more than 3650 days ahead (milliseconds instead of seconds?)";
+
+    #[test]
+    fn a_token_may_be_valid_for_ten_years_and_no_longer() {
+        assert_eq!(MAX_TOKEN_LIFETIME, Duration::from_secs(3650 * 86_400));
+        let keys = secrets(SECRET);
+        let longest = keys.issue(RacerId(101), MAX_TOKEN_LIFETIME);
+        assert!(
+            keys.verify(&longest).is_ok(),
+            "the longest lifetime verifies"
+        );
+        let error = keys
+            .verify(&keys.issue(RacerId(101), MAX_TOKEN_LIFETIME + Duration::from_secs(60)))
+            .unwrap_err();
+        assert_eq!(error, AuthError::Claims(TOO_FAR));
+        assert!(
+            error.to_string().contains("seconds since the epoch"),
+            "{error}"
+        );
+        // `alleycat token` issues none longer.
+        let args = |ttl| TokenArgs {
+            racer: 101,
+            ttl,
+            auth: AuthArgs {
+                auth_secret: Some(SecretSetting::from(SECRET.to_owned())),
+            },
+        };
+        let error = args(MAX_TOKEN_LIFETIME + Duration::from_secs(1))
+            .run()
+            .unwrap_err();
+        assert!(error.to_string().contains("--ttl"), "{error}");
+        assert!(args(Duration::ZERO).run().is_err());
+    }
+
+    /// A socket's timer is set from `exp`: a far one must not overflow the
+    /// clock (which panics, killing the socket's task).
+    #[test]
+    fn a_far_expiry_is_a_deadline_not_a_panic() {
+        let start = tokio::time::Instant::now();
+        for expires in [u64::MAX, now() * 1000] {
+            let deadline = Verified {
+                racer: RacerId(1),
+                expires,
+            }
+            .deadline();
+            assert!(deadline >= start + MAX_TOKEN_LIFETIME - Duration::from_secs(5));
+            assert!(deadline <= tokio::time::Instant::now() + MAX_TOKEN_LIFETIME);
+        }
+        let soon = Verified {
+            racer: RacerId(1),
+            expires: now() + 60,
+        }
+        .deadline();
+        assert!(soon <= tokio::time::Instant::now() + Duration::from_secs(60));
     }
 
     #[test]
@@ -608,6 +711,8 @@ mod tests {
         assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_ttl("3650d"), Ok(MAX_TOKEN_LIFETIME));
+        assert_eq!(parse_ttl("87600h"), Ok(MAX_TOKEN_LIFETIME));
         for bad in [
             "",
             "h",
@@ -617,6 +722,8 @@ mod tests {
             "0s",
             "1.5h",
             "3651d",
+            "87601h",
+            "315360001s",
             "99999999999999999999d",
             "1é",
         ] {

@@ -39,20 +39,13 @@ pub struct IngestArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Records per second each racer may send (its bucket refills at this
-    /// rate); past it, 429 with Retry-After.
-    #[arg(long, env = "ALLEYCAT_RACER_RATE", default_value = "2", value_parser = parse_rate)]
+    /// rate), at least 0.001; past it, 429 with Retry-After.
+    #[arg(long, env = "ALLEYCAT_RACER_RATE", default_value = "2", value_parser = rate_limit::parse_rate)]
     pub racer_rate: f64,
     /// Most records a racer may send at once (its bucket's size): room for a
     /// bike that reconnects and sends what it buffered.
     #[arg(long, env = "ALLEYCAT_RACER_BURST", default_value = "30")]
     pub racer_burst: std::num::NonZeroU32,
-}
-
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
-        _ => Err("a rate is a positive number of records per second".to_owned()),
-    }
 }
 
 impl ServiceArgs for IngestArgs {

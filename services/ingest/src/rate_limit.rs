@@ -7,18 +7,56 @@
 //! forgotten: the map holds only the racers that sent something in the last
 //! `burst / rate` seconds (15 s at the defaults), and never more than
 //! [`MAX_BUCKETS`]; past that a batch of a new racer is refused, counted and
-//! logged.
+//! logged. Refilled buckets are found by a sweep that goes through the
+//! buckets a few at a time as new racers come, so no batch ever pays for a
+//! sweep of the whole map, however full it is.
+//!
+//! The buckets are those of one process: N ingest processes allow a racer N
+//! times the rate.
 
 use alleycat_core::dropped::Dropped;
 use alleycat_core::{RacerId, Telemetry};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Most racers whose buckets are kept at once (about 32 bytes each): far
+/// Most racers whose buckets are kept at once (about 40 bytes each): far
 /// more racers than one process serves within one refill time.
 pub const MAX_BUCKETS: usize = 1_000_000;
+
+/// Least rate, in records per second, `ALLEYCAT_RACER_RATE` may be: one
+/// record every 1000 s. Slower is no use to a bike that sends every second,
+/// and keeps the bucket's times far from the end of the clock.
+pub const MIN_RATE: f64 = 0.001;
+
+/// Nanoseconds a token takes to refill at [`MIN_RATE`].
+const MAX_INTERVAL: u64 = 1_000_000_000_000;
+
+/// Longest a bucket takes to refill from empty, a century of nanoseconds: a
+/// burst too large to refill within it at its rate is cut to what does (at
+/// least 3,153,600 records, more than any batch holds). So no time on the
+/// limiter's clock comes near `u64::MAX` within a process's life.
+const MAX_TOLERANCE: u64 = 100 * 365 * 86_400 * 1_000_000_000;
+
+/// Parses `ALLEYCAT_RACER_RATE`: a number of records per second, at least
+/// [`MIN_RATE`].
+///
+/// # Errors
+///
+/// When it is not a finite number, or below [`MIN_RATE`].
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= MIN_RATE => Ok(rate),
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Err(format!(
+            "{text} records/s is below the least rate, {MIN_RATE} (one record every 1000 s)"
+        )),
+        _ => Err(format!(
+            "{text:?} is not a rate: a number of records per second, at least {MIN_RATE}"
+        )),
+    }
+}
 
 static REFUSED: Dropped = Dropped::new("batches of new racers past the rate limiter's bound");
 
@@ -95,10 +133,30 @@ impl Demand {
 
 /// The buckets, on a clock of nanoseconds since the limiter started. Pure:
 /// every call is given the time.
+///
+/// Every time is at most `now + 2 * tolerance` (a bucket is at most
+/// `tolerance` ahead of now, a batch adds at most `tolerance` more), which
+/// [`MAX_TOLERANCE`] keeps within `u64`; the arithmetic saturates all the
+/// same, and a saturated time only ever refuses.
 #[derive(Debug)]
 struct Buckets {
     /// Per racer, when its bucket is full again ("theoretical arrival time").
     full_at: HashMap<RacerId, u64>,
+    /// The racers of `full_at`, each once, in no order: what the sweep goes
+    /// through.
+    racers: Vec<RacerId>,
+    /// Where in `racers` the sweep goes on.
+    cursor: usize,
+    /// When the sweep last started again from the first racer.
+    pass_started: u64,
+    /// Buckets looked at since then.
+    pass_examined: usize,
+    /// Buckets looked at by every sweep so far: what sweeping cost.
+    #[cfg(test)]
+    examined: u64,
+    /// Time in which the sweep goes through every bucket, if new racers
+    /// come: `tolerance`, at least a second.
+    pass: u64,
     /// Time one record's token takes to refill.
     interval: u64,
     /// `burst * interval`: how far ahead of now `full_at` may be.
@@ -106,31 +164,43 @@ struct Buckets {
     burst: u32,
     /// Most buckets kept.
     cap: usize,
-    /// Size at which full buckets are swept next (amortised: doubles).
-    sweep_at: usize,
-    /// No sweep before this time: at the cap, a flood of new racers must
-    /// not buy a sweep of the whole map each.
-    next_sweep: u64,
 }
 
-const MIN_SWEEP: usize = 1024;
+/// Buckets the sweep looks at for each new racer: more than one, so that
+/// the sweep outruns the racers that come and the map follows the racers
+/// of about the last refill time.
+const SWEEP_STEP: usize = 4;
 
-/// Least time between two sweeps.
-const SWEEP_PAUSE: u64 = 100_000_000;
+/// Least capacity the map is shrunk to.
+const MIN_CAPACITY: usize = 1024;
+
+const SECOND: u64 = 1_000_000_000;
 
 impl Buckets {
     fn new(rate: f64, burst: NonZeroU32, cap: usize) -> Buckets {
-        // At least 1 ns: a rate past 10^9 records/s is no limit at all.
-        let interval = (1e9 / rate).round().max(1.0) as u64;
+        let interval = interval(rate);
+        let most = u32::try_from(MAX_TOLERANCE / interval).unwrap_or(u32::MAX);
+        let burst = burst.get().min(most);
+        let tolerance = u64::from(burst) * interval;
         Buckets {
             full_at: HashMap::new(),
+            racers: Vec::new(),
+            cursor: 0,
+            pass_started: 0,
+            pass_examined: 0,
+            #[cfg(test)]
+            examined: 0,
+            pass: tolerance.max(SECOND),
             interval,
-            tolerance: interval.saturating_mul(u64::from(burst.get())),
-            burst: burst.get(),
+            tolerance,
+            burst,
             cap,
-            sweep_at: MIN_SWEEP.min(cap),
-            next_sweep: 0,
         }
+    }
+
+    /// Time `records` tokens take to refill.
+    fn cost(&self, records: u32) -> u64 {
+        u64::from(records).saturating_mul(self.interval)
     }
 
     /// Takes the tokens of every racer of `demand`, or none of them.
@@ -149,8 +219,8 @@ impl Buckets {
                     now
                 }
             };
-            let after = full_at + u64::from(records) * self.interval;
-            let wait = (after - now).saturating_sub(self.tolerance);
+            let after = full_at.saturating_add(self.cost(records));
+            let wait = after.saturating_sub(now).saturating_sub(self.tolerance);
             if wait > 0 && longest.is_none_or(|(w, _)| wait > w) {
                 longest = Some((wait, racer));
             }
@@ -158,8 +228,8 @@ impl Buckets {
         if let Some((wait, racer)) = longest {
             return Err(Refusal::Wait { wait, racer });
         }
-        if self.full_at.len() + new_racers > self.sweep_at && now >= self.next_sweep {
-            self.sweep(now);
+        if new_racers > 0 {
+            self.sweep(now, new_racers);
         }
         if self.full_at.len() + new_racers > self.cap {
             return Err(Refusal::Full {
@@ -167,8 +237,17 @@ impl Buckets {
             });
         }
         for &(racer, records) in &demand.0 {
-            let full_at = self.full_at.entry(racer).or_insert(now);
-            *full_at = (*full_at).max(now) + u64::from(records) * self.interval;
+            let cost = self.cost(records);
+            match self.full_at.entry(racer) {
+                Entry::Occupied(mut kept) => {
+                    let full_at = kept.get_mut();
+                    *full_at = (*full_at).max(now).saturating_add(cost);
+                }
+                Entry::Vacant(new) => {
+                    new.insert(now.saturating_add(cost));
+                    self.racers.push(racer);
+                }
+            }
         }
         Ok(())
     }
@@ -177,19 +256,63 @@ impl Buckets {
     /// stored after all.
     fn refund(&mut self, demand: &Demand) {
         for &(racer, records) in &demand.0 {
+            let cost = self.cost(records);
             if let Some(full_at) = self.full_at.get_mut(&racer) {
                 // Below now is simply full: `take` starts from now.
-                *full_at = full_at.saturating_sub(u64::from(records) * self.interval);
+                *full_at = full_at.saturating_sub(cost);
             }
         }
     }
 
-    /// Forgets the buckets that have refilled.
-    fn sweep(&mut self, now: u64) {
-        self.full_at.retain(|_, full_at| *full_at > now);
-        self.sweep_at = (self.full_at.len() * 2).clamp(MIN_SWEEP.min(self.cap), self.cap);
-        self.full_at.shrink_to(self.sweep_at);
-        self.next_sweep = now + SWEEP_PAUSE;
+    /// Forgets buckets that have refilled, going on through `racers` from
+    /// where it stopped: [`SWEEP_STEP`] buckets per new racer, plus what is
+    /// due for a pass over all of them to take no longer than `pass`. So a
+    /// batch pays for a few buckets, and the whole map is looked at about
+    /// once per `pass`, however full of buckets that have not refilled it
+    /// is; a refilled bucket is forgotten when the sweep reaches it, within
+    /// two passes (while new racers come).
+    fn sweep(&mut self, now: u64, new_racers: usize) {
+        let len = self.racers.len();
+        let elapsed = u128::from(now.saturating_sub(self.pass_started));
+        let due = (len as u128 * elapsed / u128::from(self.pass)).min(len as u128) as usize;
+        let budget = new_racers
+            .saturating_mul(SWEEP_STEP)
+            .saturating_add(due.saturating_sub(self.pass_examined))
+            .min(len);
+        for _ in 0..budget {
+            if self.cursor >= self.racers.len() {
+                if self.racers.is_empty() {
+                    break;
+                }
+                self.cursor = 0;
+                self.pass_started = now;
+                self.pass_examined = 0;
+            }
+            self.pass_examined += 1;
+            #[cfg(test)]
+            {
+                self.examined += 1;
+            }
+            let racer = self.racers[self.cursor];
+            if self
+                .full_at
+                .get(&racer)
+                .is_none_or(|&full_at| full_at <= now)
+            {
+                self.full_at.remove(&racer);
+                // The last racer takes its place, and is looked at next.
+                self.racers.swap_remove(self.cursor);
+            } else {
+                self.cursor += 1;
+            }
+        }
+        // Give memory back once most of it is unused (amortised: it takes
+        // as many removals as the shrink moves).
+        let kept = self.racers.len().max(MIN_CAPACITY);
+        if self.full_at.capacity() > 4 * kept {
+            self.full_at.shrink_to(2 * kept);
+            self.racers.shrink_to(2 * kept);
+        }
     }
 
     #[cfg(test)]
@@ -205,7 +328,21 @@ enum Refusal {
     Full { wait: u64 },
 }
 
-/// The per-racer token buckets of one ingest service.
+/// Nanoseconds one record's token takes to refill at `rate` records per
+/// second: at least 1 (a rate past 10^9 records/s is no limit at all), at
+/// most [`MAX_INTERVAL`] (a rate below [`MIN_RATE`], or not a number,
+/// counts as [`MIN_RATE`]).
+fn interval(rate: f64) -> u64 {
+    if rate >= MIN_RATE {
+        // The cast saturates; the clamp makes the bounds explicit.
+        ((1e9 / rate).round() as u64).clamp(1, MAX_INTERVAL)
+    } else {
+        MAX_INTERVAL
+    }
+}
+
+/// The per-racer token buckets of one ingest service (one process: the
+/// buckets are not shared between processes).
 #[derive(Debug)]
 pub struct RateLimiter {
     buckets: Mutex<Buckets>,
@@ -216,18 +353,21 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// `rate` records per second per racer (positive), bursts of `burst`.
+    /// `rate` records per second per racer (at least [`MIN_RATE`]: a lower
+    /// rate counts as it), bursts of `burst` (at most what refills in a
+    /// century at `rate`).
     #[must_use]
     pub fn new(rate: f64, burst: NonZeroU32) -> RateLimiter {
         RateLimiter::with_cap(rate, burst, MAX_BUCKETS)
     }
 
     fn with_cap(rate: f64, burst: NonZeroU32, cap: usize) -> RateLimiter {
+        let buckets = Buckets::new(rate, burst, cap);
         RateLimiter {
-            buckets: Mutex::new(Buckets::new(rate, burst, cap)),
+            rate: if rate >= MIN_RATE { rate } else { MIN_RATE },
+            burst: buckets.burst,
+            buckets: Mutex::new(buckets),
             epoch: Instant::now(),
-            rate,
-            burst: burst.get(),
             cap,
         }
     }
@@ -283,8 +423,6 @@ fn whole_seconds(nanos: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SECOND: u64 = 1_000_000_000;
 
     fn demand(racers: &[(u64, u32)]) -> Demand {
         Demand(racers.iter().map(|&(r, n)| (RacerId(r), n)).collect())
@@ -400,7 +538,9 @@ mod tests {
             assert_eq!(b.take(&demand(&[(i, 1)]), now), Ok(()));
             most = most.max(b.len());
         }
-        assert!(most <= 2 * MIN_SWEEP + 1, "kept {most} buckets");
+        // About the racers of the last half second (500), the sweep
+        // following them a few buckets at a time.
+        assert!(most <= 1000, "kept {most} buckets");
         // Racers that emptied their buckets stay limited up to the cap...
         let now = 100 * SECOND;
         for racer in 0..cap as u64 {
@@ -419,12 +559,105 @@ mod tests {
         assert_eq!(b.len(), cap);
         // Racers already kept go on.
         assert!(b.take(&demand(&[(1_000_000, 1)]), now + SECOND).is_ok());
-        // Once the buckets have refilled, they are forgotten and room is made.
+        // Once the buckets have refilled (after the wait the refusal named),
+        // room is made...
         assert_eq!(
             b.take(&demand(&[(9_999_999, 1)]), now + 16 * SECOND),
             Ok(())
         );
-        assert!(b.len() <= MIN_SWEEP, "{} kept", b.len());
+        assert!(b.len() < cap, "{} kept", b.len());
+        // ...and within two passes (15 s each) every refilled bucket is
+        // forgotten.
+        assert_eq!(
+            b.take(&demand(&[(8_888_888, 1)]), now + 31 * SECOND),
+            Ok(())
+        );
+        assert_eq!(b.len(), 1, "only the newest racer's bucket is kept");
+        assert_eq!(b.racers.len(), b.len());
+    }
+
+    /// At the cap, with every bucket still emptying, a flood of new racers
+    /// is refused at the cost of a few buckets each: no whole-map sweep per
+    /// racer, nor every 100 ms.
+    #[test]
+    fn a_full_map_costs_a_bounded_sweep_per_new_racer() {
+        let cap = 4096;
+        let mut b = Buckets::new(2.0, NonZeroU32::new(30).unwrap(), cap);
+        for racer in 0..cap as u64 {
+            assert_eq!(b.take(&demand(&[(racer, 30)]), 0), Ok(()));
+        }
+        let before = b.examined;
+        // 1,000 new racers over 10 s (nothing refills before 15 s).
+        let attempts = 1000u64;
+        for i in 0..attempts {
+            let now = i * 10 * SECOND / attempts;
+            assert_eq!(
+                b.take(&demand(&[(1_000_000 + i, 1)]), now),
+                Err(Refusal::Full { wait: 15 * SECOND })
+            );
+        }
+        let examined = b.examined - before;
+        // A few buckets per racer, and two thirds of a pass (10 s of 15):
+        // a sweep of the whole map every 100 ms would be 100 * 4096.
+        let bound = attempts * SWEEP_STEP as u64 + 2 * cap as u64 / 3 + 1;
+        assert!(examined <= bound, "{examined} buckets looked at");
+        assert_eq!(b.len(), cap);
+    }
+
+    #[test]
+    fn the_rate_has_a_floor() {
+        assert_eq!(parse_rate("2"), Ok(2.0));
+        assert_eq!(parse_rate("0.001"), Ok(MIN_RATE));
+        assert_eq!(parse_rate("1e9"), Ok(1e9));
+        for low in ["0.0009", "1e-300", "5e-324"] {
+            let error = parse_rate(low).unwrap_err();
+            assert!(error.contains("below the least rate, 0.001"), "{error}");
+        }
+        for bad in ["0", "-1", "", "two", "NaN", "inf", "-0"] {
+            let error = parse_rate(bad).unwrap_err();
+            assert!(error.contains("at least 0.001"), "{bad}: {error}");
+        }
+    }
+
+    /// However slow the rate and large the burst, the arithmetic neither
+    /// overflows (a panic in debug, a wrap in release that let a racer
+    /// through) nor saturates into no limit.
+    #[test]
+    fn extreme_settings_still_limit() {
+        for (rate, burst) in [
+            (1e-300, 30),
+            (f64::MIN_POSITIVE, u32::MAX),
+            (MIN_RATE, u32::MAX),
+            (f64::NAN, 30),
+            (1e300, u32::MAX),
+        ] {
+            let mut b = Buckets::new(rate, NonZeroU32::new(burst).unwrap(), MAX_BUCKETS);
+            assert!(b.interval >= 1 && b.interval <= MAX_INTERVAL, "{rate}");
+            assert!(b.tolerance <= MAX_TOLERANCE, "{rate} {burst}");
+            let most = b.burst;
+            assert!(most >= 30, "{rate} {burst}");
+            for now in [0, SECOND] {
+                // The racer empties its bucket...
+                let racer = now;
+                assert_eq!(b.take(&demand(&[(racer, most)]), now), Ok(()), "{rate}");
+                // ...and the next record must wait for a token.
+                let refused = b.take(&demand(&[(racer, 1)]), now);
+                if b.interval > 1 {
+                    assert!(
+                        matches!(refused, Err(Refusal::Wait { .. })),
+                        "{rate} {burst}: {refused:?}"
+                    );
+                }
+                assert!(b.take(&demand(&[(racer, most)]), now).is_err());
+            }
+        }
+        // A rate below the floor is the floor: 30 records, then one every
+        // 1000 s.
+        let limiter = RateLimiter::new(1e-12, NonZeroU32::new(30).unwrap());
+        limiter.take(&demand(&[(1, 30)])).unwrap();
+        let refused = limiter.take(&demand(&[(1, 1)])).unwrap_err();
+        assert_eq!(refused.retry_after(), Some(1000));
+        assert!(refused.to_string().contains("0.001 records/s"), "{refused}");
     }
 
     #[test]

@@ -55,9 +55,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The disqualification list as last read (empty before the first read).
+    /// The disqualification list as last read (empty before the first
+    /// read: one shared empty list, so cached rankings stay valid).
     fn disqualified(&self) -> Arc<Disqualifications> {
-        self.disqualifications.current().unwrap_or_default()
+        static NONE_READ: std::sync::LazyLock<Arc<Disqualifications>> =
+            std::sync::LazyLock::new(Arc::default);
+        self.disqualifications
+            .current()
+            .unwrap_or_else(|| Arc::clone(&NONE_READ))
     }
 }
 

@@ -356,6 +356,7 @@ impl Leaderboard {
             return false;
         }
         self.entries.remove(&lowest.0);
+        self.runners_up.remove(&lowest.0);
         LEADERBOARD_DROPPED.add(MAX_LEADERBOARD_ENTRIES);
         true
     }

@@ -169,12 +169,15 @@ impl DisqualificationList {
         Err(ListError::Contended)
     }
 
-    /// Makes `list` the current copy, telling subscribers only if it differs.
+    /// Makes `list` the current copy, telling subscribers only if it is
+    /// newer: a poll that read the list before a change here finished must
+    /// not bring the older copy back. (So the stored object is changed
+    /// through [`DisqualificationList::add`] and
+    /// [`DisqualificationList::remove`] only, which raise its version.)
     fn adopt(&self, list: &Arc<Disqualifications>) {
-        self.current.send_if_modified(|current| {
-            if current.as_deref() == Some(list.as_ref()) {
-                false
-            } else {
+        self.current.send_if_modified(|current| match current {
+            Some(known) if known.version() >= list.version() => false,
+            _ => {
                 *current = Some(Arc::clone(list));
                 true
             }
@@ -261,6 +264,18 @@ mod tests {
         let stored = other.refresh().await.unwrap();
         assert!(!stored.covers(RacerId(1), RaceId(5)));
         assert!(stored.covers(RacerId(2), RaceId(9)));
+    }
+
+    #[tokio::test]
+    async fn an_older_copy_read_late_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).unwrap());
+        let list = DisqualificationList::watch(store.clone(), Duration::from_secs(3600));
+        list.add(request(1, None)).await.unwrap();
+        let old = list.current().unwrap();
+        list.add(request(2, None)).await.unwrap();
+        list.adopt(&old);
+        assert!(list.current().unwrap().covers_racer(RacerId(2)));
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! merged into nor published until its file is repaired, replaced or
 //! deleted.
 
-use crate::class_file::SegmentedClassFile;
+use crate::class_file::{CONTENT_TYPE, SegmentedClassFile};
 use alleycat_core::delivery::HistoryPoint;
 use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::history::{ClassHistory, class_file_key};
@@ -52,6 +52,9 @@ pub(super) struct ClassState {
     /// Whether the records of the delivery objects pending for this class
     /// are in `history` (false after loading it: they must be read again).
     pub(super) pending_merged: bool,
+    /// Racers named by disqualifications whose bests another writer's file
+    /// disagreed on: left out of the merge, to be recomputed.
+    stripped: BTreeSet<RacerId>,
 }
 
 /// What merging one point did.
@@ -154,6 +157,7 @@ impl ClassState {
             version,
             racers,
             pending_merged: false,
+            stripped: BTreeSet::new(),
         }
     }
 
@@ -195,6 +199,12 @@ impl ClassState {
     /// or there is room for one more.
     pub(super) fn admits(&self, racer: RacerId, max_racers: usize) -> bool {
         self.racers.contains(&racer) || self.racers.len() < max_racers
+    }
+
+    /// The racers left out of a merge with another writer's file, to be
+    /// recomputed.
+    pub(super) fn take_stripped(&mut self) -> BTreeSet<RacerId> {
+        std::mem::take(&mut self.stripped)
     }
 
     /// Whether `racer` has a best in the history.
@@ -267,7 +277,7 @@ impl ClassState {
                 None => Precondition::IfAbsent,
             };
             match store
-                .put_if(&key, Bytes::from(body), "application/gzip", condition)
+                .put_if(&key, Bytes::from(body), CONTENT_TYPE, condition)
                 .await
             {
                 Ok(etag) => {
@@ -279,12 +289,20 @@ impl ClassState {
                     tracing::debug!(%key, "class file changed by another writer; merging it in");
                     match read_class_file(store, class).await {
                         Ok(Loaded::Valid(mut theirs, etag)) => {
-                            for entry in applied.entries() {
-                                theirs.replace_racer(entry.racer_id, &BTreeMap::new());
-                            }
+                            let named: BTreeSet<RacerId> = applied.racers().collect();
+                            let differ: Vec<RacerId> = named
+                                .iter()
+                                .copied()
+                                .filter(|r| theirs.racer_bests(*r) != self.history.racer_bests(*r))
+                                .collect();
+                            theirs.remove_racers(&named);
+                            // Recomputed next check: the other writer may
+                            // hold what this process lacks (an import).
+                            self.stripped.extend(differ);
                             self.history.merge_history(&theirs);
                             self.racers.extend(racers_of(&theirs));
-                            // Rare (only with several history processes): encode it all.
+                            // Rare (several history processes, or an
+                            // import): encode it all.
                             self.file = SegmentedClassFile::new(&self.history, level);
                             self.version = Some(etag);
                         }

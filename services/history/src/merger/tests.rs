@@ -939,8 +939,13 @@ mod disqualifications {
         .await;
         let report = merger.merge_new().await.unwrap();
         assert_eq!(report.disqualified, 1);
-        assert_eq!(report.rebuilt_racers, 0, "nothing left to recompute");
+        // A restart recomputes the racers the list names once (another
+        // process may have published over them), with the same result.
+        assert_eq!(report.rebuilt_racers, 1);
+        assert_eq!(best(&f, 1, 7).await, Some(150.0));
         assert_eq!(best(&f, 4, 7).await, None);
+        let report = merger.merge_new().await.unwrap();
+        assert_eq!(report.rebuilt_racers, 0, "nothing left to recompute");
 
         assert!(
             list.remove(alleycat_core::disqualification::DisqualificationId(id))
@@ -1021,5 +1026,86 @@ mod disqualifications {
         let report = merger.merge_new().await.unwrap();
         assert_eq!(report.rebuilt_racers, 1);
         assert_eq!(best(&f, 1, 7).await, Some(150.0));
+    }
+
+    #[tokio::test]
+    async fn an_index_missing_after_an_upgrade_is_rebuilt_from_the_archive_not_taken_as_empty() {
+        let f = fixture();
+        two_races(&f).await;
+        let list = list(&f);
+        Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap()
+            .merge_new()
+            .await
+            .unwrap();
+        // As a history store written before the index existed.
+        for class in 1..=6 {
+            f.history
+                .delete(&format!("_state/history-index/class-{class}.json.gz"))
+                .await
+                .unwrap();
+        }
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone());
+        disqualify(&list, 7, Some(10)).await;
+        merger.merge_new().await.unwrap();
+        assert_eq!(
+            best(&f, 1, 7).await,
+            Some(150.0),
+            "race 20's bests, not none"
+        );
+        assert_eq!(best(&f, 3, 7).await, Some(170.0));
+    }
+
+    #[tokio::test]
+    async fn a_racer_whose_delivery_objects_are_gone_keeps_its_bests_and_readiness_says_why() {
+        let f = fixture();
+        two_races(&f).await;
+        let list = list(&f);
+        let readiness = Readiness::default();
+        let mut merger = Merger::load_reporting(
+            f.delivery.clone(),
+            f.history.clone(),
+            &args(),
+            readiness.clone(),
+        )
+        .await
+        .unwrap()
+        .with_disqualifications(list.clone());
+        merger.merge_new().await.unwrap();
+        // Race 20's only object expires.
+        let race_20 = f
+            .delivery
+            .list("", None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|k| k.contains("-d.gz"))
+            .unwrap();
+        let kept = f.delivery.get(&race_20).await.unwrap().unwrap();
+        f.delivery.delete(&race_20).await.unwrap();
+        disqualify(&list, 7, Some(10)).await;
+        merger.merge_new().await.unwrap();
+        assert_eq!(best(&f, 1, 7).await, Some(300.0), "not taken away blindly");
+        let problems = readiness.problems();
+        assert!(
+            problems["history disqualifications"].contains("is gone"),
+            "{problems:?}"
+        );
+        // Once it is back, the change applies and readiness recovers.
+        f.delivery
+            .put(&race_20, kept.body, "application/gzip")
+            .await
+            .unwrap();
+        merger.merge_new().await.unwrap();
+        assert_eq!(best(&f, 1, 7).await, Some(150.0));
+        assert!(
+            readiness.problems().is_empty(),
+            "{:?}",
+            readiness.problems()
+        );
     }
 }
