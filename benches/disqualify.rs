@@ -20,15 +20,13 @@ use alleycat_core::disqualification::{DisqualificationId, NewDisqualification};
 use alleycat_core::{RaceId, RacerId};
 use alleycat_history::Merger;
 use alleycat_storage::disqualifications::Added;
-use alleycat_storage::object_store::fs::FsStore;
 use alleycat_storage::{DisqualificationList, ObjectStore};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[path = "support/deliveries.rs"]
 mod deliveries;
 
-use deliveries::{CLASS, history_args, output, setting, write_deliveries};
+use deliveries::{Archive, CLASS, history_args, output, setting};
 
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort_unstable();
@@ -85,29 +83,21 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let racers = setting("BENCH_RACERS", 10_000);
-    let races = setting("BENCH_RACES", 2);
-    let seconds = setting("BENCH_SECONDS", 300);
-    let per_object = setting("BENCH_LINES_PER_OBJECT", 5_000);
     let runs = setting("BENCH_RUNS", 3);
-    let shards = setting("BENCH_SHARDS", 4).max(1);
-    let dir = tempfile::tempdir().unwrap();
-    let delivery: Arc<dyn ObjectStore> =
-        Arc::new(FsStore::open(&dir.path().join("delivery")).unwrap());
-    let history: Arc<dyn ObjectStore> =
-        Arc::new(FsStore::open(&dir.path().join("history")).unwrap());
-    let (objects, delivery_bytes) = write_deliveries(
-        delivery.as_ref(),
+    let archive = Archive::write().await;
+    let Archive {
         racers,
         races,
-        seconds,
-        per_object,
         shards,
-    )
-    .await;
+        objects,
+        ref dir,
+        ref delivery,
+        ref history,
+        ..
+    } = archive;
     println!(
-        "{racers} racers x {races} races x {seconds} s in class {CLASS} over {shards} shards: {objects} delivery objects, {:.1} MiB",
-        delivery_bytes as f64 / 1048576.0
+        "{racers} racers x {races} races in class {CLASS} over {shards} shards: {objects} delivery objects, {:.1} MiB",
+        archive.bytes as f64 / 1048576.0
     );
 
     let args = history_args();

@@ -14,8 +14,7 @@ mod deliveries;
 
 use alleycat_history::Merger;
 use alleycat_storage::ObjectStore;
-use alleycat_storage::object_store::fs::FsStore;
-use deliveries::{history_args, setting, write_deliveries};
+use deliveries::{Archive, history_args};
 use std::sync::Arc;
 
 #[global_allocator]
@@ -37,25 +36,18 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let racers = setting("BENCH_RACERS", 10_000);
-    let races = setting("BENCH_RACES", 2);
-    let seconds = setting("BENCH_SECONDS", 300);
-    let per_object = setting("BENCH_LINES_PER_OBJECT", 5_000);
-    let shards = setting("BENCH_SHARDS", 4).max(1);
-    let dir = tempfile::tempdir().unwrap();
-    let delivery: Arc<dyn ObjectStore> =
-        Arc::new(FsStore::open(&dir.path().join("delivery")).unwrap());
-    let history: Arc<dyn ObjectStore> =
-        Arc::new(FsStore::open(&dir.path().join("history")).unwrap());
-    write_deliveries(
-        delivery.as_ref(),
+    let archive = Archive::write().await;
+    let Archive {
         racers,
         races,
-        seconds,
-        per_object,
         shards,
-    )
-    .await;
+        objects,
+        bytes,
+        ref dir,
+        ref delivery,
+        ref history,
+        ..
+    } = archive;
     Merger::load(delivery.clone(), history.clone(), &history_args())
         .await
         .unwrap()
@@ -63,15 +55,16 @@ async fn main() {
         .await
         .unwrap();
 
-    let with_index = loaded_bytes(&delivery, &history).await;
+    let with_index = loaded_bytes(delivery, history).await;
     let index_dir = dir.path().join("history/_state/history-index");
     let aside = dir.path().join("index-aside");
     std::fs::rename(&index_dir, &aside).unwrap();
-    let without_index = loaded_bytes(&delivery, &history).await;
+    let without_index = loaded_bytes(delivery, history).await;
     std::fs::rename(&aside, &index_dir).unwrap();
     let index = with_index.saturating_sub(without_index);
     println!(
-        "{racers} racers x {races} races over {shards} shards: the history service holds {:.1} MiB, of which the race index {:.1} KiB = {:.0} bytes per racer ({:.0} per racer and race)",
+        "{racers} racers x {races} races over {shards} shards ({objects} delivery objects, {:.1} MiB): the history service holds {:.1} MiB, of which the race index {:.1} KiB = {:.0} bytes per racer ({:.0} per racer and race)",
+        bytes as f64 / 1048576.0,
         with_index as f64 / 1048576.0,
         index as f64 / 1024.0,
         index as f64 / racers as f64,

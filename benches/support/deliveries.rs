@@ -4,6 +4,8 @@
 
 use alleycat_core::{codec, delivery};
 use alleycat_storage::ObjectStore;
+use alleycat_storage::object_store::fs::FsStore;
+use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{Duration as Span, Utc};
 
@@ -35,7 +37,7 @@ pub(crate) fn output(racer: u64, race: u64, second: u64) -> f64 {
     base - race as f64 * 10.0
 }
 
-pub(crate) async fn write_deliveries(
+async fn write_deliveries(
     store: &dyn ObjectStore,
     racers: u64,
     races: u64,
@@ -85,4 +87,46 @@ pub(crate) async fn write_deliveries(
         "choose racers x seconds divisible by shards x lines per object"
     );
     (objects, bytes)
+}
+
+/// A class's archive as the settings (`BENCH_*`) ask, on embedded stores.
+pub(crate) struct Archive {
+    pub(crate) racers: u64,
+    pub(crate) races: u64,
+    pub(crate) shards: u64,
+    /// Delivery objects written, and their bytes.
+    pub(crate) objects: usize,
+    pub(crate) bytes: u64,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) delivery: Arc<dyn ObjectStore>,
+    pub(crate) history: Arc<dyn ObjectStore>,
+}
+
+impl Archive {
+    /// Writes the delivery objects of `BENCH_RACERS` racers riding
+    /// `BENCH_RACES` races of `BENCH_SECONDS` seconds.
+    pub(crate) async fn write() -> Archive {
+        let racers = setting("BENCH_RACERS", 10_000);
+        let races = setting("BENCH_RACES", 2);
+        let seconds = setting("BENCH_SECONDS", 300);
+        let per_object = setting("BENCH_LINES_PER_OBJECT", 5_000);
+        let shards = setting("BENCH_SHARDS", 4).max(1);
+        let dir = tempfile::tempdir().unwrap();
+        let delivery: Arc<dyn ObjectStore> =
+            Arc::new(FsStore::open(&dir.path().join("delivery")).unwrap());
+        let history: Arc<dyn ObjectStore> =
+            Arc::new(FsStore::open(&dir.path().join("history")).unwrap());
+        let (objects, bytes) =
+            write_deliveries(delivery.as_ref(), racers, races, seconds, per_object, shards).await;
+        Archive {
+            racers,
+            races,
+            shards,
+            objects,
+            bytes,
+            dir,
+            delivery,
+            history,
+        }
+    }
 }
