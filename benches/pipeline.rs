@@ -159,7 +159,9 @@ async fn main() {
 
     // 1. Baseline: the stream alone (a separate data dir / stream consumer-free).
     let baseline = {
-        let mut alone = config.storage.clone();
+        // Settings of its own: a clone would share what they open (one
+        // stream per process), handing this stream to the server below.
+        let mut alone = FromEnv::parse_from(["bench"]).config.storage;
         let alone_dir = tempfile::tempdir().unwrap();
         alone.data_dir = alone_dir.path().to_path_buf();
         let stream = alone.open_stream().await.unwrap();

@@ -11,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    alleycat_runtime::init_tracing();
+    alleycat_runtime::init_tracing()?;
     let result = alleycat::cli::Cli::parse().run().await;
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "exiting");

@@ -5,9 +5,9 @@
 use alleycat_core::{codec, delivery};
 use alleycat_storage::ObjectStore;
 use alleycat_storage::object_store::fs::FsStore;
-use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{Duration as Span, Utc};
+use std::sync::Arc;
 
 /// The class every record is of.
 pub(crate) const CLASS: u8 = 2;
@@ -116,8 +116,15 @@ impl Archive {
             Arc::new(FsStore::open(&dir.path().join("delivery")).unwrap());
         let history: Arc<dyn ObjectStore> =
             Arc::new(FsStore::open(&dir.path().join("history")).unwrap());
-        let (objects, bytes) =
-            write_deliveries(delivery.as_ref(), racers, races, seconds, per_object, shards).await;
+        let (objects, bytes) = write_deliveries(
+            delivery.as_ref(),
+            racers,
+            races,
+            seconds,
+            per_object,
+            shards,
+        )
+        .await;
         Archive {
             racers,
             races,

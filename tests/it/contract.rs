@@ -399,6 +399,7 @@ fn the_openapi_document_covers_every_route_and_its_refs_resolve() {
         "/v1/leaderboard",
         "/healthz",
         "/readyz",
+        "/metrics",
         "/v1/admin/disqualifications",
         "/v1/admin/disqualifications/{id}",
     ] {

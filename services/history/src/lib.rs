@@ -68,6 +68,9 @@ impl ServiceArgs for HistoryArgs {
         let list = storage.disqualifications().await?;
         alleycat_runtime::probe_disqualifications(&context.readiness, &list);
         let stop = CancellationToken::new();
+        // Counts from now until the first check completes.
+        let freshness = storage.freshness();
+        freshness.history_started(metrics::gauge!(merger::FRESHNESS));
         let merging = {
             let (args, history, readiness, stop, list) = (
                 self.clone(),
@@ -77,13 +80,18 @@ impl ServiceArgs for HistoryArgs {
                 list.clone(),
             );
             async move {
-                let Some(merger) =
-                    load_merger(delivery, history, &args, readiness.clone(), &stop).await
-                else {
-                    return Ok(());
-                };
-                let merger = merger.with_disqualifications(list);
-                run_merger(merger, args.poll_interval, stop, readiness).await
+                let merged =
+                    match load_merger(delivery, history, &args, readiness.clone(), &stop).await {
+                        Some(merger) => {
+                            let merger = merger
+                                .with_disqualifications(list)
+                                .with_freshness(Arc::clone(&freshness));
+                            run_merger(merger, args.poll_interval, stop, readiness).await
+                        }
+                        None => Ok(()),
+                    };
+                freshness.history_stopped();
+                merged
             }
         };
         let merging = Task::spawn("history merge", stop, merging);

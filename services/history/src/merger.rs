@@ -26,6 +26,13 @@
 //! A class holds at most `ALLEYCAT_HISTORY_MAX_RACERS` racers: a record of a
 //! new racer past that is not merged, and counted.
 //!
+//! After each check, the merger tells its process's
+//! [`Freshness`](alleycat_storage::Freshness) the time before which every
+//! delivery object is in its class files: the start of its last complete
+//! check (every object written before was listed then, and published), or
+//! the write time of the oldest object still pending for a class, if
+//! earlier. `alleycat_history_freshness_seconds` is that time's age.
+//!
 //! Several history processes may run at once. Each write of a class file is
 //! conditional on the version last read (`If-Match`, or `If-None-Match: *`
 //! when creating it); when another process got there first, the file is
@@ -35,6 +42,7 @@
 mod class_state;
 mod discovery;
 mod disqualify;
+mod instruments;
 mod race_index;
 mod state;
 #[cfg(test)]
@@ -46,14 +54,18 @@ use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::history::ClassHistory;
 use alleycat_core::{ClassId, RacerId};
 use alleycat_runtime::Readiness;
-use alleycat_storage::{DisqualificationList, ObjectStore};
-use chrono::Utc;
+use alleycat_storage::{DisqualificationList, Freshness, ObjectStore};
+use chrono::{DateTime, Utc};
 use class_state::{Class, Merged, PublishError};
+use instruments::Instruments;
 use race_index::ClassIndex;
 use state::MergeState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
+
+pub(crate) use instruments::FRESHNESS;
 
 /// Delivery objects merged between two publications, when catching up.
 const OBJECTS_PER_PUBLICATION: usize = 64;
@@ -115,6 +127,12 @@ pub struct Merger {
     applied: Arc<Disqualifications>,
     /// Per class, the racers whose bests are still to be recomputed.
     rebuild: BTreeMap<ClassId, BTreeSet<RacerId>>,
+    instruments: Instruments,
+    /// Where the time before which everything is published is reported.
+    freshness: Option<Arc<Freshness>>,
+    /// Start of the last check that completed: every object written before
+    /// it is in its class files, unless pending. `None` before the first.
+    complete_before: Option<DateTime<Utc>>,
 }
 
 /// How often published class files are checked to still be there (a
@@ -148,10 +166,17 @@ impl Merger {
         readiness: Readiness,
     ) -> anyhow::Result<Merger> {
         let state = MergeState::load(history.as_ref()).await?;
+        let instruments = Instruments::new();
         let mut classes = BTreeMap::new();
         let mut index = BTreeMap::new();
         for class in ClassId::all() {
-            let loaded = Class::load(history.as_ref(), class, args.gzip_level).await;
+            let loaded = Class::load(
+                history.as_ref(),
+                class,
+                args.gzip_level,
+                instruments.class(class),
+            )
+            .await;
             let empty = matches!(&loaded, Class::Ready(state) if state.history().is_empty());
             index.insert(
                 class,
@@ -193,7 +218,18 @@ impl Merger {
             verify_every: VERIFY_EVERY,
             readiness,
             too_many_racers: 0,
+            instruments,
+            freshness: None,
+            complete_before: None,
         })
+    }
+
+    /// Reports to `freshness` after each check the time before which every
+    /// delivery object is in its class files.
+    #[must_use]
+    pub fn with_freshness(mut self, freshness: Arc<Freshness>) -> Merger {
+        self.freshness = Some(freshness);
+        self
     }
 
     /// Follows `list`: records it disqualifies are not merged, and when it
@@ -220,15 +256,59 @@ impl Merger {
     /// by the next check.
     pub async fn merge_new(&mut self) -> anyhow::Result<MergeReport> {
         let started = Utc::now();
+        let timer = Instant::now();
         let mut report = MergeReport::default();
+        let checked = self
+            .check(started, &mut report)
+            .instrument(tracing::info_span!("merge_check"))
+            .await;
+        self.instruments
+            .check(&report, checked.is_ok(), timer.elapsed());
+        if checked.is_ok() {
+            self.complete_before = Some(started);
+        }
+        self.report_freshness();
+        checked?;
+        report.published.sort_unstable();
+        report.published.dedup();
+        Ok(report)
+    }
+
+    /// Tells the process's freshness the time before which every delivery
+    /// object is in its class files, once this process knows one; and how
+    /// many objects wait for a class.
+    fn report_freshness(&self) {
+        let pending = self.state.pending.values();
+        self.instruments
+            .pending(pending.clone().map(BTreeSet::len).sum());
+        // Keys sort by write time: a class's first pending key is its oldest.
+        let oldest_pending = pending
+            .filter_map(|keys| keys.first())
+            .filter_map(|key| alleycat_core::delivery::written_at(key))
+            .min();
+        let before = match (self.complete_before, oldest_pending) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let (Some(freshness), Some(before)) = (&self.freshness, before) {
+            freshness.published_before(before.timestamp_millis());
+        }
+    }
+
+    /// One check of [`Merger::merge_new`], which started at `started`.
+    async fn check(
+        &mut self,
+        started: DateTime<Utc>,
+        report: &mut MergeReport,
+    ) -> anyhow::Result<()> {
         // Classes whose publication failed in this check: not tried again
         // before the next one.
         let mut failed = BTreeMap::new();
         self.retry_blocked().await;
         self.republish_if_gone().await;
-        self.apply_disqualifications(&mut report).await;
-        self.merge_pending(&mut report).await?;
-        self.publish_all(&mut report, &mut failed).await;
+        self.apply_disqualifications(report).await;
+        self.merge_pending(report).await?;
+        self.publish_all(report, &mut failed).await;
 
         let since = self.state.checked_at.map(|at| at - self.grace_delta());
         let listed = discovery::list_candidates(self.delivery.as_ref(), since).await?;
@@ -245,7 +325,7 @@ impl Merger {
                         report.rejected += rejected;
                         report.objects += 1;
                         report.records += points.len();
-                        read.push((key, self.merge(key, &points, &mut report)));
+                        read.push((key, self.merge(key, &points, report)));
                     }
                     Err(e) => {
                         read_error = Some(e);
@@ -253,7 +333,7 @@ impl Merger {
                     }
                 }
             }
-            self.publish_all(&mut report, &mut failed).await;
+            self.publish_all(report, &mut failed).await;
             for (key, classes) in read {
                 for class in classes {
                     if !self.is_published(class) {
@@ -268,7 +348,7 @@ impl Merger {
                 self.state_changed = true;
             }
             if let Some(e) = read_error {
-                self.log_report(&report);
+                self.log_report(report);
                 return Err(e);
             }
         }
@@ -288,7 +368,7 @@ impl Merger {
             }
             // The failed publication is the error to report.
             tracing::warn!(error = format!("{e:#}"), "saving the race index failed");
-            self.log_report(&report);
+            self.log_report(report);
             return Err(self.publication_failed(&failed));
         }
         if failed.is_empty()
@@ -320,13 +400,11 @@ impl Merger {
                 Err(e) => return Err(e),
             }
         }
-        self.log_report(&report);
+        self.log_report(report);
         if !failed.is_empty() {
             return Err(self.publication_failed(&failed));
         }
-        report.published.sort_unstable();
-        report.published.dedup();
-        Ok(report)
+        Ok(())
     }
 
     /// The error of a check whose publications `failed`.
@@ -425,7 +503,13 @@ impl Merger {
             }
             let kept = blocked.kept.take();
             let previous_reason = blocked.reason.clone();
-            let mut loaded = Class::load(self.history.as_ref(), class, self.gzip_level).await;
+            let mut loaded = Class::load(
+                self.history.as_ref(),
+                class,
+                self.gzip_level,
+                self.instruments.class(class),
+            )
+            .await;
             match &mut loaded {
                 Class::Ready(state) => {
                     if let Some(kept) = kept {
@@ -507,8 +591,27 @@ impl Merger {
             if failed.contains_key(&class) {
                 continue;
             }
+            let instruments = self.instruments.class(class);
+            // A span only for a publication that writes.
+            let span = if state.is_unpublished() {
+                tracing::info_span!(
+                    "publish_class",
+                    %class,
+                    bytes = tracing::field::Empty,
+                    conflicts = tracing::field::Empty,
+                )
+            } else {
+                tracing::Span::none()
+            };
             match state
-                .publish(self.history.as_ref(), class, self.gzip_level, &self.applied)
+                .publish(
+                    self.history.as_ref(),
+                    class,
+                    self.gzip_level,
+                    &self.applied,
+                    instruments,
+                )
+                .instrument(span)
                 .await
             {
                 Ok(wrote) => {
@@ -517,6 +620,7 @@ impl Merger {
                         self.rebuild.entry(class).or_default().extend(stripped);
                     }
                     if wrote {
+                        instruments.publications.increment(1);
                         report.published.push(class);
                     }
                     if state.pending_merged
@@ -527,6 +631,7 @@ impl Merger {
                     }
                 }
                 Err(PublishError::Store(e)) => {
+                    instruments.failures.increment(1);
                     let error = format!("{e:#}");
                     tracing::warn!(%class, %error, "publishing the class file failed; its records stay to be published");
                     failed.insert(class, error);

@@ -142,6 +142,7 @@ pub(crate) const RETRY_AFTER_SECONDS: u64 = 1;
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        crate::metrics::METRICS.refused(&self);
         let mut response = (self.status(), Json(self.body(None))).into_response();
         let headers = response.headers_mut();
         let retry_after = match &self {

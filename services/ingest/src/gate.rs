@@ -17,6 +17,7 @@
 use crate::AppState;
 use crate::auth::{AuthError, AuthSecrets, Bearer, since_epoch};
 use crate::error::AppError;
+use crate::metrics::METRICS;
 use crate::rate_limit::{Demand, RateLimiter};
 use alleycat_core::Telemetry;
 use alleycat_core::disqualification::Disqualifications;
@@ -164,10 +165,22 @@ pub(crate) async fn store(
     bearer: &Bearer,
     records: &[Telemetry],
 ) -> Result<usize, AppError> {
-    let admitted = state.gate.admit(bearer, records)?;
+    let admitted = match state.gate.admit(bearer, records) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            METRICS.refused_records(&e, records.len());
+            return Err(e);
+        }
+    };
+    let started = std::time::Instant::now();
     let stored = crate::put(state.stream.as_ref(), records).await;
-    if stored.is_err() {
-        admitted.refund();
+    match &stored {
+        Ok(accepted) => METRICS.accepted(*accepted, started.elapsed()),
+        Err(e) => {
+            METRICS.put_failed(started.elapsed());
+            METRICS.refused_records(e, records.len());
+            admitted.refund();
+        }
     }
     stored
 }

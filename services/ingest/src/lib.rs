@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod gate;
 mod http;
+mod metrics;
 pub mod rate_limit;
 mod ws;
 
@@ -61,6 +62,8 @@ impl ServiceArgs for IngestArgs {
                 "ALLEYCAT_AUTH_SECRET is not set: ingest is open, anyone can post telemetry under any racerId"
             ),
         }
+        // Every series shows from the start, at zero.
+        std::sync::LazyLock::force(&metrics::METRICS);
         let stream = storage.open_stream().await?;
         probe_stream(context, &stream);
         let limiter = RateLimiter::new(self.racer_rate, self.racer_burst);

@@ -17,6 +17,7 @@ use crate::auth::{Bearer, WsBearer};
 use crate::error::AppError;
 use crate::extract::Upgrade;
 use crate::http::Accepted;
+use crate::metrics::{METRICS, Reason};
 use crate::{AppState, MAX_BODY_BYTES};
 use alleycat_core::validate::BodyFormat;
 use alleycat_runtime::websocket;
@@ -51,6 +52,7 @@ pub(crate) async fn upgrade(
 const TOKEN_EXPIRED: &str = "the token expired: reconnect with a new one";
 
 async fn serve_bike(mut socket: WebSocket, state: AppState, bearer: Bearer) {
+    let _connected = METRICS.bike_connected();
     let expiry = match bearer {
         Bearer::Racer(token) => Some(token.deadline()),
         Bearer::Open => None,
@@ -79,6 +81,7 @@ async fn serve_bike(mut socket: WebSocket, state: AppState, bearer: Bearer) {
         let reply = match message {
             Some(Ok(Message::Text(text))) => answer(&state, &bearer, text.as_bytes()).await,
             Some(Ok(Message::Binary(_))) => {
+                METRICS.refused(&AppError::BinaryFrame);
                 let reason = AppError::BinaryFrame.to_string();
                 websocket::close(&mut socket, close_code::UNSUPPORTED, &reason).await;
                 return;
@@ -87,6 +90,11 @@ async fn serve_bike(mut socket: WebSocket, state: AppState, bearer: Bearer) {
             Some(Err(error)) => {
                 if let Some((code, reason)) = websocket::close_for_read_error(error, MAX_BODY_BYTES)
                 {
+                    METRICS.refused_as(if code == close_code::SIZE {
+                        Reason::TooLarge
+                    } else {
+                        Reason::Malformed
+                    });
                     websocket::close(&mut socket, code, &reason).await;
                 }
                 return;
@@ -126,6 +134,7 @@ async fn answer(state: &AppState, bearer: &Bearer, frame: &[u8]) -> Utf8Bytes {
 }
 
 fn error_frame(error: &AppError) -> Utf8Bytes {
+    METRICS.refused(error);
     to_frame(&error.body(Some("error")))
 }
 

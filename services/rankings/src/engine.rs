@@ -8,6 +8,7 @@
 
 use crate::RankingsArgs;
 use crate::all_time::AllTime;
+use crate::metrics::METRICS;
 use crate::pending::Pending;
 use crate::push::Snapshot;
 use crate::race::Race;
@@ -60,6 +61,9 @@ struct LiveRace {
     last_push: Option<i64>,
     /// When a record last changed it, ms since the epoch.
     last_data: i64,
+    /// The stream arrival of the oldest change not pushed yet, ms since
+    /// the epoch: its next push's latency.
+    unpushed_since: Option<i64>,
 }
 
 /// The engine's state.
@@ -147,6 +151,7 @@ impl Engine {
                 dirty: false,
                 last_push: None,
                 last_data: now,
+                unpushed_since: None,
             });
             let (changed, result) = live.race.apply(&t, self.order);
             if changed {
@@ -154,6 +159,8 @@ impl Engine {
                 live.last_data = now;
                 live.records += 1;
                 live.last_order = self.order;
+                let arrival = record.arrival_ms;
+                live.unpushed_since = Some(live.unpushed_since.map_or(arrival, |u| u.min(arrival)));
             }
             if let Some(result) = result {
                 self.finals.push(Final {
@@ -164,6 +171,7 @@ impl Engine {
                 });
             }
         }
+        METRICS.live_races.set(self.races.len() as f64);
     }
 
     /// Skips a record that breaks the rules (put on the stream by another
@@ -174,6 +182,7 @@ impl Engine {
     /// in the log without flooding it.
     fn skip_invalid(&mut self, record: &StreamRecord, errors: &[FieldError]) {
         self.invalid += 1;
+        METRICS.records_skipped.increment(1);
         if self.invalid.is_power_of_two() {
             tracing::warn!(
                 shard = %record.shard_id,
@@ -207,6 +216,7 @@ impl Engine {
         for (_, _, key) in &by_weight[..excess] {
             self.races.remove(key);
         }
+        METRICS.races_evicted.increment(excess as u64);
         let evictions = &mut self.evictions;
         evictions.total += excess as u64;
         evictions.unreported += excess as u64;
@@ -246,6 +256,7 @@ impl Engine {
             }
             live.dirty = false;
             live.last_push = Some(now);
+            let waited_since = live.unpushed_since.take();
             let class = live.race.class_id();
             if !self.viewers.watching(class) {
                 continue;
@@ -257,10 +268,18 @@ impl Engine {
                 now,
             );
             let shared = Utf8Bytes::from(snapshot.shared().to_owned());
-            self.viewers
+            let sent = self
+                .viewers
                 .publish(class, live.race.race_id(), &shared, |racer| {
                     snapshot.for_racer(racer)
                 });
+            if let Some(since) = waited_since.filter(|_| sent > 0) {
+                // A clock behind the stream's counts as no wait.
+                let waited_ms = now.saturating_sub(since).max(0);
+                METRICS
+                    .push_latency
+                    .record(Duration::from_millis(waited_ms.unsigned_abs()));
+            }
         }
         next
     }
@@ -275,6 +294,7 @@ impl Engine {
         let idle = millis(RACE_IDLE);
         self.races
             .retain(|_, live| now.saturating_sub(live.last_data) < idle);
+        METRICS.live_races.set(self.races.len() as f64);
     }
 
     fn set_all_time(&mut self, class: ClassId, all_time: Arc<AllTime>) {

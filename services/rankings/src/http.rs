@@ -167,6 +167,7 @@ async fn viewer(
 }
 
 async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
+    let _connected = crate::metrics::METRICS.viewer_connected();
     let mut subscription = state.viewers.add(filter);
     // Viewers only listen: a ping every half idle timeout asks them to
     // answer (browsers do by themselves), and one that answers nothing for

@@ -10,6 +10,7 @@ pub mod all_time;
 mod engine;
 mod extract;
 mod http;
+mod metrics;
 mod pending;
 pub mod push;
 pub mod race;
@@ -180,6 +181,8 @@ impl ServiceArgs for RankingsArgs {
             StreamKind::Embedded => "rankings".to_owned(),
             StreamKind::Kinesis => consumer_name(self, context.port),
         };
+        // Every series shows from the start, at zero.
+        std::sync::LazyLock::force(&metrics::METRICS);
         let stop = CancellationToken::new();
         let disqualifications = storage.disqualifications().await?;
         alleycat_runtime::probe_disqualifications(&context.readiness, &disqualifications);

@@ -135,6 +135,7 @@ impl Pending {
         let (races, results) = (excess as u64, results as u64);
         state.dropped_races += races;
         state.dropped_results += results;
+        crate::metrics::METRICS.results_dropped.increment(results);
         state.unreported.0 += races;
         state.unreported.1 += results;
         let now = Instant::now();

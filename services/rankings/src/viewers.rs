@@ -1,12 +1,14 @@
 //! The WebSocket viewers, by class, each behind a bounded queue: a viewer
 //! that cannot keep up is dropped rather than allowed to delay the others.
 
+use crate::metrics::METRICS;
 use alleycat_core::{ClassId, RaceId, RacerId};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// Messages a viewer may have queued before it is considered too slow.
 pub const QUEUE: usize = 16;
@@ -92,6 +94,7 @@ impl Viewers {
     ) -> usize {
         let mut dropped = Vec::new();
         let mut sent = 0;
+        let mut slow = 0;
         {
             let viewers = self.read();
             let Some(viewers) = viewers.get(&class) else {
@@ -108,12 +111,21 @@ impl Viewers {
                     .map_or_else(|| shared.clone(), Utf8Bytes::from);
                 match viewer.queue.try_send(message) {
                     Ok(()) => sent += 1,
-                    Err(_) => dropped.push(*id),
+                    Err(TrySendError::Full(_)) => {
+                        slow += 1;
+                        dropped.push(*id);
+                    }
+                    // Gone already: its socket's task removes it too.
+                    Err(TrySendError::Closed(_)) => dropped.push(*id),
                 }
             }
         }
+        METRICS.messages.increment(sent as u64);
+        if slow > 0 {
+            METRICS.viewers_dropped.increment(slow);
+            tracing::info!(%class, viewers = slow, "dropping viewers that cannot keep up");
+        }
         if !dropped.is_empty() {
-            tracing::info!(%class, viewers = dropped.len(), "dropping viewers that cannot keep up");
             let mut viewers = self.write();
             if let Some(class) = viewers.get_mut(&class) {
                 for id in dropped {

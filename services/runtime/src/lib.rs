@@ -1,11 +1,12 @@
 //! What every Alleycat service process shares: typed settings, tracing,
-//! the health check, and assembling services into a process that serves
-//! HTTP and shuts down in order ([`Process`]).
+//! metrics ([`metrics`]), the health check, and assembling services into a
+//! process that serves HTTP and shuts down in order ([`Process`]).
 
 mod body_deadline;
 mod errors;
 mod health;
 mod limits;
+pub mod metrics;
 mod process;
 mod server;
 mod shutdown;
@@ -82,16 +83,55 @@ pub struct ServerArgs {
 
 pub use alleycat_core::{parse_millis, parse_positive_millis};
 
-/// Logs to stderr, filtered by `ALLEYCAT_LOG` (or `RUST_LOG`), `info` by default.
-pub fn init_tracing() {
+/// How log lines are written (`ALLEYCAT_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: one line per event, colored on a terminal.
+    Text,
+    /// For log stores: one JSON object per line, the event's fields at its
+    /// top level beside `timestamp`, `level`, `target` and its spans.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = anyhow::Error;
+
+    fn from_str(value: &str) -> anyhow::Result<LogFormat> {
+        match value {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => anyhow::bail!("ALLEYCAT_LOG_FORMAT must be `text` or `json`, got {other:?}"),
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `ALLEYCAT_LOG` (or `RUST_LOG`), `info` by
+/// default, as `ALLEYCAT_LOG_FORMAT` says (`text` by default, or `json`).
+/// Read before the command line, so that parsing it can log.
+///
+/// # Errors
+/// An unknown `ALLEYCAT_LOG_FORMAT`.
+pub fn init_tracing() -> anyhow::Result<()> {
+    let format = match std::env::var("ALLEYCAT_LOG_FORMAT") {
+        Ok(value) => value.parse()?,
+        Err(std::env::VarError::NotPresent) => LogFormat::Text,
+        Err(std::env::VarError::NotUnicode(value)) => {
+            anyhow::bail!("ALLEYCAT_LOG_FORMAT must be `text` or `json`, got {value:?}")
+        }
+    };
     let filter = std::env::var("ALLEYCAT_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
+    }
+    Ok(())
 }
 
 /// An error answer: `{"error": message}` with `status`.

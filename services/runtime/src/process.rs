@@ -3,7 +3,7 @@
 //! listener, with the cross-cutting layers added once here, and stops
 //! everything in order.
 
-use crate::{Readiness, ServerArgs, body_deadline, errors, health, server};
+use crate::{Readiness, ServerArgs, body_deadline, errors, health, metrics, server};
 use alleycat_storage::StorageArgs;
 use anyhow::Context as _;
 use axum::Router;
@@ -118,6 +118,9 @@ impl Process {
 
     /// Uses a listener bound already (tests bind port 0 themselves).
     pub fn on(listener: TcpListener, server: &ServerArgs) -> anyhow::Result<Process> {
+        // Before any service is built: handles made earlier would record
+        // into nothing.
+        metrics::install();
         let port = listener.local_addr()?.port();
         Ok(Process {
             listener,
@@ -216,26 +219,32 @@ impl Process {
     }
 }
 
-/// The layers every service's routes get, in one place.
+/// The layers every service's routes get, in one place. `Router::layer`
+/// wraps each route (and the fallback) after routing, so every layer sees
+/// the route that matched (`MatchedPath`).
 fn layers(router: Router, context: &Context, server: &ServerArgs) -> Router {
     router
         .merge(health::routes(context.readiness.clone()))
+        .merge(metrics::routes())
         .layer(axum::middleware::from_fn(errors::json_errors))
         .layer(axum::middleware::from_fn({
             let limit = server.body_timeout;
             move |request, next| body_deadline::limit_body(limit, request, next)
         }))
+        // Outside the layers that answer errors: counts the final status.
+        .layer(axum::middleware::from_fn(metrics::track))
         // Failures are answered (and counted) where they happen; at error
         // level, a 503 per request of every bike would flood the log
         // during an outage.
         .layer(
             TraceLayer::new_for_http()
-                // The span names the path, not the URI: a bike's token may
-                // be in the query (`/v1/telemetry/ws?token=`), and logs must
-                // not hold it.
+                // The span names the matched route and the path, not the
+                // URI: a bike's token may be in the query
+                // (`/v1/telemetry/ws?token=`), and logs must not hold it.
                 .make_span_with(|request: &axum::extract::Request| {
+                    let route = metrics::route_of(request);
                     let path = request.uri().path();
-                    tracing::debug_span!("request", method = %request.method(), path = %path, version = ?request.version())
+                    tracing::debug_span!("request", method = %request.method(), route, path = %path, version = ?request.version())
                 })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )

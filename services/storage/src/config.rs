@@ -7,6 +7,7 @@
 //! `AWS_ENDPOINT_URL_S3`).
 
 use crate::disqualifications::DisqualificationList;
+use crate::freshness::Freshness;
 use crate::object_store::{ObjectStore, fs::FsStore, s3::S3Store};
 use crate::stream::kinesis::{KinesisSettings, KinesisStream};
 use crate::stream::{Stream, embedded::EmbeddedStream};
@@ -112,6 +113,7 @@ struct Opened {
     delivery: OnceCell<Arc<dyn ObjectStore>>,
     history: OnceCell<Arc<dyn ObjectStore>>,
     disqualifications: OnceCell<Arc<DisqualificationList>>,
+    freshness: std::sync::OnceLock<Arc<Freshness>>,
 }
 
 impl std::fmt::Debug for Opened {
@@ -135,13 +137,19 @@ impl StorageArgs {
         Ok(Arc::clone(stream))
     }
 
+    /// What this process's stages hold, for the freshness gauges (see
+    /// [`crate::freshness`]): one per process, shared by its services.
+    pub fn freshness(&self) -> Arc<Freshness> {
+        Arc::clone(self.opened.freshness.get_or_init(Freshness::refreshed))
+    }
+
     async fn connect_stream(&self) -> anyhow::Result<Arc<dyn Stream>> {
         match self.stream_kind {
             StreamKind::Embedded => {
                 let dir = self.data_dir.join("stream");
                 let stream = EmbeddedStream::open(&dir)
                     .with_context(|| format!("opening the embedded stream in {}", dir.display()))?;
-                Ok(Arc::new(stream))
+                Ok(Arc::new(stream.reporting_to(self.freshness())))
             }
             StreamKind::Kinesis => {
                 let client = aws_sdk_kinesis::Client::new(self.aws().await);
@@ -154,7 +162,9 @@ impl StorageArgs {
                 // Shard leases and checkpoints live beside the deliveries
                 // they describe.
                 let leases = self.open_delivery_store().await?;
-                Ok(Arc::new(KinesisStream::new(client, settings, leases)))
+                Ok(Arc::new(
+                    KinesisStream::new(client, settings, leases).reporting_to(self.freshness()),
+                ))
             }
         }
     }

@@ -15,6 +15,32 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// Counters of appends, for both implementations (handles made once per
+/// stream).
+pub(crate) struct PutMetrics {
+    /// Records durably appended.
+    records: metrics::Counter,
+    /// Appends given up: their records count as not stored.
+    failures: metrics::Counter,
+}
+
+impl PutMetrics {
+    pub(crate) fn new() -> PutMetrics {
+        PutMetrics {
+            records: metrics::counter!("alleycat_stream_records_put_total"),
+            failures: metrics::counter!("alleycat_stream_put_failures_total"),
+        }
+    }
+
+    /// Counts how an append of `records` records ended.
+    pub(crate) fn count<T>(&self, records: usize, result: &Result<T, StreamError>) {
+        match result {
+            Ok(_) => self.records.increment(records as u64),
+            Err(_) => self.failures.increment(1),
+        }
+    }
+}
+
 /// A record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutRecord {

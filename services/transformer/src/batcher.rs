@@ -84,6 +84,12 @@ impl<T> Batcher<T> {
         std::mem::take(&mut self.items)
     }
 
+    /// The first (oldest) item buffered, if any.
+    #[must_use]
+    pub(crate) fn first(&self) -> Option<&T> {
+        self.items.first()
+    }
+
     /// Whether nothing is buffered.
     #[must_use]
     pub(crate) fn is_empty(&self) -> bool {

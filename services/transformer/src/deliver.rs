@@ -11,13 +11,16 @@ use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord};
 use alleycat_core::validate::{SensorLimits, describe};
 use alleycat_runtime::Readiness;
 use alleycat_storage::{
-    ObjectStore, PendingDelivery, SequenceNumber, StreamError, StreamRecord, Subscription,
+    Freshness, ObjectStore, PendingDelivery, SequenceNumber, StreamError, StreamRecord,
+    Subscription,
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use metrics::{Counter, Histogram};
 use std::fmt::Display;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// A delivery whose object write has been failing this long is renamed with
 /// a fresh write time, so the key stays inside the history service's
@@ -28,6 +31,8 @@ const MAX_KEY_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 #[derive(Debug)]
 pub struct Processed {
     sequence: SequenceNumber,
+    /// When the stream accepted it, ms since the epoch.
+    arrival_ms: i64,
     outcome: Result<Vec<u8>, FailedRecord>,
 }
 
@@ -54,8 +59,15 @@ impl Processed {
         };
         Processed {
             sequence: record.sequence,
+            arrival_ms: record.arrival_ms,
             outcome,
         }
+    }
+
+    /// When the stream accepted the record, ms since the epoch.
+    #[must_use]
+    pub fn arrival_ms(&self) -> i64 {
+        self.arrival_ms
     }
 
     /// Bytes this record adds to the buffer.
@@ -66,6 +78,64 @@ impl Processed {
             Err(failed) => failed.raw_data.len() + failed.error_message.len() + 128,
         }
     }
+}
+
+/// The transformer's counters (handles made once, counted per batch).
+pub(crate) struct Metrics {
+    /// Delivery objects written, their records, their bytes gzipped and not.
+    objects: Counter,
+    records: Counter,
+    compressed_bytes: Counter,
+    uncompressed_bytes: Counter,
+    /// `processing-failed/` objects written, and their records by reason.
+    failed_objects: Counter,
+    invalid_records: Counter,
+    /// Object writes that failed (and were retried).
+    write_failures: Counter,
+    /// Age of a batch's oldest record when its objects are durable.
+    flush_latency: Histogram,
+}
+
+/// The reason code of records that break the validation rules.
+const INVALID_RECORD: &str = "InvalidRecord";
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        Metrics {
+            objects: metrics::counter!("alleycat_transformer_delivery_objects_total"),
+            records: metrics::counter!("alleycat_transformer_delivery_records_total"),
+            compressed_bytes: metrics::counter!(
+                "alleycat_transformer_delivery_compressed_bytes_total"
+            ),
+            uncompressed_bytes: metrics::counter!(
+                "alleycat_transformer_delivery_uncompressed_bytes_total"
+            ),
+            failed_objects: metrics::counter!("alleycat_transformer_failed_objects_total"),
+            invalid_records: metrics::counter!(
+                "alleycat_transformer_failed_records_total",
+                "reason" => INVALID_RECORD
+            ),
+            write_failures: metrics::counter!("alleycat_transformer_write_failures_total"),
+            flush_latency: metrics::histogram!("alleycat_transformer_flush_latency_seconds"),
+        }
+    }
+
+    /// Counts `count` records sent to `processing-failed/` for `reason`.
+    fn failed_records(&self, reason: &str, count: u64) {
+        if reason == INVALID_RECORD {
+            self.invalid_records.increment(count);
+        } else {
+            // No other reason exists today; a new one is counted all the same.
+            metrics::counter!("alleycat_transformer_failed_records_total", "reason" => reason.to_owned())
+                .increment(count);
+        }
+    }
+}
+
+/// What a delivery reports to besides the store and the stream.
+pub(crate) struct Reporting<'a> {
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) freshness: &'a Freshness,
 }
 
 /// How a delivery ended.
@@ -198,6 +268,7 @@ pub(crate) async fn recover(
 /// them. Stops early only if the shard was taken over.
 pub(crate) async fn deliver(
     control: &Control,
+    report: &Reporting<'_>,
     store: &dyn ObjectStore,
     subscription: &mut dyn Subscription,
     shard: &str,
@@ -206,21 +277,36 @@ pub(crate) async fn deliver(
     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return Outcome::Delivered;
     };
-    let (first, last) = (first.sequence.clone(), last.sequence.clone());
-    let (first_text, last_text) = (first.to_string(), last.to_string());
+    let range = Range {
+        shard,
+        first: first.sequence.clone(),
+        last: last.sequence.clone(),
+        first_text: first.sequence.to_string(),
+        last_text: last.sequence.to_string(),
+    };
+    let oldest = batch.iter().map(|p| p.arrival_ms).min();
+    let mut oldest_valid = None::<i64>;
     let mut lines = Vec::with_capacity(batch.iter().map(Processed::size).sum());
     let mut failed = Vec::new();
     let mut records = 0usize;
+    // Per reason code, records going to `processing-failed/`.
+    let mut reasons = std::collections::BTreeMap::<&str, u64>::new();
     for item in &batch {
         match &item.outcome {
             Ok(line) => {
                 lines.extend_from_slice(line);
                 records += 1;
+                oldest_valid =
+                    Some(oldest_valid.map_or(item.arrival_ms, |o| o.min(item.arrival_ms)));
             }
-            Err(record) => record.write_line(&mut failed),
+            Err(record) => {
+                *reasons.entry(&record.error_code).or_default() += 1;
+                record.write_line(&mut failed);
+            }
         }
     }
     let failed_records = batch.len() - records;
+    let uncompressed = lines.len();
     let (lines, failed) = tokio::task::spawn_blocking(move || {
         let gz = |data: &[u8]| {
             (!data.is_empty()).then(|| Bytes::from(codec::gzip(data, codec::DEFAULT_LEVEL)))
@@ -231,73 +317,81 @@ pub(crate) async fn deliver(
     .expect("gzip task panicked");
 
     let mut backoff = Backoff::default();
-    // The delivery object goes last: its existence proves the batch complete.
     let objects = [
-        (
-            failed,
-            delivery::failed_key as fn(DateTime<Utc>, &str, &str, &str) -> String,
-            failed_records,
-        ),
-        (lines, delivery::delivery_key, records),
+        (failed, Kind::Failed, failed_records),
+        (lines, Kind::Delivery, records),
     ];
-    let objects: Vec<_> = objects
+    let mut objects: Vec<BatchObject> = objects
         .into_iter()
-        .filter_map(|(body, key, n)| body.map(|b| (b, key, n)))
+        .filter_map(|(body, kind, records)| {
+            body.map(|body| BatchObject {
+                body,
+                kind,
+                records,
+                announce: false,
+            })
+        })
         .collect();
-    for (i, (body, key_at, count)) in objects.iter().enumerate() {
-        let is_last = i + 1 == objects.len();
-        let mut written_at = Utc::now();
-        // Not `retry`: an attempt that keeps failing moves to a fresh key,
-        // which has to be announced again before it is written.
-        loop {
-            let key = key_at(written_at, shard, &first_text, &last_text);
-            if is_last {
-                let pending = PendingDelivery {
-                    key: key.clone(),
-                    first: first.clone(),
-                    last: last.clone(),
-                };
-                let announced = control
-                    .retry(
-                        &mut backoff,
-                        "announcing a delivery",
-                        StreamError::is_lease_lost,
-                        &mut (&mut *subscription, shard, &pending),
-                        |(subscription, shard, pending)| {
-                            subscription.begin_delivery(shard, pending)
-                        },
-                    )
-                    .await;
-                match announced {
-                    Ok(()) => {}
-                    Err(GaveUp::Final(_)) => return Outcome::ShardLost,
-                    Err(GaveUp::Stopped) => return Outcome::Abandoned,
+    // The last object goes last and is announced: its existence proves
+    // the batch complete.
+    if let Some(last) = objects.last_mut() {
+        last.announce = true;
+    }
+    for object in &objects {
+        let span = tracing::info_span!(
+            "delivery_object",
+            shard,
+            kind = object.kind.name(),
+            records = object.records,
+            bytes = object.body.len(),
+            key = tracing::field::Empty,
+        );
+        let written = write_object(
+            control,
+            report.metrics,
+            store,
+            &mut *subscription,
+            &range,
+            object,
+            &mut backoff,
+        )
+        .instrument(span)
+        .await;
+        if let Err(outcome) = written {
+            return outcome;
+        }
+        match object.kind {
+            Kind::Delivery => {
+                report.metrics.objects.increment(1);
+                report.metrics.records.increment(object.records as u64);
+                report
+                    .metrics
+                    .compressed_bytes
+                    .increment(object.body.len() as u64);
+                report
+                    .metrics
+                    .uncompressed_bytes
+                    .increment(uncompressed as u64);
+                if let Some(oldest) = oldest_valid {
+                    report
+                        .freshness
+                        .delivered(Utc::now().timestamp_millis(), oldest);
                 }
             }
-            match store.put(&key, body.clone(), "application/gzip").await {
-                Ok(_) => {
-                    tracing::info!(%key, records = count, bytes = body.len(), failed = !is_last || objects.len() == 1 && failed_records > 0, "delivered");
-                    break;
-                }
-                Err(e) => {
-                    control.failing("writing a delivery object", &e);
-                    if control.stop.is_cancelled() {
-                        tracing::warn!(%key, error = %e, "writing a delivery object failed while stopping; left on the stream for the next start");
-                        return Outcome::Abandoned;
-                    }
-                    control
-                        .pause(
-                            backoff.next_delay(),
-                            "writing a delivery object",
-                            e.to_string(),
-                        )
-                        .await;
-                    if Utc::now() - written_at > MAX_KEY_AGE {
-                        written_at = Utc::now();
-                    }
+            Kind::Failed => {
+                report.metrics.failed_objects.increment(1);
+                for (reason, count) in &reasons {
+                    report.metrics.failed_records(reason, *count);
                 }
             }
         }
+    }
+    if let Some(oldest) = oldest {
+        let waited = Utc::now().timestamp_millis().saturating_sub(oldest).max(0);
+        report
+            .metrics
+            .flush_latency
+            .record(Duration::from_millis(waited.unsigned_abs()));
     }
     // Only now, with every object durable, may the stream forget the batch.
     let checkpointed = control
@@ -305,7 +399,7 @@ pub(crate) async fn deliver(
             &mut backoff,
             "checkpoint",
             StreamError::is_lease_lost,
-            &mut (&mut *subscription, shard, &last),
+            &mut (&mut *subscription, shard, &range.last),
             |(subscription, shard, last)| subscription.checkpoint(shard, last),
         )
         .await;
@@ -316,6 +410,122 @@ pub(crate) async fn deliver(
         }
         Err(GaveUp::Final(_)) => Outcome::ShardLost,
         Err(GaveUp::Stopped) => Outcome::Abandoned,
+    }
+}
+
+/// Which records of a shard a batch holds.
+struct Range<'a> {
+    shard: &'a str,
+    first: SequenceNumber,
+    last: SequenceNumber,
+    first_text: String,
+    last_text: String,
+}
+
+/// One object of a batch to write.
+struct BatchObject {
+    body: Bytes,
+    kind: Kind,
+    records: usize,
+    /// Whether it is announced before it is written (the batch's last).
+    announce: bool,
+}
+
+/// The two objects a batch may be written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `processing-failed/...`: the records that failed, with the reason.
+    Failed,
+    /// The delivery object: every valid record's line.
+    Delivery,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Failed => "processing-failed",
+            Kind::Delivery => "delivery",
+        }
+    }
+
+    fn key(self, at: DateTime<Utc>, range: &Range<'_>) -> String {
+        let key_at = match self {
+            Kind::Failed => delivery::failed_key,
+            Kind::Delivery => delivery::delivery_key,
+        };
+        key_at(at, range.shard, &range.first_text, &range.last_text)
+    }
+}
+
+/// Writes one object of a batch (announced first if it says so),
+/// retrying until it is durable; `Err` says how the delivery ends instead.
+async fn write_object(
+    control: &Control,
+    metrics: &Metrics,
+    store: &dyn ObjectStore,
+    subscription: &mut dyn Subscription,
+    range: &Range<'_>,
+    object: &BatchObject,
+    backoff: &mut Backoff,
+) -> Result<(), Outcome> {
+    let BatchObject {
+        body,
+        kind,
+        records,
+        announce,
+    } = object;
+    let shard = range.shard;
+    let mut written_at = Utc::now();
+    // Not `retry`: an attempt that keeps failing moves to a fresh key,
+    // which has to be announced again before it is written.
+    loop {
+        let key = kind.key(written_at, range);
+        if *announce {
+            let pending = PendingDelivery {
+                key: key.clone(),
+                first: range.first.clone(),
+                last: range.last.clone(),
+            };
+            let announced = control
+                .retry(
+                    backoff,
+                    "announcing a delivery",
+                    StreamError::is_lease_lost,
+                    &mut (&mut *subscription, shard, &pending),
+                    |(subscription, shard, pending)| subscription.begin_delivery(shard, pending),
+                )
+                .await;
+            match announced {
+                Ok(()) => {}
+                Err(GaveUp::Final(_)) => return Err(Outcome::ShardLost),
+                Err(GaveUp::Stopped) => return Err(Outcome::Abandoned),
+            }
+        }
+        match store.put(&key, body.clone(), "application/gzip").await {
+            Ok(_) => {
+                tracing::Span::current().record("key", key.as_str());
+                tracing::info!(%key, records, bytes = body.len(), failed = *kind == Kind::Failed, "delivered");
+                return Ok(());
+            }
+            Err(e) => {
+                metrics.write_failures.increment(1);
+                control.failing("writing a delivery object", &e);
+                if control.stop.is_cancelled() {
+                    tracing::warn!(%key, error = %e, "writing a delivery object failed while stopping; left on the stream for the next start");
+                    return Err(Outcome::Abandoned);
+                }
+                control
+                    .pause(
+                        backoff.next_delay(),
+                        "writing a delivery object",
+                        e.to_string(),
+                    )
+                    .await;
+                if Utc::now() - written_at > MAX_KEY_AGE {
+                    written_at = Utc::now();
+                }
+            }
+        }
     }
 }
 

@@ -62,6 +62,7 @@ impl ServiceArgs for TransformerArgs {
             context.sensor_limits,
             stop.clone(),
             context.readiness.clone(),
+            storage.freshness(),
         );
         let pipeline = Task::spawn("transformer flush", stop, pipeline);
         Ok(Service::new("transformer", Router::new()).with_task(pipeline))

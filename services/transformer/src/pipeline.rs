@@ -2,17 +2,22 @@
 //! a buffer is full or due, checkpoint after each durable delivery.
 
 use crate::batcher::{BatchLimits, Batcher};
-use crate::deliver::{self, Control, Processed};
+use crate::deliver::{self, Control, Metrics, Processed};
 use crate::{CONSUMER, TransformerArgs};
 use alleycat_core::backoff::Backoff;
 use alleycat_core::validate::SensorLimits;
 use alleycat_runtime::Readiness;
-use alleycat_storage::{ObjectStore, SequenceNumber, Stream, StreamRecord, Subscription};
+use alleycat_storage::{
+    Freshness, ObjectStore, SequenceNumber, Stream, StreamRecord, Subscription,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Gauge: the age of the oldest record read and not yet durably delivered.
+const FRESHNESS: &str = "alleycat_transformer_freshness_seconds";
 
 /// Most records taken from the stream per poll.
 const POLL_RECORDS: usize = 10_000;
@@ -30,13 +35,26 @@ pub async fn run_pipeline(
     limits: SensorLimits,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_pipeline_reporting(stream, store, args, limits, stop, Readiness::default()).await
+    let freshness = Arc::new(Freshness::default());
+    run_pipeline_reporting(
+        stream,
+        store,
+        args,
+        limits,
+        stop,
+        Readiness::default(),
+        freshness,
+    )
+    .await
 }
 
 /// [`run_pipeline`], reporting to `readiness` (part `transformer`): not
 /// ready while reading the stream or a delivery step keeps failing. At
 /// shutdown a failing step is not retried: what is not delivered stays on
 /// the stream, so stopping never waits for a backend that is down.
+///
+/// Reports to `freshness` the arrival of the oldest record it holds and
+/// each delivery object it writes (`alleycat_transformer_freshness_seconds`).
 pub async fn run_pipeline_reporting(
     stream: Arc<dyn Stream>,
     store: Arc<dyn ObjectStore>,
@@ -44,8 +62,10 @@ pub async fn run_pipeline_reporting(
     limits: SensorLimits,
     stop: CancellationToken,
     readiness: Readiness,
+    freshness: Arc<Freshness>,
 ) -> anyhow::Result<()> {
     let subscription = stream.subscribe(CONSUMER).await?;
+    freshness.transformer_started(CONSUMER, metrics::gauge!(FRESHNESS));
     let mut pipeline = Pipeline {
         store,
         subscription,
@@ -57,6 +77,10 @@ pub async fn run_pipeline_reporting(
             readiness,
         },
         abandoned: false,
+        metrics: Metrics::new(),
+        freshness,
+        delivering: None,
+        polled: None,
     };
     let mut backoff = Backoff::default();
     tracing::info!(
@@ -78,8 +102,16 @@ pub async fn run_pipeline_reporting(
                 // Deliveries retry until they succeed, so a poll comes only
                 // after every earlier step succeeded.
                 pipeline.control.working();
-                for record in records {
-                    pipeline.take(record).await;
+                if !records.is_empty() {
+                    // Held from now on, though not buffered yet (taking the
+                    // first record of a shard settles its past first).
+                    pipeline.polled = records.iter().map(|r| r.arrival_ms).min();
+                    pipeline.report_held();
+                    for record in records {
+                        pipeline.take(record).await;
+                    }
+                    pipeline.polled = None;
+                    pipeline.report_held();
                 }
             }
             Err(e) => {
@@ -95,6 +127,7 @@ pub async fn run_pipeline_reporting(
     }
     pipeline.flush_all().await;
     pipeline.subscription.close().await;
+    pipeline.freshness.transformer_stopped();
     if pipeline.abandoned {
         tracing::warn!(
             "transformer stopped; batches it could not deliver stay on the stream for the next start"
@@ -117,6 +150,13 @@ struct Pipeline {
     /// A delivery was given up while stopping: nothing more is delivered or
     /// checkpointed, as a later checkpoint would skip its records.
     abandoned: bool,
+    metrics: Metrics,
+    /// Where the oldest record held and the objects written are reported.
+    freshness: Arc<Freshness>,
+    /// The arrival of the oldest record of the batch being delivered...
+    delivering: Option<i64>,
+    /// ...and of the records polled and not all taken into buffers yet.
+    polled: Option<i64>,
 }
 
 struct Shard {
@@ -137,6 +177,18 @@ impl Pipeline {
         next_due.map_or(IDLE_POLL, |due| {
             due.saturating_duration_since(Instant::now()).min(IDLE_POLL)
         })
+    }
+
+    /// Reports the arrival of the oldest record held: buffered, in the
+    /// batch being delivered, or polled and not taken yet. Buffers hold
+    /// records in stream order, so their first is their oldest.
+    fn report_held(&self) {
+        let buffered = self
+            .shards
+            .values()
+            .filter_map(|s| s.batcher.first().map(Processed::arrival_ms));
+        let oldest = buffered.chain(self.delivering).chain(self.polled).min();
+        self.freshness.transformer_holds(oldest);
     }
 
     async fn take(&mut self, record: StreamRecord) {
@@ -202,14 +254,22 @@ impl Pipeline {
         if self.abandoned {
             return;
         }
+        self.delivering = batch.iter().map(Processed::arrival_ms).min();
+        self.report_held();
+        let report = deliver::Reporting {
+            metrics: &self.metrics,
+            freshness: &self.freshness,
+        };
         let outcome = deliver::deliver(
             &self.control,
+            &report,
             self.store.as_ref(),
             self.subscription.as_mut(),
             shard,
             batch,
         )
         .await;
+        self.delivering = None;
         if outcome == deliver::Outcome::ShardLost {
             // Its new owner re-reads it from the last checkpoint.
             tracing::info!(
@@ -221,6 +281,7 @@ impl Pipeline {
         if outcome == deliver::Outcome::Abandoned {
             self.abandoned = true;
         }
+        self.report_held();
     }
 }
 
@@ -473,6 +534,10 @@ mod tests {
             shards: HashMap::new(),
             control: Control::default(),
             abandoned: false,
+            metrics: Metrics::new(),
+            freshness: Arc::new(Freshness::default()),
+            delivering: None,
+            polled: None,
         }
     }
 
@@ -565,6 +630,42 @@ mod tests {
         assert_eq!(objects.len(), 1);
         assert_eq!(racers(&objects), [0, 1, 2]);
         assert_eq!(pipeline.wait(), IDLE_POLL, "the buffer is empty again");
+    }
+
+    #[tokio::test]
+    async fn the_oldest_record_held_and_each_delivery_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let mut pipeline =
+            pipeline(&stream, &store, &args(1 << 20, Duration::from_secs(3600))).await;
+        let freshness = Arc::clone(&pipeline.freshness);
+        freshness.transformer_started(CONSUMER, metrics::Gauge::noop());
+        freshness.history_started(metrics::Gauge::noop());
+        // History has published everything written before now.
+        freshness.published_before(chrono::Utc::now().timestamp_millis());
+
+        stream
+            .put_records((0..3).map(record).collect())
+            .await
+            .unwrap();
+        take_all(&mut pipeline).await;
+        pipeline.report_held();
+        let arrival = freshness.transformer_oldest().expect("holds records");
+        let now = chrono::Utc::now().timestamp_millis();
+        assert!(arrival <= now && arrival > now - 10_000, "{arrival}");
+
+        pipeline.flush_all().await;
+        assert_eq!(freshness.transformer_oldest(), None, "delivered");
+        // The delivered object is not published: its oldest record counts.
+        let now = chrono::Utc::now().timestamp_millis();
+        let age = freshness.pipeline_age(now).unwrap();
+        assert!(
+            (age - (now - arrival) as f64 / 1000.0).abs() < 1e-9,
+            "{age}"
+        );
+        freshness.published_before(now + 1);
+        assert_eq!(freshness.pipeline_age(now + 1000), Some(0.0));
     }
 
     /// The embedded stream, telling when its reader has polled records.
@@ -768,6 +869,7 @@ mod tests {
             SensorLimits::DEFAULT,
             stop.clone(),
             readiness.clone(),
+            Arc::new(Freshness::default()),
         ));
         until("the transformer to say it cannot deliver", || {
             readiness
@@ -815,6 +917,7 @@ mod tests {
             SensorLimits::DEFAULT,
             stop.clone(),
             readiness.clone(),
+            Arc::new(Freshness::default()),
         ));
         until("a failing delivery", || {
             readiness.problems().contains_key(deliver::PART)

@@ -5,6 +5,7 @@
 //! merged into nor published until its file is repaired, replaced or
 //! deleted.
 
+use super::instruments::ClassInstruments;
 use crate::class_file::{CONTENT_TYPE, SegmentedClassFile};
 use alleycat_core::delivery::HistoryPoint;
 use alleycat_core::disqualification::Disqualifications;
@@ -81,18 +82,28 @@ pub(super) enum PublishError {
 pub(super) enum Loaded {
     /// There is none.
     Absent,
-    /// A valid class file and its version.
-    Valid(ClassHistory, ETag),
+    /// A valid class file, its version and its size in bytes.
+    Valid(ClassHistory, ETag, usize),
     /// A file that is not a class file (corrupt, or of another format).
     Invalid(Blocked),
 }
 
 impl Class {
-    /// `class` as its published file in `store` says, at gzip `level`.
-    pub(super) async fn load(store: &dyn ObjectStore, class: ClassId, level: u32) -> Class {
+    /// `class` as its published file in `store` says, at gzip `level`;
+    /// sets the file's size in `instruments`.
+    pub(super) async fn load(
+        store: &dyn ObjectStore,
+        class: ClassId,
+        level: u32,
+        instruments: &ClassInstruments,
+    ) -> Class {
         match read_class_file(store, class).await {
-            Ok(Loaded::Absent) => Class::Ready(Box::new(ClassState::empty(level))),
-            Ok(Loaded::Valid(history, etag)) => {
+            Ok(Loaded::Absent) => {
+                instruments.file_bytes.set(0.0);
+                Class::Ready(Box::new(ClassState::empty(level)))
+            }
+            Ok(Loaded::Valid(history, etag, size)) => {
+                instruments.file_bytes.set(size as f64);
                 tracing::info!(%class, bests = history.len(), "loaded class history");
                 match tokio::task::spawn_blocking(move || {
                     ClassState::from_history(history, Some(etag), level)
@@ -249,7 +260,9 @@ impl ClassState {
     /// history holds bests it does not, conditionally on the version we last
     /// saw; on a conflict, merges the newer file in and tries again. Returns
     /// whether it wrote. On an error, what is unpublished stays so, for the
-    /// next call.
+    /// next call. Counts conflicts and sets the file's size in
+    /// `instruments`, and records them in the current span (`bytes`,
+    /// `conflicts`).
     ///
     /// The bests of racers `applied` names are never taken from the other
     /// writer's file: they are recomputed here, and the other writer may
@@ -260,6 +273,7 @@ impl ClassState {
         class: ClassId,
         level: u32,
         applied: &Disqualifications,
+        instruments: &ClassInstruments,
     ) -> Result<bool, PublishError> {
         if !self.is_unpublished() {
             return Ok(false);
@@ -270,8 +284,10 @@ impl ClassState {
             self.file.update(&self.history, dirty);
             self.unwritten = true;
         }
+        let mut conflicts = 0u32;
         loop {
             let body = self.file.to_gzip();
+            let size = body.len();
             let condition = match &self.version {
                 Some(etag) => Precondition::IfMatch(etag.clone()),
                 None => Precondition::IfAbsent,
@@ -283,12 +299,18 @@ impl ClassState {
                 Ok(etag) => {
                     self.version = Some(etag);
                     self.unwritten = false;
+                    instruments.file_bytes.set(size as f64);
+                    tracing::Span::current()
+                        .record("bytes", size)
+                        .record("conflicts", conflicts);
                     return Ok(true);
                 }
                 Err(StoreError::PreconditionFailed { .. }) => {
+                    conflicts += 1;
+                    instruments.conflicts.increment(1);
                     tracing::debug!(%key, "class file changed by another writer; merging it in");
                     match read_class_file(store, class).await {
-                        Ok(Loaded::Valid(mut theirs, etag)) => {
+                        Ok(Loaded::Valid(mut theirs, etag, _)) => {
                             let named: BTreeSet<RacerId> = applied.racers().collect();
                             let differ: Vec<RacerId> = named
                                 .iter()
@@ -346,9 +368,10 @@ pub(super) async fn read_class_file(
         return Ok(Loaded::Absent);
     };
     let body = object.body;
+    let size = body.len();
     let decoded = tokio::task::spawn_blocking(move || ClassHistory::from_gzip(&body)).await?;
     Ok(match decoded {
-        Ok(history) => Loaded::Valid(history, object.etag),
+        Ok(history) => Loaded::Valid(history, object.etag, size),
         Err(e) => {
             let reason = format!(
                 "{key} in the history store is not a valid class file ({e}); class {class} is \

@@ -113,6 +113,13 @@ impl Merger {
         self.rebuild.remove(&class);
         report.rebuilt_racers += racers.len();
         report.rebuild_objects += objects;
+        self.instruments.recomputations.increment(1);
+        self.instruments
+            .recomputed_racers
+            .increment(racers.len() as u64);
+        self.instruments
+            .recomputation_objects
+            .increment(objects as u64);
         tracing::info!(%class, racers = racers.len(), objects, elapsed = ?started.elapsed(), "recomputed bests after a disqualification change");
         Ok(())
     }

@@ -1109,3 +1109,60 @@ mod disqualifications {
         );
     }
 }
+
+/// What the merger tells its process's freshness, read back.
+fn published_before(freshness: &Freshness) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(freshness.history_published_before().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn freshness_follows_complete_checks_and_the_oldest_pending_object() {
+    let f = fixture();
+    let history = Faulty::new(f.history.clone());
+    let freshness = Arc::new(Freshness::default());
+    freshness.history_started(metrics::Gauge::noop());
+    let started = published_before(&freshness);
+    let mut merger = Merger::load(f.delivery.clone(), history.clone(), &args())
+        .await
+        .unwrap()
+        .with_freshness(Arc::clone(&freshness));
+
+    // Before any check, the service's start stands.
+    assert_eq!(published_before(&freshness), started);
+
+    // A failed check does not move the time on; the object whose class it
+    // could not publish holds it back to the object's write time.
+    let written = Utc::now() - chrono::Duration::seconds(30);
+    let key = deliver(f.delivery.as_ref(), written, "1", &[(3, 1, 1, 1.0)]).await;
+    history.set(|f| f.puts_of = Some("class-3"));
+    merger.merge_new().await.unwrap_err();
+    assert_eq!(
+        published_before(&freshness),
+        delivery::written_at(&key).unwrap()
+    );
+
+    // Healed: everything written before the check's start is published.
+    history.heal();
+    let before_check = Utc::now();
+    merger.merge_new().await.unwrap();
+    let after_check = published_before(&freshness);
+    assert!(after_check >= before_check - chrono::Duration::milliseconds(1));
+    assert!(after_check <= Utc::now());
+
+    // A corrupt class file keeps its records pending: the oldest pending
+    // object's write time (to the second of its key) holds freshness back.
+    put_corrupt(f.history.as_ref(), 5).await;
+    let mut blocked = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+        .await
+        .unwrap()
+        .with_freshness(Arc::clone(&freshness));
+    let old = Utc::now() - chrono::Duration::seconds(20);
+    let pending_key = deliver(f.delivery.as_ref(), old, "2", &[(5, 1, 1, 1.0)]).await;
+    blocked.merge_new().await.unwrap();
+    assert_eq!(pending(&blocked, 5), BTreeSet::from([pending_key.clone()]));
+    assert_eq!(
+        published_before(&freshness),
+        delivery::written_at(&pending_key).unwrap()
+    );
+    assert_ne!(key, pending_key);
+}

@@ -30,8 +30,10 @@
 //! Sequence numbers never go back, whatever the reopened file holds.
 
 use super::{
-    PendingDelivery, PutRecord, SequenceNumber, Stream, StreamError, StreamRecord, Subscription,
+    PendingDelivery, PutMetrics, PutRecord, SequenceNumber, Stream, StreamError, StreamRecord,
+    Subscription,
 };
+use crate::freshness::Freshness;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
@@ -39,7 +41,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -87,6 +89,9 @@ struct Inner {
     writer: Option<mpsc::Sender<WriteOp>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     committed: watch::Receiver<u64>,
+    put_metrics: PutMetrics,
+    /// Where consumers' lag is reported, if anywhere.
+    freshness: OnceLock<Arc<Freshness>>,
 }
 
 /// What the handles and the writer thread share.
@@ -269,8 +274,17 @@ impl EmbeddedStream {
                 writer: Some(writer),
                 writer_thread: Some(writer_thread),
                 committed,
+                put_metrics: PutMetrics::new(),
+                freshness: OnceLock::new(),
             }),
         })
+    }
+
+    /// Reports its consumers' lag to `freshness` (the first one given).
+    #[must_use]
+    pub fn reporting_to(self, freshness: Arc<Freshness>) -> EmbeddedStream {
+        let _ = self.inner.freshness.set(freshness);
+        self
     }
 
     /// `Ok` when the stream takes records now, else why not: a write failed
@@ -680,8 +694,11 @@ impl Stream for EmbeddedStream {
         if records.is_empty() {
             return Ok(());
         }
+        let count = records.len();
         let records = records.into_iter().map(|r| r.data).collect();
-        self.send(|ack| WriteOp::Append { records, ack }).await
+        let result = self.send(|ack| WriteOp::Append { records, ack }).await;
+        self.inner.put_metrics.count(count, &result);
+        result
     }
 
     async fn subscribe(&self, consumer: &str) -> Result<Box<dyn Subscription>, StreamError> {
@@ -723,6 +740,23 @@ struct EmbeddedSubscription {
     next: u64,
 }
 
+impl EmbeddedSubscription {
+    /// Reports the arrival of the oldest record not read yet, if any.
+    fn report_unread(&self, oldest: Option<i64>) {
+        if let Some(freshness) = self.stream.inner.freshness.get() {
+            freshness.stream_unread(&self.consumer, SHARD_ID, oldest);
+        }
+    }
+}
+
+impl Drop for EmbeddedSubscription {
+    fn drop(&mut self) {
+        if let Some(freshness) = self.stream.inner.freshness.get() {
+            freshness.stream_reader_stopped(&self.consumer, SHARD_ID);
+        }
+    }
+}
+
 #[async_trait]
 impl Subscription for EmbeddedSubscription {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<StreamRecord>, StreamError> {
@@ -734,7 +768,10 @@ impl Subscription for EmbeddedSubscription {
                 break end;
             }
             match tokio::time::timeout_at(deadline, committed.changed()).await {
-                Err(_elapsed) => return Ok(Vec::new()),
+                Err(_elapsed) => {
+                    self.report_unread(None);
+                    return Ok(Vec::new());
+                }
                 Ok(Err(_closed)) => return Err(StreamError::Closed),
                 Ok(Ok(())) => {}
             }
@@ -742,12 +779,17 @@ impl Subscription for EmbeddedSubscription {
         let db = self.stream.inner.shared.db()?;
         let from = self.next;
         let to = end.min(from.saturating_add(max.max(1) as u64));
-        let records = tokio::task::spawn_blocking(move || read_range(&db, from, to))
-            .await
-            .map_err(|e| unavailable("reading", e))?
-            .map_err(|e| unavailable("reading", e))?;
+        // The record after the last one returned, if committed, tells the
+        // consumer's lag: how long the oldest record it has not read waited.
+        let peek = to < end;
+        let (records, unread) =
+            tokio::task::spawn_blocking(move || read_range(&db, from, to, peek))
+                .await
+                .map_err(|e| unavailable("reading", e))?
+                .map_err(|e| unavailable("reading", e))?;
         // Advanced only once the read completed: dropping this future skips nothing.
         self.next = to;
+        self.report_unread(unread);
         Ok(records)
     }
 
@@ -824,22 +866,34 @@ fn check_shard(shard_id: &str) -> Result<(), StreamError> {
     }
 }
 
-fn read_range(db: &Database, from: u64, to: u64) -> Result<Vec<StreamRecord>, redb::Error> {
+/// The records `from..to`, and when `peek`, the arrival of record `to`.
+fn read_range(
+    db: &Database,
+    from: u64,
+    to: u64,
+    peek: bool,
+) -> Result<(Vec<StreamRecord>, Option<i64>), redb::Error> {
+    let arrival_of =
+        |value: &[u8]| i64::from_le_bytes(value[..8].try_into().expect("8 bytes of arrival time"));
     let txn = db.begin_read()?;
     let table = txn.open_table(RECORDS)?;
     let mut out = Vec::with_capacity((to - from) as usize);
     for entry in table.range(from..to)? {
         let (key, value) = entry?;
         let value = value.value();
-        let (arrival, data) = value.split_at(8);
         out.push(StreamRecord {
             shard_id: SHARD_ID.to_owned(),
             sequence: SequenceNumber::from(key.value()),
-            arrival_ms: i64::from_le_bytes(arrival.try_into().expect("8 bytes")),
-            data: Bytes::copy_from_slice(data),
+            arrival_ms: arrival_of(value),
+            data: Bytes::copy_from_slice(&value[8..]),
         });
     }
-    Ok(out)
+    let next = if peek {
+        table.get(to)?.map(|value| arrival_of(value.value()))
+    } else {
+        None
+    };
+    Ok((out, next))
 }
 
 #[cfg(test)]
@@ -931,6 +985,40 @@ mod tests {
             d[0].sequence.to_string(),
             "00000000000000000003",
             "sequences continue after reopen"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_consumer_reports_the_arrival_of_its_oldest_unread_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let freshness = Arc::new(Freshness::default());
+        let stream = EmbeddedStream::open(dir.path())
+            .unwrap()
+            .reporting_to(Arc::clone(&freshness));
+        let mut sub = stream.subscribe("t").await.unwrap();
+        assert_eq!(freshness.unread_of("t", SHARD_ID), None, "not polled yet");
+        stream
+            .put_records(vec![put("a"), put("b"), put("c")])
+            .await
+            .unwrap();
+        let first = sub.poll(1, WAIT).await.unwrap();
+        let unread = freshness.unread_of("t", SHARD_ID).unwrap();
+        // "b" is the oldest unread record: committed with "a", same arrival.
+        assert_eq!(unread, Some(first[0].arrival_ms));
+        assert_eq!(sub.poll(10, WAIT).await.unwrap().len(), 2);
+        assert_eq!(freshness.unread_of("t", SHARD_ID), Some(None), "read all");
+        assert!(
+            sub.poll(10, Duration::from_millis(20))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(freshness.unread_of("t", SHARD_ID), Some(None));
+        drop(sub);
+        assert_eq!(
+            freshness.unread_of("t", SHARD_ID),
+            None,
+            "a dropped reader reports nothing"
         );
     }
 

@@ -3,6 +3,7 @@
 
 use super::lease::{Lease, LeaseTable};
 use super::{KinesisSettings, describe, now_ms, unavailable};
+use crate::freshness::Freshness;
 use crate::object_store::{ETag, StoreError};
 use crate::stream::{SequenceNumber, StreamError, StreamRecord};
 use aws_sdk_kinesis::Client;
@@ -22,6 +23,10 @@ pub(super) struct Coordinator {
     pub(super) owned: Mutex<HashMap<String, Owned>>,
     /// Where the shard readers send what they read.
     pub(super) records: mpsc::Sender<Vec<StreamRecord>>,
+    /// The consumer's name, as the lag's label.
+    pub(super) consumer: String,
+    /// Where the readers report how far behind they are, if anywhere.
+    pub(super) freshness: Option<Arc<Freshness>>,
 }
 
 /// A shard this process holds the lease of.
@@ -59,6 +64,8 @@ impl Coordinator {
         settings: Arc<KinesisSettings>,
         leases: LeaseTable,
         records: mpsc::Sender<Vec<StreamRecord>>,
+        consumer: &str,
+        freshness: Option<Arc<Freshness>>,
     ) -> Coordinator {
         Coordinator {
             client,
@@ -72,6 +79,8 @@ impl Coordinator {
             ),
             owned: Mutex::new(HashMap::new()),
             records,
+            consumer: consumer.to_owned(),
+            freshness,
         }
     }
 

@@ -22,6 +22,7 @@ mod reader;
 mod subscription;
 
 use super::{PutRecord, Stream, StreamError, Subscription};
+use crate::freshness::Freshness;
 use crate::object_store::ObjectStore;
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
@@ -56,6 +57,9 @@ pub struct KinesisStream {
     client: Client,
     settings: Arc<KinesisSettings>,
     leases: Arc<dyn ObjectStore>,
+    put_metrics: Arc<producer::Metrics>,
+    /// Where consumers' lag is reported, if anywhere.
+    freshness: Option<Arc<Freshness>>,
 }
 
 impl KinesisStream {
@@ -70,14 +74,23 @@ impl KinesisStream {
             client,
             settings: Arc::new(settings),
             leases,
+            put_metrics: Arc::new(producer::Metrics::new()),
+            freshness: None,
         }
+    }
+
+    /// Reports its consumers' lag (`MillisBehindLatest`) to `freshness`.
+    #[must_use]
+    pub fn reporting_to(mut self, freshness: Arc<Freshness>) -> KinesisStream {
+        self.freshness = Some(freshness);
+        self
     }
 }
 
 #[async_trait]
 impl Stream for KinesisStream {
     async fn put_records(&self, records: Vec<PutRecord>) -> Result<(), StreamError> {
-        producer::put_records(&self.client, &self.settings, records).await
+        producer::put_records(&self.client, &self.settings, &self.put_metrics, records).await
     }
 
     async fn subscribe(&self, consumer: &str) -> Result<Box<dyn Subscription>, StreamError> {
@@ -87,6 +100,8 @@ impl Stream for KinesisStream {
             Arc::clone(&self.settings),
             LeaseTable::new(Arc::clone(&self.leases), consumer),
             records,
+            consumer,
+            self.freshness.clone(),
         ));
         // The first round runs now, so a missing stream fails loudly here.
         coordinator.refresh().await?;

@@ -2,21 +2,68 @@
 //! the entries a call reports as failed.
 
 use super::{KinesisSettings, describe, unavailable};
-use crate::stream::{PutRecord, StreamError};
+use crate::stream::{PutMetrics, PutRecord, StreamError};
 use alleycat_core::backoff::Backoff;
 use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use metrics::Counter;
 
 /// PutRecords limits.
 const MAX_PUT_RECORDS: usize = 500;
 const MAX_PUT_BYTES: usize = 5 << 20;
+
+/// Error codes Kinesis answers when a shard or the account is over its
+/// throughput (per entry, or for the whole call once the SDK's own retries
+/// gave up).
+const THROTTLED: [&str; 3] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "LimitExceededException",
+];
+
+/// The producer's counters (handles made once per stream).
+pub(super) struct Metrics {
+    puts: PutMetrics,
+    /// Records retried because Kinesis throttled them...
+    throttled: Counter,
+    /// ...because it failed them otherwise (`InternalFailure`)...
+    failed: Counter,
+    /// ...or because their whole call failed (network, 5xx).
+    call_failed: Counter,
+}
+
+impl Metrics {
+    pub(super) fn new() -> Metrics {
+        const RETRIES: &str = "alleycat_stream_put_retries_total";
+        Metrics {
+            puts: PutMetrics::new(),
+            throttled: metrics::counter!(RETRIES, "reason" => "throttled"),
+            failed: metrics::counter!(RETRIES, "reason" => "failed"),
+            call_failed: metrics::counter!(RETRIES, "reason" => "call_failed"),
+        }
+    }
+}
 
 /// Puts every record, retrying failed entries until all are on the stream or
 /// `settings.put_timeout` would pass.
 pub(super) async fn put_records(
     client: &Client,
     settings: &KinesisSettings,
+    metrics: &Metrics,
+    records: Vec<PutRecord>,
+) -> Result<(), StreamError> {
+    let count = records.len();
+    let result = put_all(client, settings, metrics, records).await;
+    metrics.puts.count(count, &result);
+    result
+}
+
+async fn put_all(
+    client: &Client,
+    settings: &KinesisSettings,
+    metrics: &Metrics,
     records: Vec<PutRecord>,
 ) -> Result<(), StreamError> {
     let mut pending: Vec<PutRecordsRequestEntry> = records
@@ -38,10 +85,22 @@ pub(super) async fn put_records(
         let mut last_error = None;
         for batch in batches(pending) {
             match put_batch(client, &settings.stream_name, batch.clone()).await {
-                Ok(retry) => failed.extend(retry),
+                Ok(retry) => {
+                    metrics.throttled.increment(retry.throttled as u64);
+                    metrics
+                        .failed
+                        .increment((retry.entries.len() - retry.throttled) as u64);
+                    failed.extend(retry.entries);
+                }
                 Err(e) => {
+                    let counter = if e.throttled {
+                        &metrics.throttled
+                    } else {
+                        &metrics.call_failed
+                    };
+                    counter.increment(batch.len() as u64);
                     failed.extend(batch);
-                    last_error = Some(e);
+                    last_error = Some(e.message);
                 }
             }
         }
@@ -65,12 +124,27 @@ pub(super) async fn put_records(
     }
 }
 
+/// The entries of a PutRecords call to retry.
+#[derive(Default)]
+struct Retry {
+    entries: Vec<PutRecordsRequestEntry>,
+    /// How many of them were throttled.
+    throttled: usize,
+}
+
+/// Why a whole PutRecords call failed.
+struct CallFailed {
+    message: String,
+    /// Kinesis throttled it.
+    throttled: bool,
+}
+
 /// Puts one PutRecords call's worth; returns the entries to retry.
 async fn put_batch(
     client: &Client,
     stream_name: &str,
     batch: Vec<PutRecordsRequestEntry>,
-) -> Result<Vec<PutRecordsRequestEntry>, String> {
+) -> Result<Retry, CallFailed> {
     let result = client
         .put_records()
         .stream_name(stream_name)
@@ -78,16 +152,23 @@ async fn put_batch(
         .send()
         .await;
     match result {
-        Ok(output) if output.failed_record_count.unwrap_or(0) == 0 => Ok(Vec::new()),
-        Ok(output) => Ok(batch
-            .into_iter()
-            .zip(output.records)
-            .filter(|(_, result)| result.error_code.is_some())
-            .map(|(entry, _)| entry)
-            .collect()),
+        Ok(output) if output.failed_record_count.unwrap_or(0) == 0 => Ok(Retry::default()),
+        Ok(output) => {
+            let mut retry = Retry::default();
+            for (entry, result) in batch.into_iter().zip(output.records) {
+                if let Some(code) = &result.error_code {
+                    retry.throttled += usize::from(THROTTLED.contains(&code.as_str()));
+                    retry.entries.push(entry);
+                }
+            }
+            Ok(retry)
+        }
         // The call may or may not have stored them: retrying can only
         // duplicate, which consumers tolerate; giving up could lose.
-        Err(e) => Err(describe(&e)),
+        Err(e) => Err(CallFailed {
+            throttled: e.code().is_some_and(|code| THROTTLED.contains(&code)),
+            message: describe(&e),
+        }),
     }
 }
 

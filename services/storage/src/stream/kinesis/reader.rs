@@ -31,6 +31,10 @@ impl Coordinator {
         let mut last = from;
         let mut iterator = None;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let lag = LagReport {
+            coordinator: &self,
+            shard: &shard,
+        };
         while !stop.is_cancelled() {
             let it = match iterator.take() {
                 Some(it) => it,
@@ -76,6 +80,7 @@ impl Coordinator {
                 }
             };
             backoff.reset();
+            lag.behind(output.millis_behind_latest);
             let got_records = !records.is_empty();
             if let Some(newest) = records.last() {
                 last = Some(newest.sequence.clone());
@@ -124,6 +129,32 @@ impl Coordinator {
         output
             .shard_iterator
             .ok_or_else(|| "no shard iterator returned".to_owned())
+    }
+}
+
+/// Reports how far one shard's reader is behind, and that it stopped
+/// when dropped (whatever way the reader ends).
+struct LagReport<'a> {
+    coordinator: &'a Coordinator,
+    shard: &'a str,
+}
+
+impl LagReport<'_> {
+    /// GetRecords said the reader is `millis` behind the newest record: the
+    /// oldest record not read yet arrived that long ago.
+    fn behind(&self, millis: Option<i64>) {
+        if let Some(freshness) = &self.coordinator.freshness {
+            let oldest = millis.filter(|m| *m > 0).map(|m| now_ms() - m);
+            freshness.stream_unread(&self.coordinator.consumer, self.shard, oldest);
+        }
+    }
+}
+
+impl Drop for LagReport<'_> {
+    fn drop(&mut self) {
+        if let Some(freshness) = &self.coordinator.freshness {
+            freshness.stream_reader_stopped(&self.coordinator.consumer, self.shard);
+        }
     }
 }
 
