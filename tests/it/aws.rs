@@ -205,15 +205,7 @@ async fn resharding_mid_run_loses_nothing_and_reads_children_after_parents() {
 
     let posters = Posters::start(&ingest.base, 4, 10, 150);
     aws.wait_first_class_file().await;
-    let shards = aws
-        .kinesis
-        .list_shards()
-        .stream_name(&aws.stream)
-        .send()
-        .await
-        .unwrap()
-        .shards
-        .unwrap();
+    let shards = aws.shards().await;
     let parent = &shards[0];
     let range = parent.hash_key_range.as_ref().unwrap();
     let (low, high): (u128, u128) = (
@@ -238,15 +230,7 @@ async fn resharding_mid_run_loses_nothing_and_reads_children_after_parents() {
     acked.extend(after_split.into_iter().flatten());
     aws.assert_delivered_exactly_once(&acked).await;
 
-    let shards_now = aws
-        .kinesis
-        .list_shards()
-        .stream_name(&aws.stream)
-        .send()
-        .await
-        .unwrap()
-        .shards
-        .unwrap();
+    let shards_now = aws.shards().await;
     let children: Vec<&str> = shards_now
         .iter()
         .filter(|s| s.parent_shard_id.as_deref() == Some(parent.shard_id.as_str()))
@@ -259,16 +243,9 @@ async fn resharding_mid_run_loses_nothing_and_reads_children_after_parents() {
             .any(|k| children.iter().any(|c| k.contains(&format!("-{c}-")))),
         "records of the child shards were delivered: {keys:?}"
     );
-    let lease = aws
-        .s3
-        .get_object()
-        .bucket(&aws.delivery)
-        .key(format!("_leases/transformer/{}.json", parent.shard_id))
-        .send()
-        .await
-        .unwrap();
-    let lease: Value =
-        serde_json::from_slice(&lease.body.collect().await.unwrap().into_bytes()).unwrap();
+    let lease_key = format!("_leases/transformer/{}.json", parent.shard_id);
+    let (_, lease) = aws.object(&aws.delivery, &lease_key).await.unwrap();
+    let lease: Value = serde_json::from_slice(&lease).unwrap();
     assert_eq!(
         lease["finished"], true,
         "the parent was finished before its children were read: {lease}"

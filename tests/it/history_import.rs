@@ -368,19 +368,10 @@ async fn imports_from_an_s3_prefix_into_the_s3_history_store() {
         .contents
         .unwrap_or_default();
     assert_eq!(imports.len(), 1);
-    let kept = aws
-        .s3
-        .get_object()
-        .bucket(&aws.history)
-        .key(imports[0].key().unwrap())
-        .send()
+    let (_, kept) = aws
+        .object(&aws.history, imports[0].key().unwrap())
         .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+        .unwrap();
     assert_eq!(
         imported_bests(&kept),
         with_imported_class_1(BTreeMap::new())

@@ -7,13 +7,13 @@
 //! tokens reach neither metrics nor logs.
 
 use crate::common::*;
+use alleycat_core::RacerId;
 use alleycat_ingest::AuthSecrets;
-use alleycat_ingest::auth::Claims;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "the metrics test secret of at least 32 bytes";
@@ -99,16 +99,9 @@ fn canonical(series: &str) -> String {
 }
 
 fn token(racer: u64) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    AuthSecrets::parse(SECRET)
         .unwrap()
-        .as_secs()
-        + 3600;
-    AuthSecrets::parse(SECRET).unwrap().sign(&Claims {
-        sub: racer.to_string(),
-        exp,
-        iat: None,
-    })
+        .issue(RacerId(racer), Duration::from_secs(3600))
 }
 
 fn record(racer: u64, second: u16) -> Value {
@@ -571,7 +564,8 @@ async fn the_json_log_format_writes_one_object_per_line_with_the_matched_route()
     let (mut child, base, lines) = spawn_logging(&[
         ("ALLEYCAT_DATA_DIR", data),
         ("ALLEYCAT_LOG_FORMAT", "json"),
-        // Request spans are at debug, as are tower-http's events in them.
+        // tower-http's request and response events are at debug (the
+        // request span around them at info).
         (
             "ALLEYCAT_LOG",
             "info,tower_http=debug,alleycat_runtime=debug",

@@ -261,18 +261,7 @@ async fn consumer_lag_per_shard_and_failed_records_on_kinesis() {
         .await
         .unwrap();
 
-    let shards: Vec<String> = aws
-        .kinesis
-        .list_shards()
-        .stream_name(&aws.stream)
-        .send()
-        .await
-        .unwrap()
-        .shards
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| s.shard_id)
-        .collect();
+    let shards: Vec<String> = aws.shards().await.into_iter().map(|s| s.shard_id).collect();
     assert_eq!(shards.len(), 2);
     let after = eventually("every record delivered, lag reported per shard", || async {
         let scrape = Scrape::of(&transformer.base).await;

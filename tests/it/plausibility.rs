@@ -645,15 +645,7 @@ async fn records_put_straight_on_kinesis_reach_no_class_file_result_or_push() {
             if !key.starts_with("processing-failed/") {
                 continue;
             }
-            let object = aws
-                .s3
-                .get_object()
-                .bucket(&aws.delivery)
-                .key(&key)
-                .send()
-                .await
-                .ok()?;
-            let gz = object.body.collect().await.ok()?.into_bytes();
+            let (_, gz) = aws.object(&aws.delivery, &key).await?;
             lines.extend(gunzip_lines(&gz));
         }
         (lines.len() >= cheats.cheats.len()).then_some(lines)

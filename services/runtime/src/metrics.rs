@@ -12,9 +12,9 @@
 //!   `_total`; every one is listed in README.md ("Metrics");
 //! - label values come from small fixed sets (a reason, a route, a status),
 //!   never from clients (no racer or race id, no raw path);
-//! - histograms get buckets by their name's suffix: `_seconds` latency
-//!   buckets (0.5 ms to 5 min), `_bytes` powers of four (1 KiB to 1 GiB),
-//!   `_records` powers of ten (1 to 1,000,000);
+//! - histograms are latencies, named `_seconds`, with buckets from 0.5 ms
+//!   to 5 min; sizes and counts are counters (`_bytes_total`,
+//!   `_records_total`), whose rates are what operators graph;
 //! - hot paths keep handles (`Counter`, `Histogram`) made once, and count
 //!   per batch rather than per record.
 //!
@@ -30,7 +30,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -45,23 +45,6 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
-/// Size buckets: 1 KiB to 1 GiB by powers of four.
-const BYTES_BUCKETS: &[f64] = &[
-    1024.0,
-    4096.0,
-    16384.0,
-    65536.0,
-    262_144.0,
-    1_048_576.0,
-    4_194_304.0,
-    16_777_216.0,
-    67_108_864.0,
-    268_435_456.0,
-    1_073_741_824.0,
-];
-/// Count buckets: 1 to a million by powers of ten.
-const RECORDS_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
-
 /// How often histograms are drained when nobody scrapes, so that their
 /// samples do not pile up in memory.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -78,10 +61,6 @@ fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets(SECONDS_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS))
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Suffix("_records".into()), RECORDS_BUCKETS)
-            })
             .expect("the buckets are not empty")
             .build_recorder();
         let handle = recorder.handle();

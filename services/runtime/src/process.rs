@@ -241,10 +241,14 @@ fn layers(router: Router, context: &Context, server: &ServerArgs) -> Router {
                 // The span names the matched route and the path, not the
                 // URI: a bike's token may be in the query
                 // (`/v1/telemetry/ws?token=`), and logs must not hold it.
+                // At info, as the default level: what a request logs
+                // (a warning, an error) carries its route. The request and
+                // response lines themselves stay at debug, one per request
+                // of every bike being too many to keep.
                 .make_span_with(|request: &axum::extract::Request| {
                     let route = metrics::route_of(request);
                     let path = request.uri().path();
-                    tracing::debug_span!("request", method = %request.method(), route, path = %path, version = ?request.version())
+                    tracing::info_span!("request", method = %request.method(), route, path = %path, version = ?request.version())
                 })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )

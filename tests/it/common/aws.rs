@@ -4,6 +4,7 @@
 
 use super::*;
 use aws_sdk_kinesis::types::StreamStatus;
+use bytes::Bytes;
 
 /// Clients of the local servers, and one test's stream and buckets.
 pub struct Aws {
@@ -87,19 +88,40 @@ impl Aws {
         .collect()
     }
 
-    /// `class-N.gz` read straight from the history bucket with GetObject,
-    /// gunzipped and parsed as the original frontend did.
-    pub async fn class_file(&self, class: u8) -> Option<BTreeMap<u16, BTreeMap<u64, f64>>> {
+    /// The stream's shards, as ListShards lists them.
+    pub async fn shards(&self) -> Vec<aws_sdk_kinesis::types::Shard> {
+        self.kinesis
+            .list_shards()
+            .stream_name(&self.stream)
+            .send()
+            .await
+            .unwrap()
+            .shards
+            .unwrap_or_default()
+    }
+
+    /// An object's content type and body, or `None` if it cannot be read
+    /// (absent, or the server is down).
+    pub async fn object(&self, bucket: &str, key: &str) -> Option<(Option<String>, Bytes)> {
         let object = self
             .s3
             .get_object()
-            .bucket(&self.history)
-            .key(format!("class-{class}.gz"))
+            .bucket(bucket)
+            .key(key)
             .send()
             .await
             .ok()?;
-        assert_eq!(object.content_type(), Some("application/gzip"));
-        let bytes = object.body.collect().await.unwrap().into_bytes();
+        let content_type = object.content_type().map(str::to_owned);
+        Some((content_type, object.body.collect().await.ok()?.into_bytes()))
+    }
+
+    /// `class-N.gz` read straight from the history bucket with GetObject,
+    /// gunzipped and parsed as the original frontend did.
+    pub async fn class_file(&self, class: u8) -> Option<BTreeMap<u16, BTreeMap<u64, f64>>> {
+        let (content_type, bytes) = self
+            .object(&self.history, &format!("class-{class}.gz"))
+            .await?;
+        assert_eq!(content_type.as_deref(), Some("application/gzip"));
         Some(serde_json::from_value(decode_class_file(&bytes)).unwrap())
     }
 
@@ -130,15 +152,7 @@ impl Aws {
             if !key.ends_with(".gz") || key.starts_with("processing-failed/") {
                 continue;
             }
-            let body = self
-                .s3
-                .get_object()
-                .bucket(&self.delivery)
-                .key(&key)
-                .send()
-                .await
-                .unwrap();
-            let gz = body.body.collect().await.unwrap().into_bytes();
+            let (_, gz) = self.object(&self.delivery, &key).await.unwrap();
             let mut text = String::new();
             flate2::read::GzDecoder::new(&gz[..])
                 .read_to_string(&mut text)
