@@ -343,11 +343,8 @@ async fn a_websocket_is_closed_with_1008_when_its_token_expires() {
 /// `alleycat token` as a bike's operator runs it: (exit success, stdout,
 /// stderr).
 async fn alleycat_token(args: &[&str], secret: Option<&str>) -> (bool, String, String) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"));
-    command
-        .arg("token")
-        .args(args)
-        .env_remove("ALLEYCAT_AUTH_SECRET");
+    let mut command = alleycat_command();
+    command.arg("token").args(args);
     if let Some(secret) = secret {
         command.env("ALLEYCAT_AUTH_SECRET", secret);
     }
@@ -454,10 +451,7 @@ async fn spawn_logged(
     env: &[(&str, &str)],
 ) -> (tokio::process::Child, String, Arc<Mutex<String>>) {
     use tokio::io::{AsyncBufReadExt as _, BufReader};
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"))
-        .env_remove("ALLEYCAT_AUTH_SECRET")
-        .env_remove("ALLEYCAT_STREAM")
-        .env_remove("ALLEYCAT_STORE")
+    let mut child = alleycat_command()
         .env("ALLEYCAT_DATA_DIR", dir)
         .env("ALLEYCAT_LISTEN", "127.0.0.1:0")
         .envs(QUICK_FLAGS)

@@ -597,7 +597,7 @@ async fn every_task_runs_a_subcommand_of_the_binary_with_settings_it_has() {
         };
         let help = tokio::time::timeout(
             Duration::from_secs(60),
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"))
+            crate::common::alleycat_command()
                 .args([service.as_str(), "--help"])
                 .output(),
         )

@@ -18,12 +18,9 @@ use std::path::Path;
 /// Runs `alleycat <args>` to its end with `env` added; returns whether it
 /// succeeded, and its stdout.
 async fn run_alleycat(args: &[&str], env: &[(String, String)]) -> (bool, String) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"));
+    let mut command = alleycat_command();
     command
         .args(args)
-        .env_remove("ALLEYCAT_STREAM")
-        .env_remove("ALLEYCAT_STORE")
-        .env_remove("ALLEYCAT_DATA_DIR")
         .env("ALLEYCAT_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .kill_on_drop(true);

@@ -517,10 +517,7 @@ async fn spawn_logging(
             .unwrap()
             .port();
         let base = format!("http://127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"))
-            .env_remove("ALLEYCAT_STREAM")
-            .env_remove("ALLEYCAT_STORE")
-            .env_remove("RUST_LOG")
+        let mut child = alleycat_command()
             .env("ALLEYCAT_LISTEN", format!("127.0.0.1:{port}"))
             .envs(QUICK_FLAGS)
             .envs(env.iter().copied())
@@ -623,7 +620,7 @@ async fn the_json_log_format_writes_one_object_per_line_with_the_matched_route()
 #[tokio::test]
 async fn an_unknown_log_format_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"))
+    let output = alleycat_command()
         .env("ALLEYCAT_DATA_DIR", dir.path())
         .env("ALLEYCAT_LISTEN", "127.0.0.1:0")
         .env("ALLEYCAT_LOG_FORMAT", "xml")

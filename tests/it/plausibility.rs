@@ -231,11 +231,9 @@ async fn a_limit_that_makes_no_sense_stops_every_command_at_start() {
             ("--max-resistance", "ALLEYCAT_MAX_RESISTANCE", "1001"),
         ] {
             for by_flag in [true, false] {
-                let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"));
+                let mut run = alleycat_command();
                 run.args(command)
                     .args(["--data-dir", data, "--listen", "127.0.0.1:0"])
-                    .env_remove("ALLEYCAT_MAX_CADENCE")
-                    .env_remove("ALLEYCAT_MAX_RESISTANCE")
                     .kill_on_drop(true);
                 if by_flag {
                     run.args([flag, bad]);

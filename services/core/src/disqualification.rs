@@ -271,14 +271,19 @@ impl Disqualifications {
         self.entries.is_empty()
     }
 
+    /// The entries that name `racer`.
+    fn of_racer(&self, racer: RacerId) -> impl Iterator<Item = &Disqualification> {
+        self.by_racer
+            .get(&racer)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.entries[i])
+    }
+
     /// The entry that disqualifies `racer`'s record of `race`, if any.
     #[must_use]
     pub fn refusal(&self, racer: RacerId, race: RaceId) -> Option<&Disqualification> {
-        self.by_racer
-            .get(&racer)?
-            .iter()
-            .map(|&i| &self.entries[i])
-            .find(|e| e.covers(racer, race))
+        self.of_racer(racer).find(|e| e.covers(racer, race))
     }
 
     /// Whether `racer`'s record of `race` is disqualified.
@@ -290,9 +295,7 @@ impl Disqualifications {
     /// Whether `racer` is disqualified from every race.
     #[must_use]
     pub fn covers_racer(&self, racer: RacerId) -> bool {
-        self.by_racer
-            .get(&racer)
-            .is_some_and(|is| is.iter().any(|&i| self.entries[i].race_id.is_none()))
+        self.of_racer(racer).any(|e| e.race_id.is_none())
     }
 
     /// Whether any entry names `racer`.
@@ -314,10 +317,7 @@ impl Disqualifications {
     /// twice stores nothing new.
     #[must_use]
     pub fn existing(&self, request: &NewDisqualification) -> Option<&Disqualification> {
-        self.by_racer
-            .get(&request.racer_id)?
-            .iter()
-            .map(|&i| &self.entries[i])
+        self.of_racer(request.racer_id)
             .find(|e| e.race_id == request.race_id)
     }
 

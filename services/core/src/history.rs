@@ -118,6 +118,14 @@ impl ClassHistory {
         self.seconds.iter().map(|(s, r)| (*s, r))
     }
 
+    /// The racer of every best: each racer once a second it has a best in
+    /// (collect them into a set for each racer once).
+    pub fn racers(&self) -> impl Iterator<Item = RacerId> + '_ {
+        self.seconds
+            .values()
+            .flat_map(|racers| racers.keys().copied())
+    }
+
     /// The bests at `second`, by racer.
     #[must_use]
     pub fn at(&self, second: Second) -> Option<&BTreeMap<RacerId, f64>> {

@@ -132,6 +132,22 @@ impl Text {
         self.len += bytes.len();
     }
 
+    /// Appends `n` in decimal digits.
+    fn push_decimal(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut rest = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        self.extend(&digits[at..]);
+    }
+
     fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
@@ -170,15 +186,7 @@ impl Text {
             text.push(b'e');
             let exponent = n - 1;
             text.push(if exponent < 0 { b'-' } else { b'+' });
-            // At most 324.
-            let exponent = exponent.unsigned_abs();
-            if exponent >= 100 {
-                text.push(b'0' + (exponent / 100) as u8);
-            }
-            if exponent >= 10 {
-                text.push(b'0' + (exponent / 10 % 10) as u8);
-            }
-            text.push(b'0' + (exponent % 10) as u8);
+            text.push_decimal(u64::from(exponent.unsigned_abs()));
         }
         text
     }
@@ -381,33 +389,12 @@ fn parse_decimal(mantissa: u64, exponent: i32) -> f64 {
     }
     // Rust's parsing is correctly rounded too; the text stays on the stack.
     let mut text = Text::new();
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = mantissa;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    text.extend(&digits[at..]);
+    text.push_decimal(mantissa);
     text.push(b'e');
     if exponent < 0 {
         text.push(b'-');
     }
-    let mut at = digits.len();
-    let mut rest = exponent.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    text.extend(&digits[at..]);
+    text.push_decimal(u64::from(exponent.unsigned_abs()));
     std::str::from_utf8(text.as_bytes())
         .ok()
         .and_then(|t| t.parse().ok())

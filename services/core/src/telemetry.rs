@@ -11,6 +11,24 @@ use std::fmt;
 /// ids above it would be silently corrupted by `JSON.parse` in the browser.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
+/// An integer written in canonical decimal, as JavaScript writes an integer
+/// (an object key, a JWT subject): digits only, no sign, no leading zero.
+/// `Ok(n)`, `Err(true)` when it is such an integer past `max`, `Err(false)`
+/// when it is no integer at all.
+pub fn canonical_integer(text: &str, max: u64) -> Result<u64, bool> {
+    let digits = text.as_bytes();
+    if digits.is_empty()
+        || !digits.iter().all(u8::is_ascii_digit)
+        || (digits.len() > 1 && digits[0] == b'0')
+    {
+        return Err(false);
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(true),
+    }
+}
+
 /// Number of racing classes.
 pub const CLASS_COUNT: u8 = 6;
 

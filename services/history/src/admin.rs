@@ -204,17 +204,18 @@ async fn add_entry(
         RequestError::Shape(shape) => AdminError::BadRequest(shape),
         field => AdminError::Invalid(field),
     })?;
-    let (status, entry) = match state.list.add(request).await? {
+    let entry = match state.list.add(request).await? {
         Added::Created(entry) => {
             tracing::warn!(id = %entry.id, racer = %entry.racer_id, race = ?entry.race_id, reason = %entry.reason, "disqualified");
-            (StatusCode::CREATED, entry)
+            entry
         }
-        // Asked twice: the same entry, as stored the first time.
-        Added::Existing(entry) => (StatusCode::CREATED, entry),
+        // Asked twice: the same entry, as stored the first time, and 201
+        // all the same (the caller's entry exists).
+        Added::Existing(entry) => entry,
     };
     let location = format!("/v1/admin/disqualifications/{}", entry.id);
     Ok((
-        status,
+        StatusCode::CREATED,
         [(header::LOCATION, location)],
         Json(serde_json::to_value(&entry).expect("an entry always serializes")),
     )

@@ -464,12 +464,14 @@ async fn import_class(
     // Then the class file, by compare-and-swap, without the racers
     // disqualified from every race (their imported bests stay kept as a
     // source: a reinstatement brings them in).
-    for entry in disqualified
+    let whole_racers: BTreeSet<RacerId> = disqualified
         .entries()
         .iter()
         .filter(|e| e.race_id.is_none())
-    {
-        imported.replace_racer(entry.racer_id, &std::collections::BTreeMap::new());
+        .map(|e| e.racer_id)
+        .collect();
+    if !whole_racers.is_empty() {
+        imported.remove_racers(&whole_racers);
     }
     let key = class_file_key(class);
     for attempt in 1..=MAX_ATTEMPTS {
@@ -497,7 +499,7 @@ async fn import_class(
         if !foreign && done.raised == 0 {
             // Nothing to raise: the file is left as it is.
             done.bests_after = merged.len();
-            done.racers_after = racers_of(&merged).len();
+            done.racers_after = merged.racers().collect::<BTreeSet<_>>().len();
             return Ok(Some(done));
         }
         let level = args.gzip_level;
@@ -512,7 +514,7 @@ async fn import_class(
         {
             Ok(_) => {
                 done.bests_after = merged.len();
-                done.racers_after = racers_of(&merged).len();
+                done.racers_after = merged.racers().collect::<BTreeSet<_>>().len();
                 return Ok(Some(done));
             }
             Err(StoreError::PreconditionFailed { .. }) => {
@@ -563,14 +565,6 @@ async fn kept_import(
     Ok(None)
 }
 
-/// Every racer with a best in `history`.
-fn racers_of(history: &ClassHistory) -> BTreeSet<RacerId> {
-    history
-        .iter()
-        .flat_map(|(_, racers)| racers.keys().copied())
-        .collect()
-}
-
 /// `imported` without the racers new to `existing` past `max_racers`
 /// racers in all (the lowest ids are kept), and how many bests that left
 /// out.
@@ -579,11 +573,14 @@ fn bound_racers(
     imported: &ClassHistory,
     max_racers: u64,
 ) -> (ClassHistory, u64) {
-    let mut racers = racers_of(existing);
+    let mut racers: BTreeSet<RacerId> = existing.racers().collect();
     let room = usize::try_from(max_racers)
         .unwrap_or(usize::MAX)
         .saturating_sub(racers.len());
-    let admitted: BTreeSet<RacerId> = racers_of(imported)
+    // In ascending order: the lowest new ids are admitted.
+    let admitted: BTreeSet<RacerId> = imported
+        .racers()
+        .collect::<BTreeSet<_>>()
         .into_iter()
         .filter(|r| !racers.contains(r))
         .take(room)
@@ -768,7 +765,10 @@ mod tests {
             imported.merge(Second(2), RacerId(racer), 2.0);
         }
         let (kept, refused) = bound_racers(&existing, &imported, 3);
-        assert_eq!(racers_of(&kept), BTreeSet::from([RacerId(10), RacerId(60)]));
+        assert_eq!(
+            kept.racers().collect::<BTreeSet<_>>(),
+            BTreeSet::from([RacerId(10), RacerId(60)])
+        );
         assert_eq!(refused, 4);
         let (all, none) = bound_racers(&existing, &imported, 100);
         assert_eq!((all, none), (imported, 0));

@@ -519,9 +519,7 @@ impl Merger {
                     // list takes back, or lack some it gives back.
                     let named = self
                         .applied
-                        .entries()
-                        .iter()
-                        .map(|e| e.racer_id)
+                        .racers()
                         .chain(self.state.applied.changed_racers(&self.applied));
                     self.rebuild.entry(class).or_default().extend(named);
                     tracing::info!(%class, pending = self.state.pending.get(&class).map_or(0, BTreeSet::len), "class file readable again; merging the records that waited for it");

@@ -12,7 +12,7 @@
 use crate::AppState;
 use crate::error::AppError;
 use alleycat_core::RacerId;
-use alleycat_core::telemetry::MAX_SAFE_INTEGER;
+use alleycat_core::telemetry::{MAX_SAFE_INTEGER, canonical_integer};
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -268,12 +268,8 @@ struct Incoming {
 }
 
 fn verified(claims: &Incoming) -> Result<Verified, AuthError> {
-    let racer = claims
-        .sub
-        .parse::<u64>()
-        .ok()
-        .filter(|id| *id <= MAX_SAFE_INTEGER && claims.sub == id.to_string())
-        .ok_or(AuthError::Claims("sub is not a racerId"))?;
+    let racer = canonical_integer(&claims.sub, MAX_SAFE_INTEGER)
+        .map_err(|_| AuthError::Claims("sub is not a racerId"))?;
     let verified = Verified {
         racer: RacerId(racer),
         expires: claims.exp,
@@ -295,7 +291,6 @@ fn refusal(kind: &ErrorKind, token: &str) -> AuthError {
         ErrorKind::InvalidAlgorithm
         | ErrorKind::InvalidAlgorithmName
         | ErrorKind::UnsupportedAlgorithm => AuthError::Algorithm,
-        ErrorKind::InvalidSignature => AuthError::Signature,
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::ImmatureSignature => AuthError::NotYet,
         ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => AuthError::Claims("no exp"),

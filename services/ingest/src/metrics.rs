@@ -6,6 +6,7 @@
 use crate::AppError;
 use crate::rate_limit::RateLimitError;
 use alleycat_core::validate::BatchError;
+use alleycat_runtime::metrics::Open;
 use metrics::{Counter, Gauge, Histogram};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -159,13 +160,14 @@ impl IngestMetrics {
     ///
     /// [`refused_records`]: IngestMetrics::refused_records
     pub(crate) fn refused(&self, error: &AppError) {
-        self.refused_as(Reason::of(error));
+        let reason = Reason::of(error);
+        self.refused_as(reason);
         let records = match error {
             AppError::Batch(BatchError::Invalid { total, .. }) => *total,
             AppError::Batch(BatchError::TooManyRecords(total)) => *total,
             _ => return,
         };
-        self.refused_records[Reason::of(error) as usize].increment(records as u64);
+        self.refused_records[reason as usize].increment(records as u64);
     }
 
     /// A batch was refused for `reason` without an answer of its own (a
@@ -181,18 +183,8 @@ impl IngestMetrics {
     }
 
     /// A bike's WebSocket opened; counted until the guard drops.
-    pub(crate) fn bike_connected(&'static self) -> BikeConnection {
-        self.bikes.increment(1.0);
-        BikeConnection(&self.bikes)
-    }
-}
-
-/// An open bike WebSocket, counted in `alleycat_ingest_bike_connections`.
-pub(crate) struct BikeConnection(&'static Gauge);
-
-impl Drop for BikeConnection {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
+    pub(crate) fn bike_connected(&'static self) -> Open {
+        Open::count(&self.bikes)
     }
 }
 

@@ -57,6 +57,9 @@ async fn serve_bike(mut socket: WebSocket, state: AppState, bearer: Bearer) {
         Bearer::Racer(token) => Some(token.deadline()),
         Bearer::Open => None,
     };
+    // One timer for the socket's life, not one a message.
+    let expired = until(expiry);
+    tokio::pin!(expired);
     loop {
         let message = tokio::select! {
             message = socket.recv() => message,
@@ -73,7 +76,7 @@ async fn serve_bike(mut socket: WebSocket, state: AppState, bearer: Bearer) {
                 websocket::close(&mut socket, close_code::AWAY, "the server is shutting down").await;
                 return;
             }
-            () = until(expiry) => {
+            () = &mut expired => {
                 websocket::close(&mut socket, close_code::POLICY, TOKEN_EXPIRED).await;
                 return;
             }

@@ -19,7 +19,7 @@ use alleycat_core::history::{ClassHistory, class_file_key};
 use alleycat_core::validate::{FieldError, SensorLimits, describe};
 use alleycat_core::{ClassId, RaceId};
 use alleycat_runtime::Readiness;
-use alleycat_storage::{ETag, ObjectStore, SequenceNumber, StreamRecord, Subscription};
+use alleycat_storage::{ETag, ObjectStore, SequenceNumber, StreamRecord, Subscription, freshness};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -275,10 +275,7 @@ impl Engine {
                 });
             if let Some(since) = waited_since.filter(|_| sent > 0) {
                 // A clock behind the stream's counts as no wait.
-                let waited_ms = now.saturating_sub(since).max(0);
-                METRICS
-                    .push_latency
-                    .record(Duration::from_millis(waited_ms.unsigned_abs()));
+                METRICS.push_latency.record(freshness::age(now, since));
             }
         }
         next

@@ -2,6 +2,7 @@
 //! connected and dropped, push latency, messages queued, records skipped,
 //! live races and what the bounds dropped. Handles are made once.
 
+use alleycat_runtime::metrics::Open;
 use metrics::{Counter, Gauge, Histogram};
 use std::sync::LazyLock;
 
@@ -76,17 +77,7 @@ impl RankingsMetrics {
     }
 
     /// A viewer's WebSocket opened; counted until the guard drops.
-    pub(crate) fn viewer_connected(&'static self) -> ViewerConnection {
-        self.viewers.increment(1.0);
-        ViewerConnection(&self.viewers)
-    }
-}
-
-/// An open viewer WebSocket, counted in `alleycat_rankings_viewer_connections`.
-pub(crate) struct ViewerConnection(&'static Gauge);
-
-impl Drop for ViewerConnection {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
+    pub(crate) fn viewer_connected(&'static self) -> Open {
+        Open::count(&self.viewers)
     }
 }

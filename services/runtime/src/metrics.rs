@@ -102,6 +102,23 @@ fn describe() {
 const HTTP_REQUESTS: &str = "alleycat_http_requests_total";
 const HTTP_DURATION: &str = "alleycat_http_request_duration_seconds";
 
+/// One open thing (a connection) counted in a gauge until it drops.
+pub struct Open(&'static metrics::Gauge);
+
+impl Open {
+    /// Counts one more in `gauge`, until the result drops.
+    pub fn count(gauge: &'static metrics::Gauge) -> Open {
+        gauge.increment(1.0);
+        Open(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// `GET /metrics`.
 pub(crate) fn routes() -> Router {
     Router::new().route("/metrics", get(scrape))
@@ -133,7 +150,8 @@ pub(crate) fn route_of<B>(request: &axum::http::Request<B>) -> &str {
 pub(crate) async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
-    let route = route_of(&request).to_owned();
+    // Shared by both metrics' labels: one allocation a request.
+    let route = metrics::SharedString::from(std::sync::Arc::<str>::from(route_of(&request)));
     let response = next.run(request).await;
     let status = response.status().as_str().to_owned();
     metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route.clone())

@@ -122,9 +122,15 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The time from `instant` to `now`, both in milliseconds since the epoch:
+/// zero when `instant` is later (the clocks of two machines disagree).
+pub fn age(now: i64, instant: i64) -> Duration {
+    Duration::from_millis(now.saturating_sub(instant).max(0).unsigned_abs())
+}
+
 /// Milliseconds from `instant` to `now` (0 if the clocks disagree).
 fn age_ms(now: i64, instant: i64) -> f64 {
-    now.saturating_sub(instant).max(0) as f64
+    age(now, instant).as_millis() as f64
 }
 
 fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {

@@ -10,6 +10,7 @@ use alleycat_core::codec;
 use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord};
 use alleycat_core::validate::{SensorLimits, describe};
 use alleycat_runtime::Readiness;
+use alleycat_storage::freshness;
 use alleycat_storage::{
     Freshness, ObjectStore, PendingDelivery, SequenceNumber, StreamError, StreamRecord,
     Subscription,
@@ -387,11 +388,10 @@ pub(crate) async fn deliver(
         }
     }
     if let Some(oldest) = oldest {
-        let waited = Utc::now().timestamp_millis().saturating_sub(oldest).max(0);
         report
             .metrics
             .flush_latency
-            .record(Duration::from_millis(waited.unsigned_abs()));
+            .record(freshness::age(Utc::now().timestamp_millis(), oldest));
     }
     // Only now, with every object durable, may the stream forget the batch.
     let checkpointed = control

@@ -348,6 +348,22 @@ fn free_port() -> u16 {
     }
 }
 
+/// The `alleycat` binary, to be run with only the settings the test gives
+/// it: none of the `ALLEYCAT_*` (or `RUST_LOG`) variables of the shell that
+/// runs the tests, which a developer's may export.
+pub fn alleycat_command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"));
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with("ALLEYCAT_") || n == "RUST_LOG")
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// Starts `alleycat <args>` on a free loopback port with `env` added (and
 /// [`QUICK_FLAGS`]); returns once its `/healthz` answers 200.
 pub async fn spawn_alleycat(args: &[&str], env: &[(String, String)]) -> Service {
@@ -356,13 +372,9 @@ pub async fn spawn_alleycat(args: &[&str], env: &[(String, String)]) -> Service 
     // child binds it: then the child exits, and another port is tried.
     for _ in 0..3 {
         let base = format!("http://127.0.0.1:{}", free_port());
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat"));
+        let mut command = alleycat_command();
         command
             .args(args)
-            // Only what this test sets: a developer's shell may export others.
-            .env_remove("ALLEYCAT_STREAM")
-            .env_remove("ALLEYCAT_STORE")
-            .env_remove("ALLEYCAT_DATA_DIR")
             .env("ALLEYCAT_LISTEN", base.trim_start_matches("http://"))
             .env("ALLEYCAT_LOG", "info")
             .envs(QUICK_FLAGS)

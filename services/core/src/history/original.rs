@@ -15,7 +15,7 @@ use super::{ClassHistory, HistoryError, MAX_CLASS_FILE_BYTES};
 use crate::codec;
 use crate::js_number;
 use crate::output::OUTPUT_DECIMALS;
-use crate::telemetry::{MAX_SAFE_INTEGER, RacerId, Second};
+use crate::telemetry::{MAX_SAFE_INTEGER, RacerId, Second, canonical_integer};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -183,23 +183,6 @@ impl ClassHistory {
         .and_then(|()| deserializer.end())
         .map_err(|e| HistoryError::Format(e.to_string()))?;
         Ok((history, report))
-    }
-}
-
-/// A key in canonical decimal (as JavaScript writes an integer key):
-/// `Ok(n)`, `Err(true)` when it is such an integer past `max`, `Err(false)`
-/// when it is no integer at all.
-fn canonical_integer(key: &str, max: u64) -> Result<u64, bool> {
-    let digits = key.as_bytes();
-    if digits.is_empty()
-        || !digits.iter().all(u8::is_ascii_digit)
-        || (digits.len() > 1 && digits[0] == b'0')
-    {
-        return Err(false);
-    }
-    match key.parse::<u64>() {
-        Ok(n) if n <= max => Ok(n),
-        _ => Err(true),
     }
 }
 

@@ -52,7 +52,7 @@ impl SensorLimits {
     /// than 0 and at most [`MAX_SENSOR_VALUE`] (NaN is neither).
     pub fn new(max_cadence: f64, max_resistance: f64) -> Result<SensorLimits, LimitError> {
         let check = |field, value: f64| {
-            if value > 0.0 && value <= MAX_SENSOR_VALUE {
+            if sensible(value) {
                 Ok(value)
             } else {
                 Err(LimitError { field, value })
@@ -108,13 +108,19 @@ impl Default for SensorLimits {
     }
 }
 
+/// Whether `limit` may be a limit: greater than 0 and at most
+/// [`MAX_SENSOR_VALUE`] (NaN is neither).
+fn sensible(limit: f64) -> bool {
+    limit > 0.0 && limit <= MAX_SENSOR_VALUE
+}
+
 /// Parses one limit setting (`ALLEYCAT_MAX_CADENCE`,
 /// `ALLEYCAT_MAX_RESISTANCE`) for clap's `value_parser`: a number greater
 /// than 0 and at most [`MAX_SENSOR_VALUE`].
 pub fn parse_sensor_limit(text: &str) -> Result<f64, String> {
     let value = text.trim().parse::<f64>().ok();
     match value {
-        Some(v) if v > 0.0 && v <= MAX_SENSOR_VALUE => Ok(v),
+        Some(v) if sensible(v) => Ok(v),
         _ => Err(format!(
             "must be a number greater than 0 and at most {MAX_SENSOR_VALUE}, got {text:?}"
         )),

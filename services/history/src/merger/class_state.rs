@@ -159,7 +159,7 @@ impl ClassState {
     /// large class (it compresses all of it).
     fn from_history(history: ClassHistory, version: Option<ETag>, level: u32) -> ClassState {
         let file = SegmentedClassFile::new(&history, level);
-        let racers = racers_of(&history);
+        let racers = history.racers().collect();
         ClassState {
             history,
             file,
@@ -322,7 +322,7 @@ impl ClassState {
                             // hold what this process lacks (an import).
                             self.stripped.extend(differ);
                             self.history.merge_history(&theirs);
-                            self.racers.extend(racers_of(&theirs));
+                            self.racers.extend(theirs.racers());
                             // Rare (several history processes, or an
                             // import): encode it all.
                             self.file = SegmentedClassFile::new(&self.history, level);
@@ -343,14 +343,6 @@ impl ClassState {
             }
         }
     }
-}
-
-/// Every racer with a best in `history`.
-fn racers_of(history: &ClassHistory) -> HashSet<RacerId> {
-    history
-        .iter()
-        .flat_map(|(_, racers)| racers.keys().copied())
-        .collect()
 }
 
 /// The published class file of `class`: absent, valid or not a class file.

@@ -14,9 +14,9 @@ use super::discovery;
 use super::race_index::ClassIndex;
 use super::{Class, MergeReport, Merger};
 use crate::import::imports_prefix;
-use alleycat_core::history::{ClassHistory, MAX_CLASS_FILE_BYTES};
+use alleycat_core::delivery;
+use alleycat_core::history::ClassHistory;
 use alleycat_core::{ClassId, RacerId, Second};
-use alleycat_core::{codec, delivery};
 use anyhow::Context as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -228,12 +228,9 @@ impl Merger {
                 continue;
             };
             let body = object.body;
-            let imported = tokio::task::spawn_blocking(move || {
-                let json = codec::gunzip(&body, MAX_CLASS_FILE_BYTES)?;
-                anyhow::Ok(ClassHistory::from_json(&json)?)
-            })
-            .await?
-            .with_context(|| format!("{key} is not an imported class history"))?;
+            let imported = tokio::task::spawn_blocking(move || ClassHistory::from_gzip(&body))
+                .await?
+                .with_context(|| format!("{key} is not an imported class history"))?;
             for (second, at) in imported.iter() {
                 for (racer, best) in bests.iter_mut() {
                     if let Some(&output) = at.get(racer)

@@ -252,7 +252,7 @@ impl ClassIndex {
         };
         for _ in 0..SAVE_ATTEMPTS {
             let json = serde_json::to_vec(&self).context("encoding the race index")?;
-            let (pairs, races, json_bytes) = (self.size().0, self.size().1, json.len());
+            let ((pairs, races), json_bytes) = (self.size(), json.len());
             let body = tokio::task::spawn_blocking(move || alleycat_core::codec::gzip(&json, 1))
                 .await
                 .context("compressing the race index")?;

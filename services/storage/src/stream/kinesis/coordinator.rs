@@ -2,8 +2,8 @@
 //! finishing their leases, and starting a reader for each shard it holds.
 
 use super::lease::{Lease, LeaseTable};
-use super::{KinesisSettings, describe, now_ms, unavailable};
-use crate::freshness::Freshness;
+use super::{KinesisSettings, describe, unavailable};
+use crate::freshness::{Freshness, now_ms};
 use crate::object_store::{ETag, StoreError};
 use crate::stream::{SequenceNumber, StreamError, StreamRecord};
 use aws_sdk_kinesis::Client;

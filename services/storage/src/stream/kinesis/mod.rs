@@ -149,7 +149,3 @@ fn describe<E: std::error::Error + 'static>(e: &SdkError<E>) -> String {
 fn unavailable(what: &str, detail: impl std::fmt::Display) -> StreamError {
     StreamError::Unavailable(format!("{what}: {detail}"))
 }
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}

@@ -2,7 +2,8 @@
 //! the per-shard limit of 5 calls a second, into the consumer's queue.
 
 use super::coordinator::Coordinator;
-use super::{describe, now_ms};
+use super::describe;
+use crate::freshness::now_ms;
 use crate::stream::{SequenceNumber, StreamRecord};
 use alleycat_core::backoff::Backoff;
 use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
