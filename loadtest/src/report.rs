@@ -40,6 +40,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// The target's CPU time per record it accepted, in microseconds: the
+    /// cost of a record through the whole backend (ingest, stream,
+    /// delivery, history, rankings and its pushes).
+    #[must_use]
+    pub fn cpu_us_per_record(&self) -> Option<f64> {
+        let target = self.target.as_ref()?;
+        (self.records_accepted > 0).then(|| target.cpu_seconds * 1e6 / self.records_accepted as f64)
+    }
+
     /// Whether any record was refused or lost.
     #[must_use]
     pub fn failed(&self) -> bool {
@@ -129,8 +138,12 @@ impl Report {
                     .as_ref()
                     .map_or("not on this machine".into(), |t| {
                         format!(
-                            "pid {}: {:.1} CPU s ({:.2} cores), peak RSS {:.0} MiB",
-                            t.pid, t.cpu_seconds, t.cpu_cores, t.peak_rss_mib
+                            "pid {}: {:.1} CPU s ({:.2} cores, {:.1} µs a record accepted), peak RSS {:.0} MiB",
+                            t.pid,
+                            t.cpu_seconds,
+                            t.cpu_cores,
+                            self.cpu_us_per_record().unwrap_or(f64::NAN),
+                            t.peak_rss_mib
                         )
                     }),
             ),

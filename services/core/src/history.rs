@@ -126,6 +126,20 @@ impl ClassHistory {
             .flat_map(|racers| racers.keys().copied())
     }
 
+    /// The seconds within `range` with their bests, in ascending order.
+    pub fn range(
+        &self,
+        range: impl std::ops::RangeBounds<Second>,
+    ) -> impl Iterator<Item = (Second, &BTreeMap<RacerId, f64>)> {
+        self.seconds.range(range).map(|(s, r)| (*s, r))
+    }
+
+    /// The first second with a best.
+    #[must_use]
+    pub fn first_second(&self) -> Option<Second> {
+        self.seconds.keys().next().copied()
+    }
+
     /// The bests at `second`, by racer.
     #[must_use]
     pub fn at(&self, second: Second) -> Option<&BTreeMap<RacerId, f64>> {

@@ -39,6 +39,18 @@ pub struct HistoryArgs {
     #[arg(long = "history-gzip-level", env = "ALLEYCAT_HISTORY_GZIP_LEVEL", default_value = "6", value_parser = clap::value_parser!(u32).range(0..=9))]
     pub gzip_level: u32,
 
+    /// Pacing of publications: after re-encoding and writing class files
+    /// took `t`, the next publication waits until this many times `t` has
+    /// passed, so that publishing takes at most 1/(1+N) of the time however
+    /// large the files (records merged meanwhile wait in memory, their
+    /// delivery objects pending). 0: publish after every check.
+    #[arg(
+        long = "history-publish-pace",
+        env = "ALLEYCAT_HISTORY_PUBLISH_PACE",
+        default_value = "3"
+    )]
+    pub publish_pace: u32,
+
     /// Most racers a class file holds: a record of a new racer past it is
     /// not merged (counted and logged); racers already in it still improve
     /// their bests. Bounds what made-up racerIds can add to the files every
@@ -155,6 +167,10 @@ pub async fn run_merger(
             () = stop.cancelled() => true,
             _ = ticker.tick() => false,
         };
+        if stopping {
+            // Everything merged is published before the process ends.
+            merger.stop_pacing();
+        }
         match merger.merge_new().await {
             Ok(_) => readiness.set(PART, Ok(())),
             Err(e) => {

@@ -43,6 +43,7 @@ mod class_state;
 mod discovery;
 mod disqualify;
 mod instruments;
+mod pacing;
 mod race_index;
 mod state;
 #[cfg(test)]
@@ -58,6 +59,7 @@ use alleycat_storage::{DisqualificationList, Freshness, ObjectStore};
 use chrono::{DateTime, Utc};
 use class_state::{Class, Merged, PublishError};
 use instruments::Instruments;
+use pacing::Pacer;
 use race_index::ClassIndex;
 use state::MergeState;
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,6 +135,8 @@ pub struct Merger {
     /// Start of the last check that completed: every object written before
     /// it is in its class files, unless pending. `None` before the first.
     complete_before: Option<DateTime<Utc>>,
+    /// When the next publication may be, by what the last one cost.
+    pacer: Pacer,
 }
 
 /// How often published class files are checked to still be there (a
@@ -221,6 +225,7 @@ impl Merger {
             instruments,
             freshness: None,
             complete_before: None,
+            pacer: Pacer::new(args.publish_pace),
         })
     }
 
@@ -238,6 +243,11 @@ impl Merger {
     pub fn with_disqualifications(mut self, list: Arc<DisqualificationList>) -> Merger {
         self.list = Some(list);
         self
+    }
+
+    /// From now on publishes after every check (the process is stopping).
+    pub fn stop_pacing(&mut self) {
+        self.pacer.lift();
     }
 
     /// The in-memory history of `class`; `None` while the class is blocked.
@@ -580,6 +590,24 @@ impl Merger {
     /// those whose publication failed in this check; forgets the objects
     /// pending for a class once its file holds their records.
     async fn publish_all(
+        &mut self,
+        report: &mut MergeReport,
+        failed: &mut BTreeMap<ClassId, String>,
+    ) {
+        if !self.pacer.ready() {
+            // Deferred: what is unpublished stays pending, to the next check.
+            return;
+        }
+        let started = Instant::now();
+        let published = report.published.len();
+        self.publish_classes(report, failed).await;
+        if report.published.len() > published {
+            self.pacer.spent(started);
+        }
+    }
+
+    /// [`Merger::publish_all`], now.
+    async fn publish_classes(
         &mut self,
         report: &mut MergeReport,
         failed: &mut BTreeMap<ClassId, String>,

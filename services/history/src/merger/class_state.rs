@@ -158,7 +158,7 @@ impl ClassState {
     /// A class with `history`, published at `version`. CPU-heavy for a
     /// large class (it compresses all of it).
     fn from_history(history: ClassHistory, version: Option<ETag>, level: u32) -> ClassState {
-        let file = SegmentedClassFile::new(&history, level);
+        let file = cpu_bound(|| SegmentedClassFile::new(&history, level));
         let racers = history.racers().collect();
         ClassState {
             history,
@@ -178,7 +178,8 @@ impl ClassState {
     pub(super) fn absorb(&mut self, kept: ClassState, level: u32) {
         self.history.merge_history(&kept.history);
         self.racers.extend(kept.racers);
-        self.file = SegmentedClassFile::new(&self.history, level);
+        let history = &self.history;
+        self.file = cpu_bound(|| SegmentedClassFile::new(history, level));
         self.dirty.clear();
         self.unwritten = true;
     }
@@ -279,21 +280,24 @@ impl ClassState {
             return Ok(false);
         }
         let key = class_file_key(class);
-        if !self.dirty.is_empty() {
-            let dirty = std::mem::take(&mut self.dirty);
-            self.file.update(&self.history, dirty);
+        let dirty = std::mem::take(&mut self.dirty);
+        if !dirty.is_empty() {
             self.unwritten = true;
         }
+        let (history, file) = (&self.history, &mut self.file);
+        let mut body = Bytes::from(cpu_bound(|| {
+            file.update(history, dirty);
+            file.to_gzip()
+        }));
         let mut conflicts = 0u32;
         loop {
-            let body = self.file.to_gzip();
             let size = body.len();
             let condition = match &self.version {
                 Some(etag) => Precondition::IfMatch(etag.clone()),
                 None => Precondition::IfAbsent,
             };
             match store
-                .put_if(&key, Bytes::from(body), CONTENT_TYPE, condition)
+                .put_if(&key, body.clone(), CONTENT_TYPE, condition)
                 .await
             {
                 Ok(etag) => {
@@ -325,7 +329,9 @@ impl ClassState {
                             self.racers.extend(theirs.racers());
                             // Rare (several history processes, or an
                             // import): encode it all.
-                            self.file = SegmentedClassFile::new(&self.history, level);
+                            let history = &self.history;
+                            self.file = cpu_bound(|| SegmentedClassFile::new(history, level));
+                            body = Bytes::from(self.file.to_gzip());
                             self.version = Some(etag);
                         }
                         Ok(Loaded::Absent) => self.version = None,
@@ -377,4 +383,17 @@ pub(super) async fn read_class_file(
             })
         }
     })
+}
+
+/// Runs `f`, CPU-heavy (compressing a class file takes up to seconds),
+/// without stalling the other tasks of this runtime's worker: on a
+/// multi-threaded runtime the worker hands them to another thread first.
+fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }

@@ -37,6 +37,7 @@ fn args() -> HistoryArgs {
         poll_interval: Duration::from_millis(100),
         listing_grace: Duration::from_secs(60),
         gzip_level: 6,
+        publish_pace: 0,
         max_racers: 100_000,
         admin_token: None,
     }

@@ -1,0 +1,79 @@
+//! Pacing publications by what they cost.
+//!
+//! Re-encoding and writing class files costs CPU in proportion to what
+//! changed: little during races (the few seconds being ridden), up to whole
+//! files when catching up on records that touch every second. Publishing
+//! after every check would then spend most of the process's time encoding
+//! the same files again, on the cores that ingest shares. So after a round
+//! of publications that took `t`, the next waits until `pace × t` has
+//! passed: publishing takes at most `1 / (1 + pace)` of the time, and as
+//! files grow each publication carries more records. A deferred class is
+//! simply not published yet: the objects holding its records stay pending
+//! in the saved merge state, as after a failed write, so nothing is
+//! recorded as merged before it is in its file.
+
+use std::time::Instant;
+
+/// When the next round of publications may start.
+#[derive(Debug)]
+pub(super) struct Pacer {
+    pace: u32,
+    not_before: Option<Instant>,
+}
+
+impl Pacer {
+    /// After a round that took `t`, wait `pace × t`; 0 never waits.
+    pub(super) fn new(pace: u32) -> Pacer {
+        Pacer {
+            pace,
+            not_before: None,
+        }
+    }
+
+    /// Whether a round may start now.
+    pub(super) fn ready(&self) -> bool {
+        self.not_before.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// A round that started at `started` (and wrote something) ended now.
+    pub(super) fn spent(&mut self, started: Instant) {
+        let now = Instant::now();
+        self.not_before = Some(now + (now - started) * self.pace);
+    }
+
+    /// From now on, rounds are never deferred (the process is stopping:
+    /// everything merged must be published).
+    pub(super) fn lift(&mut self) {
+        self.pace = 0;
+        self.not_before = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_round_defers_the_next_by_its_cost_times_the_pace() {
+        let mut pacer = Pacer::new(1_000);
+        assert!(pacer.ready());
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        pacer.spent(started);
+        assert!(!pacer.ready());
+        // At least 2 ms x 1,000 from now.
+        assert!(pacer.not_before.unwrap() >= Instant::now() + Duration::from_secs(1));
+        pacer.lift();
+        assert!(pacer.ready());
+    }
+
+    #[test]
+    fn a_pace_of_zero_never_defers() {
+        let mut pacer = Pacer::new(0);
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        pacer.spent(started);
+        assert!(pacer.ready());
+    }
+}
