@@ -12,14 +12,18 @@ use std::sync::Arc;
 /// The class every record is of.
 pub(crate) const CLASS: u8 = 2;
 
-/// The history service's settings: clap's defaults.
+/// The history service's settings: clap's defaults, publishing unpaced.
 pub(crate) fn history_args() -> alleycat_history::HistoryArgs {
     #[derive(clap::Parser)]
     struct Defaults {
         #[command(flatten)]
         history: alleycat_history::HistoryArgs,
     }
-    <Defaults as clap::Parser>::parse_from(["bench"]).history
+    let mut args = <Defaults as clap::Parser>::parse_from(["bench"]).history;
+    // Each check publishes what it merged: these benches time one merge
+    // or recomputation to its class file, not the pacing of a backlog.
+    args.publish_pace = 0;
+    args
 }
 
 /// A whole-number setting from the environment.

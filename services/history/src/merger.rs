@@ -137,6 +137,18 @@ pub struct Merger {
     complete_before: Option<DateTime<Utc>>,
     /// When the next publication may be, by what the last one cost.
     pacer: Pacer,
+    /// Whether the last round of publications had one fail.
+    publication_failed: bool,
+}
+
+/// Whether a publication waits for the pacer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Deferred while the last publication's cost says so (a backlog is
+    /// being merged: more records will come with the next one).
+    ByCost,
+    /// Now: nothing new is waiting to be merged.
+    Now,
 }
 
 /// How often published class files are checked to still be there (a
@@ -226,6 +238,7 @@ impl Merger {
             freshness: None,
             complete_before: None,
             pacer: Pacer::new(args.publish_pace),
+            publication_failed: false,
         })
     }
 
@@ -318,7 +331,6 @@ impl Merger {
         self.republish_if_gone().await;
         self.apply_disqualifications(report).await;
         self.merge_pending(report).await?;
-        self.publish_all(report, &mut failed).await;
 
         let since = self.state.checked_at.map(|at| at - self.grace_delta());
         let listed = discovery::list_candidates(self.delivery.as_ref(), since).await?;
@@ -326,6 +338,14 @@ impl Merger {
             .into_iter()
             .filter(|k| !self.state.merged.contains(k))
             .collect();
+        // Caught up (nothing new): what waited for the pacer is published
+        // now, once, rather than after the pause a backlog calls for.
+        let pace = if fresh.is_empty() {
+            Pace::Now
+        } else {
+            Pace::ByCost
+        };
+        self.publish_all(report, &mut failed, pace).await;
         for chunk in fresh.chunks(OBJECTS_PER_PUBLICATION) {
             let mut read = Vec::with_capacity(chunk.len());
             let mut read_error = None;
@@ -343,7 +363,7 @@ impl Merger {
                     }
                 }
             }
-            self.publish_all(report, &mut failed).await;
+            self.publish_all(report, &mut failed, Pace::ByCost).await;
             for (key, classes) in read {
                 for class in classes {
                     if !self.is_published(class) {
@@ -383,6 +403,7 @@ impl Merger {
         }
         if failed.is_empty()
             && self.rebuild.is_empty()
+            && self.all_published()
             && self.state.applied.version() != self.applied.version()
         {
             // Every class file now reflects the list.
@@ -440,6 +461,15 @@ impl Merger {
             self.too_many_racers += refused as u64;
             tracing::warn!(%class, refused, total = self.too_many_racers, max_racers = self.max_racers, "records of new racers not merged: the class holds the most racers ALLEYCAT_HISTORY_MAX_RACERS allows");
         }
+    }
+
+    /// Whether every ready class's merged bests are in its published file
+    /// (none failed, none deferred by the pacer).
+    fn all_published(&self) -> bool {
+        self.classes.values().all(|class| match class {
+            Class::Ready(state) => !state.is_unpublished(),
+            Class::Blocked(_) => true,
+        })
     }
 
     /// Whether every merged best of `class` is in its published file.
@@ -593,14 +623,19 @@ impl Merger {
         &mut self,
         report: &mut MergeReport,
         failed: &mut BTreeMap<ClassId, String>,
+        pace: Pace,
     ) {
-        if !self.pacer.ready() {
+        // A publication that failed is retried at once: the pacer never
+        // turns an unresolved failure into a check that looks fine.
+        if pace == Pace::ByCost && !self.publication_failed && !self.pacer.ready() {
             // Deferred: what is unpublished stays pending, to the next check.
             return;
         }
         let started = Instant::now();
         let published = report.published.len();
         self.publish_classes(report, failed).await;
+        // `failed` holds this check's failures so far.
+        self.publication_failed = !failed.is_empty();
         if report.published.len() > published {
             self.pacer.spent(started);
         }

@@ -1,5 +1,5 @@
 //! What the merger keeps per class: the history, that history compressed
-//! per second, the version of the published file and what of the history
+//! in segments, the version of the published file and what of the history
 //! is not published yet; and publishing it by compare-and-swap. Or, when
 //! the published file cannot be read, why not: such a class is neither
 //! merged into nor published until its file is repaired, replaced or
@@ -40,7 +40,7 @@ pub(super) struct Blocked {
 /// One class's history and its class file.
 pub(super) struct ClassState {
     history: ClassHistory,
-    /// The history, compressed per second, except the `dirty` seconds.
+    /// The history, compressed in segments, except the `dirty` seconds.
     file: SegmentedClassFile,
     /// Seconds whose bests changed since they were last compressed.
     dirty: BTreeSet<Second>,

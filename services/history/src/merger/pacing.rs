@@ -7,10 +7,13 @@
 //! the same files again, on the cores that ingest shares. So after a round
 //! of publications that took `t`, the next waits until `pace × t` has
 //! passed: publishing takes at most `1 / (1 + pace)` of the time, and as
-//! files grow each publication carries more records. A deferred class is
-//! simply not published yet: the objects holding its records stay pending
-//! in the saved merge state, as after a failed write, so nothing is
-//! recorded as merged before it is in its file.
+//! files grow each publication carries more records. Only a backlog is
+//! paced: a check that finds nothing new publishes at once, and so does
+//! one after a failed publication (a failure is never hidden by a pause).
+//! A deferred class is simply not published yet: the objects holding its
+//! records stay pending in the saved merge state, as after a failed write,
+//! and the disqualification list is not recorded as applied, so nothing
+//! is recorded as done before it is in its file.
 
 use std::time::Instant;
 

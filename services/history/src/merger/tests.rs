@@ -1109,6 +1109,71 @@ mod disqualifications {
             readiness.problems()
         );
     }
+
+    #[tokio::test]
+    async fn a_reinstatement_deferred_by_the_pacer_is_not_recorded_as_applied() {
+        let f = fixture();
+        two_races(&f).await;
+        let list = list(&f);
+        let paced = HistoryArgs {
+            publish_pace: 1_000_000,
+            ..args()
+        };
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone());
+        merger.merge_new().await.unwrap();
+        let id = disqualify(&list, 7, Some(10)).await;
+        merger.merge_new().await.unwrap();
+        assert_eq!(best(&f, 1, 7).await, Some(150.0));
+
+        // Paced, with a backlog: the reinstatement is recomputed in memory
+        // but its publication deferred...
+        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &paced)
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone());
+        deliver_race(
+            f.delivery.as_ref(),
+            Utc::now(),
+            "one",
+            20,
+            &[(2, 9, 8, 1.0)],
+        )
+        .await;
+        assert_eq!(merger.merge_new().await.unwrap().published, [ClassId(2)]);
+        assert!(
+            list.remove(alleycat_core::disqualification::DisqualificationId(id))
+                .await
+                .unwrap()
+        );
+        deliver_race(
+            f.delivery.as_ref(),
+            Utc::now(),
+            "more",
+            20,
+            &[(2, 9, 8, 1.0)],
+        )
+        .await;
+        let report = merger.merge_new().await.unwrap();
+        assert_eq!(report.rebuilt_racers, 1);
+        assert!(report.published.is_empty(), "deferred: {report:?}");
+        assert_eq!(best(&f, 1, 7).await, Some(150.0));
+        // ...so the saved state must still name the racer: a process
+        // starting now (this one crashed) recomputes and publishes it.
+        drop(merger);
+        let mut restarted = Merger::load(f.delivery.clone(), f.history.clone(), &args())
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone());
+        restarted.merge_new().await.unwrap();
+        assert_eq!(
+            best(&f, 1, 7).await,
+            Some(300.0),
+            "reinstated after the restart"
+        );
+    }
 }
 
 /// What the merger tells its process's freshness, read back.
@@ -1166,4 +1231,95 @@ async fn freshness_follows_complete_checks_and_the_oldest_pending_object() {
         delivery::written_at(&pending_key).unwrap()
     );
     assert_ne!(key, pending_key);
+}
+
+#[tokio::test]
+async fn a_paced_publication_waits_with_its_objects_pending_until_caught_up() {
+    let f = fixture();
+    let now = Utc::now();
+    // After any publication, the next waits a thousand times its cost.
+    let args = HistoryArgs {
+        publish_pace: 1_000_000,
+        ..args()
+    };
+    deliver(f.delivery.as_ref(), now, "1", &[(1, 1, 101, 150.0)]).await;
+    let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args)
+        .await
+        .unwrap();
+    assert_eq!(merger.merge_new().await.unwrap().published, [ClassId(1)]);
+
+    // A backlog: new objects keep coming, so the publication is deferred.
+    let second = deliver(f.delivery.as_ref(), now, "2", &[(1, 2, 101, 160.0)]).await;
+    let report = merger.merge_new().await.unwrap();
+    assert_eq!(report.objects, 1);
+    assert!(report.published.is_empty(), "deferred by the pacer");
+    let file = published(f.history.as_ref(), 1).await.unwrap();
+    assert_eq!(file.best(Second(2), RacerId(101)), None);
+    // Not marked done: the saved state keeps the object pending for its
+    // class, so a process starting now reads it again.
+    assert!(merger.state.pending[&ClassId(1)].contains(&second));
+    let mut restarted = Merger::load(f.delivery.clone(), f.history.clone(), &args)
+        .await
+        .unwrap();
+    restarted.merge_new().await.unwrap();
+    assert_eq!(
+        published(f.history.as_ref(), 1)
+            .await
+            .unwrap()
+            .best(Second(2), RacerId(101)),
+        Some(160.0),
+        "a restarted process publishes what the other deferred"
+    );
+
+    // Caught up (nothing new): the deferred class is published at once.
+    let mut paced = Merger::load(f.delivery.clone(), f.history.clone(), &args)
+        .await
+        .unwrap();
+    deliver(f.delivery.as_ref(), now, "3", &[(1, 3, 101, 170.0)]).await;
+    paced.merge_new().await.unwrap();
+    deliver(f.delivery.as_ref(), now, "4", &[(1, 4, 101, 180.0)]).await;
+    assert!(paced.merge_new().await.unwrap().published.is_empty());
+    assert_eq!(paced.merge_new().await.unwrap().published, [ClassId(1)]);
+    let file = published(f.history.as_ref(), 1).await.unwrap();
+    assert_eq!(file.best(Second(4), RacerId(101)), Some(180.0));
+    assert!(!paced.state.pending.contains_key(&ClassId(1)));
+}
+
+#[tokio::test]
+async fn the_pacer_never_defers_retrying_a_failed_publication() {
+    let f = fixture();
+    let history = Faulty::new(f.history.clone());
+    let args = HistoryArgs {
+        publish_pace: 1_000_000,
+        ..args()
+    };
+    let now = Utc::now();
+    history.set(|f| f.puts_of = Some("class-2"));
+    deliver(
+        f.delivery.as_ref(),
+        now,
+        "1",
+        &[(1, 1, 1, 10.0), (2, 1, 1, 20.0)],
+    )
+    .await;
+    let mut merger = Merger::load(f.delivery.clone(), history.clone(), &args)
+        .await
+        .unwrap();
+    // Class 1 is published (the pacer starts counting), class 2 fails.
+    assert!(merger.merge_new().await.is_err());
+    assert!(published(f.history.as_ref(), 1).await.is_some());
+    // A backlog would be paced, but the failure is tried again: the check
+    // still fails rather than passing without having published.
+    deliver(f.delivery.as_ref(), now, "2", &[(1, 2, 1, 11.0)]).await;
+    let failed = history.failed_puts();
+    assert!(merger.merge_new().await.is_err());
+    assert!(history.failed_puts() > failed, "tried again");
+
+    history.heal();
+    deliver(f.delivery.as_ref(), now, "3", &[(1, 3, 1, 12.0)]).await;
+    let report = merger.merge_new().await.unwrap();
+    assert!(report.published.contains(&ClassId(2)), "{report:?}");
+    let class2 = published(f.history.as_ref(), 2).await.unwrap();
+    assert_eq!(class2.best(Second(1), RacerId(1)), Some(20.0));
+    assert!(pending(&merger, 2).is_empty());
 }
