@@ -230,6 +230,19 @@ impl SegmentedClassFile {
                     since_change += text.len();
                 }
                 texts.insert(piece, text);
+                // Only the last window before the next segment is read again.
+                let mut kept = 0;
+                let keep_from = self
+                    .segments
+                    .range(..=piece)
+                    .rev()
+                    .find_map(|(s, segment)| {
+                        kept += usize::try_from(segment.len).expect("fits");
+                        (kept >= self.window).then_some(*s)
+                    });
+                if let Some(from) = keep_from {
+                    texts = texts.split_off(&from);
+                }
             }
             if dirty {
                 // Its text changed (or went, with the segment): what follows
@@ -347,23 +360,26 @@ fn pieces(
     end: Option<Second>,
     segment_bytes: usize,
 ) -> Vec<(Second, Vec<u8>)> {
-    let mut text = Vec::new();
-    let mut cuts = vec![(start, 0)];
+    // Each piece its own buffer: a whole class (50 MB of JSON at 10,000
+    // racers) is never one more buffer beside its pieces.
+    let mut pieces: Vec<(Second, Vec<u8>)> = vec![(start, Vec::new())];
+    let mut total = 0;
     for (second, racers) in seconds(history, start, end) {
-        let piece = cuts.last().expect("one cut at least").1;
-        if text.len() - piece >= segment_bytes {
-            cuts.push((second, text.len()));
+        if pieces.last().expect("one piece at least").1.len() >= segment_bytes {
+            pieces.push((
+                second,
+                Vec::with_capacity(segment_bytes + segment_bytes / 2),
+            ));
         }
-        write_second(second, racers, Some(second) != first, &mut text);
+        let piece = &mut pieces.last_mut().expect("one piece at least").1;
+        let before = piece.len();
+        write_second(second, racers, Some(second) != first, piece);
+        total += piece.len() - before;
     }
-    if text.len() <= 2 * segment_bytes {
-        return vec![(start, text)];
+    if pieces.len() > 1 && total <= 2 * segment_bytes {
+        let whole = pieces.iter().flat_map(|(_, piece)| piece.iter().copied());
+        return vec![(start, whole.collect())];
     }
-    let mut pieces = Vec::with_capacity(cuts.len());
-    for &(second, at) in cuts.iter().rev() {
-        pieces.push((second, text.split_off(at)));
-    }
-    pieces.reverse();
     pieces
 }
 
