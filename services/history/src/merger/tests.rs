@@ -833,6 +833,14 @@ mod disqualifications {
     use alleycat_storage::DisqualificationList;
     use alleycat_storage::disqualifications::Added;
 
+    /// A merger on `f`'s stores with `args`, following `list`.
+    async fn watching(f: &Fixture, args: &HistoryArgs, list: &Arc<DisqualificationList>) -> Merger {
+        Merger::load(f.delivery.clone(), f.history.clone(), args)
+            .await
+            .unwrap()
+            .with_disqualifications(list.clone())
+    }
+
     fn list(f: &Fixture) -> Arc<DisqualificationList> {
         DisqualificationList::watch(f.history.clone(), Duration::from_secs(3600))
     }
@@ -906,10 +914,7 @@ mod disqualifications {
         let f = fixture();
         two_races(&f).await;
         let list = list(&f);
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
-            .await
-            .unwrap()
-            .with_disqualifications(list.clone());
+        let mut merger = watching(&f, &args(), &list).await;
         merger.merge_new().await.unwrap();
         assert_eq!(best(&f, 1, 7).await, Some(300.0));
 
@@ -926,10 +931,7 @@ mod disqualifications {
 
         // The change survives a restart, and what arrives of the race
         // afterwards is not merged.
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
-            .await
-            .unwrap()
-            .with_disqualifications(list.clone());
+        let mut merger = watching(&f, &args(), &list).await;
         deliver_race(
             f.delivery.as_ref(),
             Utc::now(),
@@ -982,10 +984,7 @@ mod disqualifications {
             .await
             .unwrap();
         let list = list(&f);
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
-            .await
-            .unwrap()
-            .with_disqualifications(list.clone());
+        let mut merger = watching(&f, &args(), &list).await;
         merger.merge_new().await.unwrap();
 
         disqualify(&list, 8, Some(10)).await;
@@ -1020,10 +1019,7 @@ mod disqualifications {
         assert!(merger.merge_new().await.is_err());
         assert_eq!(best(&f, 1, 7).await, Some(300.0), "not published yet");
         // A restart now recomputes again, from the durable state.
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
-            .await
-            .unwrap()
-            .with_disqualifications(list.clone());
+        let mut merger = watching(&f, &args(), &list).await;
         let report = merger.merge_new().await.unwrap();
         assert_eq!(report.rebuilt_racers, 1);
         assert_eq!(best(&f, 1, 7).await, Some(150.0));
@@ -1047,10 +1043,7 @@ mod disqualifications {
                 .await
                 .unwrap();
         }
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
-            .await
-            .unwrap()
-            .with_disqualifications(list.clone());
+        let mut merger = watching(&f, &args(), &list).await;
         disqualify(&list, 7, Some(10)).await;
         merger.merge_new().await.unwrap();
         assert_eq!(
@@ -1119,10 +1112,7 @@ mod disqualifications {
             publish_pace: 1_000_000,
             ..args()
         };
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args())
-            .await
-            .unwrap()
-            .with_disqualifications(list.clone());
+        let mut merger = watching(&f, &args(), &list).await;
         merger.merge_new().await.unwrap();
         let id = disqualify(&list, 7, Some(10)).await;
         merger.merge_new().await.unwrap();
@@ -1130,10 +1120,7 @@ mod disqualifications {
 
         // Paced, with a backlog: the reinstatement is recomputed in memory
         // but its publication deferred...
-        let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &paced)
-            .await
-            .unwrap()
-            .with_disqualifications(list.clone());
+        let mut merger = watching(&f, &paced, &list).await;
         deliver_race(
             f.delivery.as_ref(),
             Utc::now(),
@@ -1163,10 +1150,7 @@ mod disqualifications {
         // ...so the saved state must still name the racer: a process
         // starting now (this one crashed) recomputes and publishes it.
         drop(merger);
-        let mut restarted = Merger::load(f.delivery.clone(), f.history.clone(), &args())
-            .await
-            .unwrap()
-            .with_disqualifications(list.clone());
+        let mut restarted = watching(&f, &args(), &list).await;
         restarted.merge_new().await.unwrap();
         assert_eq!(
             best(&f, 1, 7).await,
