@@ -294,6 +294,29 @@ async fn silent_websockets_are_closed_and_answering_ones_are_kept() {
     );
     assert!(started.elapsed() >= Duration::from_millis(500));
 
+    // A bike that keeps sending stays open past the timeout (each message
+    // starts it again), every message answered; once silent, it is closed.
+    let (mut riding, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/telemetry/ws"))
+        .await
+        .unwrap();
+    for sample in race(31, 2, 7_001, 1, 8).into_iter().flatten() {
+        futures_util::SinkExt::send(&mut riding, Message::text(sample.json().to_string()))
+            .await
+            .unwrap();
+        let ack = tokio::time::timeout(Duration::from_secs(5), riding.next())
+            .await
+            .expect("answered")
+            .unwrap()
+            .unwrap();
+        assert!(ack.to_text().unwrap().contains("\"ack\""), "{ack:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        closed_with(&mut riding, Duration::from_secs(5)).await,
+        Some(CloseCode::Away),
+        "closed once silent"
+    );
+
     // A viewer that answers pings (the client library does, while reading)
     // stays open past the timeout...
     let (mut viewer, _) =
