@@ -331,6 +331,7 @@ impl Merger {
         self.republish_if_gone().await;
         self.apply_disqualifications(report).await;
         self.merge_pending(report).await?;
+        self.publish_all(report, &mut failed, Pace::ByCost).await;
 
         let since = self.state.checked_at.map(|at| at - self.grace_delta());
         let listed = discovery::list_candidates(self.delivery.as_ref(), since).await?;
@@ -338,14 +339,11 @@ impl Merger {
             .into_iter()
             .filter(|k| !self.state.merged.contains(k))
             .collect();
-        // Caught up (nothing new): what waited for the pacer is published
-        // now, once, rather than after the pause a backlog calls for.
-        let pace = if fresh.is_empty() {
-            Pace::Now
-        } else {
-            Pace::ByCost
-        };
-        self.publish_all(report, &mut failed, pace).await;
+        if fresh.is_empty() {
+            // Caught up: what waited for the pacer is published now, once,
+            // rather than after the pause a backlog calls for.
+            self.publish_all(report, &mut failed, Pace::Now).await;
+        }
         for chunk in fresh.chunks(OBJECTS_PER_PUBLICATION) {
             let mut read = Vec::with_capacity(chunk.len());
             let mut read_error = None;

@@ -67,6 +67,10 @@ async fn serve_bike(mut socket: WebSocket, state: AppState, bearer: Bearer) {
     let shutdown = state.shutdown.clone().cancelled_owned();
     tokio::pin!(expired, idle, shutdown);
     loop {
+        // Idle counts from the last answer, not from the last frame: a
+        // record that took long to store is not the bike's silence.
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + state.ws_idle_timeout);
         let message = tokio::select! {
             message = socket.recv() => message,
             () = &mut idle => {
@@ -87,8 +91,6 @@ async fn serve_bike(mut socket: WebSocket, state: AppState, bearer: Bearer) {
                 return;
             }
         };
-        idle.as_mut()
-            .reset(tokio::time::Instant::now() + state.ws_idle_timeout);
         let reply = match message {
             Some(Ok(Message::Text(text))) => answer(&state, &bearer, text.as_bytes()).await,
             Some(Ok(Message::Binary(_))) => {
