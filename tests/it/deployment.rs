@@ -350,6 +350,8 @@ fn expected_grants(service: &str) -> BTreeSet<(String, String)> {
         "ingest" => vec![
             ("kinesis:PutRecords", "Stream.Arn"),
             ("kinesis:DescribeStreamSummary", "Stream.Arn"),
+            // Record aggregation packs records per shard.
+            ("kinesis:ListShards", "Stream.Arn"),
             (
                 "s3:GetObject",
                 "HistoryBucket.Arn/_admin/disqualifications.json",

@@ -15,6 +15,7 @@ mod history_faults;
 mod history_import;
 mod hostile_http;
 mod hostile_rankings;
+mod kinesis_aggregation;
 mod metrics;
 mod metrics_pipeline;
 mod pipeline;

@@ -40,8 +40,9 @@ const WRITE_BATCH: usize = 32;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// Most records read from the stream at once.
 const POLL_MAX: usize = 10_000;
-/// Most (arrival, sequence) pairs kept per shard for the replay checkpoint:
-/// only the last of each poll matters, so older ones can go.
+/// Most (arrival, sequence) pairs kept per shard for the replay checkpoint,
+/// one a second of arrival: far more than the replay window's seconds, a
+/// bound should arrival times jump about.
 const READ_KEPT: usize = 100_000;
 
 /// A duration in whole milliseconds, the engine's unit of time.
@@ -128,7 +129,18 @@ impl Engine {
         let too_old = now.saturating_sub(self.replay_ms);
         for record in records {
             let shard = self.read.entry(record.shard_id.clone()).or_default();
-            shard.push_back((record.arrival_ms, record.sequence.clone()));
+            // One entry a second of arrival is enough for the checkpoint (the
+            // newest record of that second, which ages out last), and keeps
+            // the window's entries few however busy the shard.
+            match shard.back_mut() {
+                Some((arrival, sequence))
+                    if arrival.div_euclid(1000) == record.arrival_ms.div_euclid(1000) =>
+                {
+                    *arrival = (*arrival).max(record.arrival_ms);
+                    *sequence = record.sequence.clone();
+                }
+                _ => shard.push_back((record.arrival_ms, record.sequence.clone())),
+            }
             if record.arrival_ms < too_old {
                 continue; // a race long over: nothing to show, its results were kept
             }
@@ -649,6 +661,30 @@ mod tests {
             .into_iter()
             .map(|(shard, seq)| (shard, seq.to_u64()))
             .collect()
+    }
+
+    #[test]
+    fn the_replay_checkpoint_advances_however_many_records_a_second_arrive() {
+        let viewers = Arc::new(Viewers::default());
+        let mut engine = engine(&viewers);
+        // 150,000 records over three seconds: more than `READ_KEPT` pairs,
+        // which once dropped the older ones before they aged out.
+        let message = update(1, 1, 1, 60.0);
+        let records: Vec<StreamRecord> = (0..150_000u64)
+            .map(|seq| record(seq, T0 + (seq as i64 / 50), &message))
+            .collect();
+        engine.apply(records, T0 + 3_000);
+        assert!(engine.read[SHARD].len() <= 4, "one entry a second");
+        let replay = millis(REPLAY);
+        assert_eq!(
+            sequences(engine.replay_checkpoints(T0 + replay + 1_000)),
+            [(SHARD.to_owned(), Some(49_999))],
+            "the newest record of the first second, once all of it is older than the window"
+        );
+        assert_eq!(
+            sequences(engine.replay_checkpoints(T0 + replay + 3_001)),
+            [(SHARD.to_owned(), Some(149_999))]
+        );
     }
 
     #[test]

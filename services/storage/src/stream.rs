@@ -135,7 +135,7 @@ pub struct PendingDelivery {
 }
 
 /// Why a stream operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StreamError {
     /// The stream cannot take or serve records right now.
     #[error("stream unavailable: {0}")]

@@ -5,6 +5,13 @@
 //! a `u64`. Either way they are compared as numbers, and written out exactly
 //! as the stream gave them, because they appear in object keys, lease and
 //! checkpoint objects and pending deliveries that are already stored.
+//!
+//! One Kinesis record may carry many user records in the KPL aggregated
+//! format; each of those has the Kinesis record's sequence number and its
+//! own *sub-sequence* number (0, 1, ...), written `<digits>.<sub>`. A
+//! sequence number without a sub-sequence stands for the whole Kinesis
+//! record, so it sorts after every user record within it: a checkpoint
+//! taken before aggregation existed still covers the whole record.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
@@ -18,7 +25,11 @@ use std::str::FromStr;
 /// Equality is numeric, like the order: `"007"` equals `"7"`, though each
 /// displays as it was parsed.
 #[derive(Clone)]
-pub struct SequenceNumber(Repr);
+pub struct SequenceNumber {
+    position: Repr,
+    /// The user record's index within an aggregated Kinesis record.
+    sub: Option<u32>,
+}
 
 #[derive(Clone)]
 enum Repr {
@@ -31,22 +42,51 @@ enum Repr {
 
 /// Why a string is not a sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a sequence number (decimal digits): {0:?}")]
+#[error("not a sequence number (decimal digits, optionally `.` and a sub-sequence): {0:?}")]
 pub struct ParseSequenceError(String);
 
 impl SequenceNumber {
-    /// The number as a `u64`, if it fits (every embedded-stream position does).
+    /// The number as a `u64`, if it fits (every embedded-stream position
+    /// does) and has no sub-sequence.
     #[must_use]
     pub fn to_u64(&self) -> Option<u64> {
-        match &self.0 {
+        if self.sub.is_some() {
+            return None;
+        }
+        match &self.position {
             Repr::Index(n) => Some(*n),
             Repr::Digits(digits) => digits.parse().ok(),
         }
     }
 
+    /// User record `sub` of the (aggregated) record at this position.
+    #[must_use]
+    pub fn with_sub_sequence(self, sub: u32) -> SequenceNumber {
+        SequenceNumber {
+            sub: Some(sub),
+            ..self
+        }
+    }
+
+    /// The user record's index within its aggregated record, if it has one.
+    #[must_use]
+    pub fn sub_sequence(&self) -> Option<u32> {
+        self.sub
+    }
+
+    /// The position of the whole stream record, without a sub-sequence:
+    /// what the stream itself knows (for example to start reading at).
+    #[must_use]
+    pub fn record_position(&self) -> SequenceNumber {
+        SequenceNumber {
+            position: self.position.clone(),
+            sub: None,
+        }
+    }
+
     /// The digits without leading zeros ("0" for zero), for comparing.
     fn normalized(&self) -> Cow<'_, str> {
-        match &self.0 {
+        match &self.position {
             Repr::Index(n) => Cow::Owned(n.to_string()),
             Repr::Digits(digits) => {
                 let trimmed = digits.trim_start_matches('0');
@@ -58,7 +98,10 @@ impl SequenceNumber {
 
 impl From<u64> for SequenceNumber {
     fn from(index: u64) -> Self {
-        SequenceNumber(Repr::Index(index))
+        SequenceNumber {
+            position: Repr::Index(index),
+            sub: None,
+        }
     }
 }
 
@@ -66,20 +109,36 @@ impl FromStr for SequenceNumber {
     type Err = ParseSequenceError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ParseSequenceError(text.to_owned()));
+        let bad = || ParseSequenceError(text.to_owned());
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        let (position, sub) = match text.split_once('.') {
+            Some((position, sub)) if digits(sub) => {
+                (position, Some(sub.parse().map_err(|_| bad())?))
+            }
+            Some(_) => return Err(bad()),
+            None => (text, None),
+        };
+        if !digits(position) {
+            return Err(bad());
         }
-        Ok(SequenceNumber(Repr::Digits(text.into())))
+        Ok(SequenceNumber {
+            position: Repr::Digits(position.into()),
+            sub,
+        })
     }
 }
 
 impl fmt::Display for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
+        match &self.position {
             // Zero-padded, so embedded positions sort as strings too (the
             // format the embedded stream has always written).
-            Repr::Index(n) => write!(f, "{n:020}"),
-            Repr::Digits(digits) => f.write_str(digits),
+            Repr::Index(n) => write!(f, "{n:020}")?,
+            Repr::Digits(digits) => f.write_str(digits)?,
+        }
+        match self.sub {
+            Some(sub) => write!(f, ".{sub}"),
+            None => Ok(()),
         }
     }
 }
@@ -92,12 +151,20 @@ impl fmt::Debug for SequenceNumber {
 
 impl Ord for SequenceNumber {
     fn cmp(&self, other: &Self) -> Ordering {
-        if let (Repr::Index(a), Repr::Index(b)) = (&self.0, &other.0) {
-            return a.cmp(b);
-        }
-        // Without leading zeros, a longer number is a larger one.
-        let (a, b) = (self.normalized(), other.normalized());
-        a.len().cmp(&b.len()).then_with(|| a.cmp(&b))
+        let position = if let (Repr::Index(a), Repr::Index(b)) = (&self.position, &other.position) {
+            a.cmp(b)
+        } else {
+            // Without leading zeros, a longer number is a larger one.
+            let (a, b) = (self.normalized(), other.normalized());
+            a.len().cmp(&b.len()).then_with(|| a.cmp(&b))
+        };
+        // No sub-sequence: the whole record, after each of its user records.
+        position.then_with(|| match (self.sub, other.sub) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        })
     }
 }
 
@@ -169,7 +236,19 @@ mod tests {
 
     #[test]
     fn only_decimal_digits_parse() {
-        for bad in ["", "x", "-1", "+1", "1 ", "１"] {
+        for bad in [
+            "",
+            "x",
+            "-1",
+            "+1",
+            "1 ",
+            "１",
+            "1.",
+            ".1",
+            "1.2.3",
+            "1.x",
+            "1.99999999999",
+        ] {
             assert_eq!(
                 bad.parse::<SequenceNumber>(),
                 Err(ParseSequenceError(bad.to_owned())),
@@ -193,7 +272,51 @@ mod tests {
         assert!(serde_json::from_str::<SequenceNumber>("5").is_err());
     }
 
+    #[test]
+    fn user_records_of_an_aggregate_sort_within_it_and_before_the_whole() {
+        let record = seq(KINESIS);
+        let first = record.clone().with_sub_sequence(0);
+        let second = record.clone().with_sub_sequence(1);
+        assert!(first < second);
+        assert!(second < record, "the whole record covers its user records");
+        assert!(seq("49617562271853452710231452089870573953214820913201119233") < first);
+        let next = seq("49617562271853452710231452089870573953214820913201119235");
+        assert!(second < next.clone().with_sub_sequence(0));
+        assert_eq!(second.record_position(), record);
+        assert_eq!(second.sub_sequence(), Some(1));
+        assert_eq!(record.sub_sequence(), None);
+        assert_eq!(second.to_u64(), None);
+        assert_eq!(SequenceNumber::from(7).with_sub_sequence(2).to_u64(), None);
+    }
+
+    #[test]
+    fn a_sub_sequence_is_written_after_a_dot_and_read_back() {
+        let second = seq(KINESIS).with_sub_sequence(12);
+        let text = format!("{KINESIS}.12");
+        assert_eq!(second.to_string(), text);
+        assert_eq!(seq(&text), second);
+        let json = serde_json::to_string(&second).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(
+            serde_json::from_str::<SequenceNumber>(&json).unwrap(),
+            second
+        );
+    }
+
     proptest! {
+        #[test]
+        fn sub_sequences_order_like_pairs(a in 0..1000u64, b in 0..1000u64, sub_a: Option<u32>, sub_b: Option<u32>) {
+            let make = |n: u64, sub: Option<u32>| {
+                let position = seq(&n.to_string());
+                match sub { Some(s) => position.with_sub_sequence(s), None => position }
+            };
+            // `None` is the whole record: after any of its sub-sequences.
+            let key = |n: u64, sub: Option<u32>| (n, sub.map_or(u64::MAX, u64::from));
+            let (x, y) = (make(a, sub_a), make(b, sub_b));
+            prop_assert_eq!(x.cmp(&y), key(a, sub_a).cmp(&key(b, sub_b)));
+            prop_assert_eq!(seq(&x.to_string()), x);
+        }
+
         #[test]
         fn order_agrees_with_the_numbers(a: u128, b: u128, pad_a in 0..5usize, pad_b in 0..5usize) {
             let a_text = format!("{}{a}", "0".repeat(pad_a));

@@ -2,7 +2,8 @@
 //! finishing their leases, and starting a reader for each shard it holds.
 
 use super::lease::{Lease, LeaseTable};
-use super::{KinesisSettings, describe, unavailable};
+use super::shards;
+use super::{KinesisSettings, unavailable};
 use crate::freshness::{Freshness, now_ms};
 use crate::object_store::{ETag, StoreError};
 use crate::stream::{SequenceNumber, StreamError, StreamRecord};
@@ -104,34 +105,17 @@ impl Coordinator {
     }
 
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, StreamError> {
-        let mut shards = Vec::new();
-        let mut next_token: Option<String> = None;
-        loop {
-            let request = self.client.list_shards();
-            // ListShards takes either the stream name or a continuation token.
-            let request = match &next_token {
-                Some(token) => request.next_token(token),
-                None => request.stream_name(&self.settings.stream_name),
-            };
-            let page = request
-                .send()
-                .await
-                .map_err(|e| unavailable("ListShards", describe(&e)))?;
-            for shard in page.shards.unwrap_or_default() {
-                let parents = [shard.parent_shard_id, shard.adjacent_parent_shard_id]
+        let shards = shards::list(&self.client, &self.settings.stream_name).await?;
+        Ok(shards
+            .into_iter()
+            .map(|shard| ShardInfo {
+                parents: [shard.parent_shard_id, shard.adjacent_parent_shard_id]
                     .into_iter()
                     .flatten()
-                    .collect();
-                shards.push(ShardInfo {
-                    id: shard.shard_id,
-                    parents,
-                });
-            }
-            next_token = page.next_token;
-            if next_token.is_none() {
-                return Ok(shards);
-            }
-        }
+                    .collect(),
+                id: shard.shard_id,
+            })
+            .collect())
     }
 
     /// One round: renew what we hold (finishing exhausted shards), then

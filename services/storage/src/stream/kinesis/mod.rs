@@ -4,10 +4,14 @@
 //! 5 MiB; only the records a call reports as failed are retried, with capped
 //! exponential backoff and jitter, until they are all on the stream or the
 //! put timeout passes (then the caller answers 503 and nothing counts as
-//! accepted).
+//! accepted). With aggregation on ([`aggregator`]), puts are collected for a
+//! moment and packed, per shard, into records of the KPL aggregated format
+//! ([`aggregated`]).
 //!
 //! Consuming: every shard is read with GetShardIterator and GetRecords,
-//! within the per-shard limit of 5 calls a second ([`reader`]). A consumer
+//! within the per-shard limit of 5 calls a second ([`reader`]); aggregated
+//! records, whoever put them, are read as their user records, each with a
+//! sub-sequence number, so a checkpoint can fall inside one. A consumer
 //! name's shards are leased ([`lease`], [`coordinator`]): one process reads
 //! a shard at a time, a live process takes over the shards of a dead one
 //! once their leases expire, and a child shard (after resharding) is read
@@ -15,15 +19,19 @@
 //! order. Checkpoints live in the lease and are written only by its owner
 //! ([`subscription`]).
 
+mod aggregated;
+mod aggregator;
 mod coordinator;
 mod lease;
 mod producer;
 mod reader;
+mod shards;
 mod subscription;
 
 use super::{PutRecord, Stream, StreamError, Subscription};
 use crate::freshness::Freshness;
 use crate::object_store::ObjectStore;
+use aggregator::Aggregator;
 use async_trait::async_trait;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::SdkError;
@@ -49,6 +57,9 @@ pub struct KinesisSettings {
     pub lease_duration: Duration,
     /// How long a reader waits after an empty GetRecords.
     pub idle_poll: Duration,
+    /// Aggregate records (KPL format), collecting puts for this long first;
+    /// `None` puts one Kinesis record per record.
+    pub aggregate_linger: Option<Duration>,
 }
 
 /// A Kinesis data stream; consumers keep their leases in `leases`.
@@ -58,23 +69,37 @@ pub struct KinesisStream {
     settings: Arc<KinesisSettings>,
     leases: Arc<dyn ObjectStore>,
     put_metrics: Arc<producer::Metrics>,
+    /// Collects puts into aggregated records, when aggregating.
+    aggregator: Option<Arc<Aggregator>>,
     /// Where consumers' lag is reported, if anywhere.
     freshness: Option<Arc<Freshness>>,
 }
 
 impl KinesisStream {
-    /// The stream `settings.stream_name`, with leases in `leases`.
+    /// The stream `settings.stream_name`, with leases in `leases`. Call
+    /// within a Tokio runtime: an aggregating stream starts its collector.
     #[must_use]
     pub fn new(
         client: Client,
         settings: KinesisSettings,
         leases: Arc<dyn ObjectStore>,
     ) -> KinesisStream {
+        let settings = Arc::new(settings);
+        let put_metrics = Arc::new(producer::Metrics::new());
+        let aggregator = settings.aggregate_linger.map(|linger| {
+            Arc::new(Aggregator::start(
+                client.clone(),
+                Arc::clone(&settings),
+                Arc::clone(&put_metrics),
+                linger,
+            ))
+        });
         KinesisStream {
             client,
-            settings: Arc::new(settings),
+            settings,
             leases,
-            put_metrics: Arc::new(producer::Metrics::new()),
+            put_metrics,
+            aggregator,
             freshness: None,
         }
     }
@@ -90,7 +115,13 @@ impl KinesisStream {
 #[async_trait]
 impl Stream for KinesisStream {
     async fn put_records(&self, records: Vec<PutRecord>) -> Result<(), StreamError> {
-        producer::put_records(&self.client, &self.settings, &self.put_metrics, records).await
+        match &self.aggregator {
+            Some(aggregator) => aggregator.put(records).await,
+            None => {
+                producer::put_records(&self.client, &self.settings, &self.put_metrics, records)
+                    .await
+            }
+        }
     }
 
     async fn subscribe(&self, consumer: &str) -> Result<Box<dyn Subscription>, StreamError> {

@@ -8,7 +8,10 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use bytes::Bytes;
 use metrics::Counter;
+use std::collections::HashSet;
+use tokio::time::Instant;
 
 /// PutRecords limits.
 const MAX_PUT_RECORDS: usize = 500;
@@ -25,7 +28,7 @@ const THROTTLED: [&str; 3] = [
 
 /// The producer's counters (handles made once per stream).
 pub(super) struct Metrics {
-    puts: PutMetrics,
+    pub(super) puts: PutMetrics,
     /// Records retried because Kinesis throttled them...
     throttled: Counter,
     /// ...because it failed them otherwise (`InternalFailure`)...
@@ -55,42 +58,124 @@ pub(super) async fn put_records(
     records: Vec<PutRecord>,
 ) -> Result<(), StreamError> {
     let count = records.len();
-    let result = put_all(client, settings, metrics, records).await;
+    let entries = records
+        .into_iter()
+        .map(|r| Entry::new(r.partition_key, r.data))
+        .collect();
+    let deadline = Instant::now() + settings.put_timeout;
+    let placed = put_entries(client, &settings.stream_name, metrics, entries, deadline).await;
+    let result = placed.into_result();
     metrics.puts.count(count, &result);
     result
 }
 
-async fn put_all(
+/// A PutRecords entry, and the shard it is meant for when that matters.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    request: PutRecordsRequestEntry,
+    /// The shard an explicit hash key sends it to, as last listed.
+    shard: Option<String>,
+}
+
+impl Entry {
+    /// A record put by its partition key's hash.
+    pub(super) fn new(partition_key: String, data: Bytes) -> Entry {
+        Entry {
+            request: request(partition_key, data, None),
+            shard: None,
+        }
+    }
+
+    /// A record sent to `shard` by its explicit hash key (a decimal
+    /// 128-bit number in the shard's range).
+    pub(super) fn to_shard(
+        partition_key: String,
+        data: Bytes,
+        explicit_hash_key: u128,
+        shard: String,
+    ) -> Entry {
+        Entry {
+            request: request(partition_key, data, Some(explicit_hash_key.to_string())),
+            shard: Some(shard),
+        }
+    }
+
+    /// Bytes it counts for against PutRecords' limits.
+    fn size(&self) -> usize {
+        self.request.data.as_ref().len() + self.request.partition_key.len()
+    }
+
+    #[cfg(test)]
+    pub(super) fn request(&self) -> &PutRecordsRequestEntry {
+        &self.request
+    }
+}
+
+fn request(
+    partition_key: String,
+    data: Bytes,
+    explicit_hash_key: Option<String>,
+) -> PutRecordsRequestEntry {
+    PutRecordsRequestEntry::builder()
+        .partition_key(partition_key)
+        .data(Blob::new(data.to_vec()))
+        .set_explicit_hash_key(explicit_hash_key)
+        .build()
+        .expect("data and partition key are set")
+}
+
+/// How a put of entries ended, entry by entry (by their index in the put).
+#[derive(Debug, Default)]
+pub(super) struct Placed {
+    /// Entries not on the stream when the deadline came.
+    pub(super) failed: Vec<usize>,
+    /// Entries stored, but on a shard other than the one they were meant
+    /// for (the shards changed since they were listed).
+    pub(super) misplaced: Vec<usize>,
+    /// Why the last failed attempt failed.
+    pub(super) last_error: Option<String>,
+}
+
+impl Placed {
+    /// `Ok` when every entry is on the stream.
+    pub(super) fn into_result(self) -> Result<(), StreamError> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        Err(unavailable(
+            "PutRecords kept failing",
+            self.last_error
+                .unwrap_or_else(|| format!("{} records throttled", self.failed.len())),
+        ))
+    }
+}
+
+/// Puts every entry (plain or aggregated records), retrying failed ones
+/// until all are on the stream or the next try would end past `deadline`.
+pub(super) async fn put_entries(
     client: &Client,
-    settings: &KinesisSettings,
+    stream_name: &str,
     metrics: &Metrics,
-    records: Vec<PutRecord>,
-) -> Result<(), StreamError> {
-    let mut pending: Vec<PutRecordsRequestEntry> = records
-        .into_iter()
-        .map(|r| {
-            PutRecordsRequestEntry::builder()
-                .partition_key(r.partition_key)
-                .data(Blob::new(r.data.to_vec()))
-                .build()
-                .expect("data and partition key are set")
-        })
-        .collect();
-    let deadline = tokio::time::Instant::now() + settings.put_timeout;
+    entries: Vec<Entry>,
+    deadline: Instant,
+) -> Placed {
+    let mut pending: Vec<(usize, Entry)> = entries.into_iter().enumerate().collect();
+    let mut placed = Placed::default();
     let mut backoff = Backoff::default();
     // Not `backoff::retry`: each round retries only the entries that failed,
     // and the whole put gives up at a deadline rather than on an error kind.
     loop {
         let mut failed = Vec::new();
-        let mut last_error = None;
         for batch in batches(pending) {
-            match put_batch(client, &settings.stream_name, batch.clone()).await {
-                Ok(retry) => {
-                    metrics.throttled.increment(retry.throttled as u64);
+            match put_batch(client, stream_name, &batch).await {
+                Ok(outcome) => {
+                    metrics.throttled.increment(outcome.throttled as u64);
                     metrics
                         .failed
-                        .increment((retry.entries.len() - retry.throttled) as u64);
-                    failed.extend(retry.entries);
+                        .increment((outcome.retry.len() - outcome.throttled) as u64);
+                    placed.misplaced.extend(outcome.misplaced);
+                    let retry: HashSet<usize> = outcome.retry.into_iter().collect();
+                    failed.extend(batch.into_iter().filter(|(i, _)| retry.contains(i)));
                 }
                 Err(e) => {
                     let counter = if e.throttled {
@@ -100,19 +185,17 @@ async fn put_all(
                     };
                     counter.increment(batch.len() as u64);
                     failed.extend(batch);
-                    last_error = Some(e.message);
+                    placed.last_error = Some(e.message);
                 }
             }
         }
         if failed.is_empty() {
-            return Ok(());
+            return placed;
         }
         let pause = backoff.next_delay();
-        if tokio::time::Instant::now() + pause > deadline {
-            return Err(unavailable(
-                "PutRecords kept failing",
-                last_error.unwrap_or_else(|| format!("{} records throttled", failed.len())),
-            ));
+        if Instant::now() + pause > deadline {
+            placed.failed = failed.into_iter().map(|(i, _)| i).collect();
+            return placed;
         }
         tracing::debug!(
             records = failed.len(),
@@ -124,12 +207,15 @@ async fn put_all(
     }
 }
 
-/// The entries of a PutRecords call to retry.
+/// What one PutRecords call did with its entries (by their index).
 #[derive(Default)]
-struct Retry {
-    entries: Vec<PutRecordsRequestEntry>,
+struct CallOutcome {
+    /// Entries to put again.
+    retry: Vec<usize>,
     /// How many of them were throttled.
     throttled: usize,
+    /// Entries stored on another shard than they were meant for.
+    misplaced: Vec<usize>,
 }
 
 /// Why a whole PutRecords call failed.
@@ -139,29 +225,33 @@ struct CallFailed {
     throttled: bool,
 }
 
-/// Puts one PutRecords call's worth; returns the entries to retry.
+/// Puts one PutRecords call's worth.
 async fn put_batch(
     client: &Client,
     stream_name: &str,
-    batch: Vec<PutRecordsRequestEntry>,
-) -> Result<Retry, CallFailed> {
+    batch: &[(usize, Entry)],
+) -> Result<CallOutcome, CallFailed> {
+    let requests = batch.iter().map(|(_, e)| e.request.clone()).collect();
     let result = client
         .put_records()
         .stream_name(stream_name)
-        .set_records(Some(batch.clone()))
+        .set_records(Some(requests))
         .send()
         .await;
     match result {
-        Ok(output) if output.failed_record_count.unwrap_or(0) == 0 => Ok(Retry::default()),
         Ok(output) => {
-            let mut retry = Retry::default();
-            for (entry, result) in batch.into_iter().zip(output.records) {
+            let mut outcome = CallOutcome::default();
+            for ((index, entry), result) in batch.iter().zip(output.records) {
                 if let Some(code) = &result.error_code {
-                    retry.throttled += usize::from(THROTTLED.contains(&code.as_str()));
-                    retry.entries.push(entry);
+                    outcome.throttled += usize::from(THROTTLED.contains(&code.as_str()));
+                    outcome.retry.push(*index);
+                } else if let (Some(meant), Some(landed)) = (&entry.shard, &result.shard_id)
+                    && meant != landed
+                {
+                    outcome.misplaced.push(*index);
                 }
             }
-            Ok(retry)
+            Ok(outcome)
         }
         // The call may or may not have stored them: retrying can only
         // duplicate, which consumers tolerate; giving up could lose.
@@ -173,11 +263,11 @@ async fn put_batch(
 }
 
 /// Splits entries into PutRecords calls within the count and size limits.
-fn batches(entries: Vec<PutRecordsRequestEntry>) -> Vec<Vec<PutRecordsRequestEntry>> {
-    let mut out: Vec<Vec<PutRecordsRequestEntry>> = Vec::new();
+fn batches(entries: Vec<(usize, Entry)>) -> Vec<Vec<(usize, Entry)>> {
+    let mut out: Vec<Vec<(usize, Entry)>> = Vec::new();
     let mut bytes = 0;
     for entry in entries {
-        let size = entry.data.as_ref().len() + entry.partition_key.len();
+        let size = entry.1.size();
         match out.last_mut() {
             Some(last) if last.len() < MAX_PUT_RECORDS && bytes + size <= MAX_PUT_BYTES => {
                 bytes += size;
@@ -196,27 +286,28 @@ fn batches(entries: Vec<PutRecordsRequestEntry>) -> Vec<Vec<PutRecordsRequestEnt
 mod tests {
     use super::*;
 
-    fn entry(bytes: usize) -> PutRecordsRequestEntry {
-        PutRecordsRequestEntry::builder()
-            .partition_key("1")
-            .data(Blob::new(vec![b'x'; bytes]))
-            .build()
-            .unwrap()
+    fn entries(count: usize, bytes: usize) -> Vec<(usize, Entry)> {
+        (0..count)
+            .map(|i| (i, Entry::new("1".into(), Bytes::from(vec![b'x'; bytes]))))
+            .collect()
     }
 
     #[test]
     fn put_batches_respect_the_count_and_size_limits() {
-        let sizes: Vec<usize> = batches((0..1201).map(|_| entry(10)).collect())
-            .iter()
-            .map(Vec::len)
-            .collect();
+        let sizes: Vec<usize> = batches(entries(1201, 10)).iter().map(Vec::len).collect();
         assert_eq!(sizes, [500, 500, 201]);
-        let big = batches((0..6).map(|_| entry(1 << 20)).collect());
+        let big = batches(entries(6, 1 << 20));
         assert_eq!(
             big.iter().map(Vec::len).collect::<Vec<_>>(),
             [4, 2],
             "5 MiB per call"
         );
+        let order: Vec<usize> = batches(entries(1201, 10))
+            .into_iter()
+            .flatten()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(order, (0..1201).collect::<Vec<_>>(), "in order, each once");
         assert!(batches(Vec::new()).is_empty());
     }
 }

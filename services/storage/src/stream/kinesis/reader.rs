@@ -2,7 +2,7 @@
 //! the per-shard limit of 5 calls a second, into the consumer's queue.
 
 use super::coordinator::Coordinator;
-use super::describe;
+use super::{aggregated, describe};
 use crate::freshness::now_ms;
 use crate::stream::{SequenceNumber, StreamRecord};
 use alleycat_core::backoff::Backoff;
@@ -70,7 +70,7 @@ impl Coordinator {
                     continue;
                 }
             };
-            let records = match to_stream_records(&shard, output.records) {
+            let mut records = match to_stream_records(&shard, output.records) {
                 Ok(records) => records,
                 Err(e) => {
                     // Kinesis promises decimal sequence numbers; a server
@@ -82,6 +82,11 @@ impl Coordinator {
             };
             backoff.reset();
             lag.behind(output.millis_behind_latest);
+            // Reading resumes at the aggregated record holding `last`: its
+            // user records up to `last` were read already.
+            if let Some(last) = &last {
+                records.retain(|r| r.sequence > *last);
+            }
             let got_records = !records.is_empty();
             if let Some(newest) = records.last() {
                 last = Some(newest.sequence.clone());
@@ -121,6 +126,11 @@ impl Coordinator {
             .stream_name(&self.settings.stream_name)
             .shard_id(shard);
         let request = match after {
+            // Within an aggregated record: read it again, and the caller
+            // drops the user records up to `sequence`.
+            Some(sequence) if sequence.sub_sequence().is_some() => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(sequence.record_position().to_string()),
             Some(sequence) => request
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(sequence.to_string()),
@@ -159,25 +169,37 @@ impl Drop for LagReport<'_> {
     }
 }
 
-/// GetRecords' records as stream records of `shard`.
+/// GetRecords' records as stream records of `shard`: an aggregated record
+/// becomes its user records, numbered by sub-sequence.
 fn to_stream_records(
     shard: &str,
     records: Vec<aws_sdk_kinesis::types::Record>,
 ) -> Result<Vec<StreamRecord>, crate::stream::ParseSequenceError> {
-    records
-        .into_iter()
-        .map(|r| {
-            Ok(StreamRecord {
-                shard_id: shard.to_owned(),
-                arrival_ms: r
-                    .approximate_arrival_timestamp
-                    .and_then(|t| t.to_millis().ok())
-                    .unwrap_or_else(now_ms),
-                sequence: r.sequence_number.parse()?,
-                data: Bytes::from(r.data.into_inner()),
-            })
-        })
-        .collect()
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let sequence: SequenceNumber = r.sequence_number.parse()?;
+        let arrival_ms = r
+            .approximate_arrival_timestamp
+            .and_then(|t| t.to_millis().ok())
+            .unwrap_or_else(now_ms);
+        let data = Bytes::from(r.data.into_inner());
+        let record = |sequence, data| StreamRecord {
+            shard_id: shard.to_owned(),
+            sequence,
+            arrival_ms,
+            data,
+        };
+        match aggregated::user_records(&data) {
+            Some(users) => out.extend(
+                users
+                    .into_iter()
+                    .zip(0..)
+                    .map(|(data, sub)| record(sequence.clone().with_sub_sequence(sub), data)),
+            ),
+            None => out.push(record(sequence, data)),
+        }
+    }
+    Ok(out)
 }
 
 async fn sleep_or_stop(stop: &CancellationToken, pause: Duration) {
