@@ -80,6 +80,8 @@ fn every_example_matches_its_schema() {
         ("ingest-accepted", &["ingest-accepted.json"]),
         ("ingest-error", &["ingest-error.json"]),
         ("class-history", &["class-history.json"]),
+        ("original-races", &["original-races.json"]),
+        ("original-leaderboard", &["original-leaderboard.json"]),
         ("readiness", &["readiness.ndjson"]),
         ("disqualification", &["disqualification.ndjson"]),
         ("delivery-record", &["delivery-record.ndjson"]),
@@ -359,6 +361,26 @@ async fn rankings_pushes_results_leaderboards_and_errors_match_the_contract() {
     let (status, board) = get(format!("{}/v1/leaderboard?classId=4&limit=2", server.base)).await;
     assert_eq!(status, 200);
     Schema::load("leaderboard").assert_valid(&board);
+    // The original frontend's two calls, in the original's shapes, holding
+    // the same results as the API above.
+    let (status, original_races) = get(format!("{}/getRaces?classId=4", server.base)).await;
+    assert_eq!(status, 200);
+    Schema::load("original-races").assert_valid(&original_races);
+    let first = &original_races[0];
+    assert_eq!(first["PK"], format!("race-{}", races["races"][0]["raceId"]));
+    let results: Value = serde_json::from_str(first["results"].as_str().unwrap()).unwrap();
+    for result in races["races"][0]["results"].as_array().unwrap() {
+        let output = results[result["racerId"].to_string()].as_f64();
+        assert_eq!(output, result["output"].as_f64(), "{results}");
+    }
+    let (status, original_board) = get(format!("{}/leaderboard?classId=4", server.base)).await;
+    assert_eq!(status, 200);
+    Schema::load("original-leaderboard").assert_valid(&original_board);
+    assert_eq!(
+        original_board[0]["SK"],
+        format!("racer-{}", board["entries"][0]["racerId"])
+    );
+    assert_eq!(original_board[0]["GSI"], board["entries"][0]["output"]);
     let (status, health) = get(format!("{}/healthz", server.base)).await;
     assert_eq!(status, 200);
     Schema::load("health").assert_valid(&health);
@@ -368,6 +390,8 @@ async fn rankings_pushes_results_leaderboards_and_errors_match_the_contract() {
     let error = Schema::load("error");
     for path in [
         "/v1/leaderboard?classId=0",
+        "/getRaces?classId=9",
+        "/leaderboard",
         "/v1/races/404404",
         "/history/class-9.gz",
         "/v1/rankings/ws?classId=2",
@@ -402,6 +426,9 @@ fn the_openapi_document_covers_every_route_and_its_refs_resolve() {
         "/metrics",
         "/v1/admin/disqualifications",
         "/v1/admin/disqualifications/{id}",
+        "/getRaces",
+        "/leaderboard",
+        "/",
     ] {
         assert!(paths.contains_key(route), "{route} is not documented");
     }

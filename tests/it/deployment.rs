@@ -758,6 +758,9 @@ fn the_load_balancer_routes_the_public_paths_and_never_the_admin_api() {
         ("/v1/races", "RankingsTargetGroup"),
         ("/v1/races/5397285", "RankingsTargetGroup"),
         ("/v1/leaderboard", "RankingsTargetGroup"),
+        ("/", "RankingsTargetGroup"),
+        ("/getRaces", "RankingsTargetGroup"),
+        ("/leaderboard", "RankingsTargetGroup"),
         ("/history/class-1.gz", "HistoryTargetGroup"),
         ("/history/class-6.gz", "HistoryTargetGroup"),
     ] {

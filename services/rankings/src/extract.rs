@@ -108,6 +108,18 @@ impl<S: Send + Sync> FromRequestParts<S> for RacesQuery {
     }
 }
 
+/// `?classId=N` alone: the original system's `/getRaces` and
+/// `/leaderboard`.
+pub(crate) struct ClassQuery(pub(crate) ClassId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClassQuery {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        Ok(ClassQuery(Params::from_parts(parts)?.class_id()?))
+    }
+}
+
 /// The `{raceId}` of `GET /v1/races/{raceId}`.
 pub(crate) struct RaceIdPath(pub(crate) RaceId);
 

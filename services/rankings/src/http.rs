@@ -57,7 +57,7 @@ pub struct AppState {
 impl AppState {
     /// The disqualification list as last read (empty before the first
     /// read: one shared empty list, so cached rankings stay valid).
-    fn disqualified(&self) -> Arc<Disqualifications> {
+    pub(crate) fn disqualified(&self) -> Arc<Disqualifications> {
         static NONE_READ: std::sync::LazyLock<Arc<Disqualifications>> =
             std::sync::LazyLock::new(Arc::default);
         self.disqualifications
@@ -66,9 +66,12 @@ impl AppState {
     }
 }
 
-/// The rankings routes.
+/// The rankings routes, the live race page at `/` among them.
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/", get(crate::page::index))
+        .route("/getRaces", get(crate::original::get_races))
+        .route("/leaderboard", get(crate::original::get_leaderboard))
         .route("/v1/rankings/ws", get(viewer))
         .route("/v1/races", get(races))
         .route("/v1/races/{race_id}", get(race))
@@ -332,7 +335,7 @@ async fn leaderboard(
     }))
 }
 
-async fn ranked_leaderboard(
+pub(crate) async fn ranked_leaderboard(
     state: &AppState,
     class: ClassId,
 ) -> Result<Arc<Vec<RankedEntry>>, AppError> {
@@ -497,6 +500,13 @@ mod tests {
                 "/v1/leaderboard?classId=1&around=me",
                 r#"around must be a non-negative integer, got "me""#,
             ),
+            ("/getRaces", "classId is required (1 to 6)"),
+            ("/getRaces?classId=7", "classId must be 1 to 6, got 7"),
+            (
+                "/leaderboard?classId=",
+                r#"classId must be a non-negative integer, got """#,
+            ),
+            ("/leaderboard?classId=0", "classId must be 1 to 6, got 0"),
             ("/v1/rankings/ws", "classId is required (1 to 6)"),
             (
                 "/v1/rankings/ws?classId=1&raceId=x",
@@ -619,5 +629,72 @@ mod tests {
                 json!({ "classId": 6, "entries": [], "next": null })
             )
         );
+    }
+
+    #[tokio::test]
+    async fn the_original_calls_answer_the_items_the_original_stored() {
+        let fixture = Fixture::new();
+        fixture.finals(2, 10, &[1, 12, 2]).await;
+        fixture.finals(2, 11, &[3]).await;
+        fixture.finals(4, 12, &[7]).await;
+        let (status, races) = fixture.get("/getRaces?classId=2").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            races,
+            json!([
+                { "PK": "race-11", "SK": "results", "GSI": 2, "results": r#"{"3":3}"# },
+                // Keys in ascending order, numbers as JSON.stringify writes them.
+                { "PK": "race-10", "SK": "results", "GSI": 2, "results": r#"{"1":1,"2":2,"12":12}"# },
+            ])
+        );
+        let (status, board) = fixture.get("/leaderboard?classId=2").await;
+        assert_eq!(status, StatusCode::OK);
+        // Highest first, numbers as JSON.stringify writes them (12, not
+        // 12.0); `ts` is when the final arrived (the fixture's finals
+        // arrive at their race's id, in ms).
+        assert_eq!(
+            board,
+            json!([
+                { "PK": "class-2", "SK": "racer-12", "GSI": 12, "ts": 10, "raceId": 10 },
+                { "PK": "class-2", "SK": "racer-3", "GSI": 3, "ts": 11, "raceId": 11 },
+                { "PK": "class-2", "SK": "racer-2", "GSI": 2, "ts": 10, "raceId": 10 },
+                { "PK": "class-2", "SK": "racer-1", "GSI": 1, "ts": 10, "raceId": 10 },
+            ])
+        );
+        assert_eq!(
+            fixture.get("/getRaces?classId=5").await,
+            (StatusCode::OK, json!([]))
+        );
+        assert_eq!(
+            fixture.get("/leaderboard?classId=5").await,
+            (StatusCode::OK, json!([]))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_page_is_served_at_the_root_as_html_that_loads_nothing_else() {
+        let request = Request::get("/").body(Body::empty()).unwrap();
+        let response = app(Fixture::new().state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers().clone();
+        assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.starts_with("default-src 'none'"), "{policy}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let page = std::str::from_utf8(&body).unwrap();
+        assert!(page.starts_with("<!doctype html>"));
+        // No build step, no CDN: nothing but the page itself is loaded.
+        for external in [
+            "<script src",
+            "<link",
+            "@import",
+            "src=\"http",
+            "href=\"http",
+            "url(",
+        ] {
+            assert!(!page.contains(external), "the page loads {external}");
+        }
+        // Data is written as text, never as markup (racer names are any string).
+        assert!(!page.contains("innerHTML"));
     }
 }

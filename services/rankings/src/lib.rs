@@ -11,6 +11,8 @@ mod engine;
 mod extract;
 mod http;
 mod metrics;
+mod original;
+mod page;
 mod pending;
 pub mod push;
 pub mod race;

@@ -226,6 +226,10 @@ pub struct LeaderboardEntry {
     pub output: f64,
     /// The race it was set in.
     pub race_id: RaceId,
+    /// When that race finished (its last final record's arrival), ms since
+    /// the epoch; absent in entries stored before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
 }
 
 /// Most entries a class leaderboard keeps (the best ones).
@@ -270,6 +274,10 @@ pub struct RankedEntry {
     pub output: f64,
     /// The race of that result.
     pub race_id: RaceId,
+    /// When that race finished, if known (for the original system's `ts`;
+    /// not part of this API's answers).
+    #[serde(skip)]
+    pub finished_ms: Option<i64>,
 }
 
 impl Leaderboard {
@@ -402,6 +410,7 @@ impl Leaderboard {
                 name: e.name.clone(),
                 output: e.output,
                 race_id: e.race_id,
+                finished_ms: e.finished_ms,
             })
             .collect()
     }
@@ -447,6 +456,7 @@ mod tests {
             name: "x".into(),
             output,
             race_id: RaceId(race),
+            finished_ms: None,
         }
     }
 
@@ -653,6 +663,7 @@ mod disqualified {
             name: "x".into(),
             output,
             race_id: RaceId(race),
+            finished_ms: None,
         }
     }
 

@@ -115,11 +115,18 @@ impl ResultsStore {
             .await?;
             self.update(&leaderboard_key(*class), |board: &mut Leaderboard| {
                 let mut changed = false;
-                for Final { race, result, .. } in results.iter().copied() {
+                for Final {
+                    race,
+                    result,
+                    finished_ms,
+                    ..
+                } in results.iter().copied()
+                {
                     let entry = LeaderboardEntry {
                         name: result.name.clone(),
                         output: result.output,
                         race_id: *race,
+                        finished_ms: Some(*finished_ms),
                     };
                     changed |= board.offer(result.racer_id, entry);
                 }

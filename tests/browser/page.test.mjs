@@ -1,0 +1,140 @@
+// The live race page in a real browser: Debian's chromium, driven headless
+// by playwright-core. Run by `loadtest/tests/browser.rs`, which starts the
+// all-in-one and the load-test harness, and stops and starts the server
+// when this script asks (a line "ASK stop" or "ASK start" on stdout, answered
+// by "done stop" or "done start" on stdin).
+//
+//   node page.test.mjs <base URL> <screenshot directory> <racerId to follow>
+//
+// Each check prints "ok - ..."; the first that fails ends the script with
+// exit status 1. The last line is "RESULT {json}": the page's bytes and the
+// time from navigation to the first table row.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { createServer } from "node:http";
+import { execFileSync } from "node:child_process";
+import readline from "node:readline";
+
+const [base, shots, racerId] = process.argv.slice(2);
+if (!base || !shots || !racerId) {
+  console.error("usage: node page.test.mjs <base URL> <screenshot directory> <racerId to follow>");
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+const input = readline.createInterface({ input: process.stdin });
+const answers = input[Symbol.asyncIterator]();
+const WAIT = { timeout: 30_000 };
+
+function ok(condition, what) {
+  if (!condition) throw new Error("not ok - " + what);
+  console.log("ok - " + what);
+}
+
+async function ask(what) {
+  console.log("ASK " + what);
+  const { value } = await answers.next();
+  if (value !== "done " + what) throw new Error(`expected "done ${what}", got ${JSON.stringify(value)}`);
+}
+
+/// Waits until the text of `selector` is no longer `before`.
+async function changes(page, selector, before) {
+  await page.waitForFunction(
+    ([s, b]) => document.querySelector(s).textContent !== b,
+    [selector, before],
+    WAIT,
+  );
+}
+
+// As this machine's probe starts it: no sandbox (root), and none of the
+// background connections a closed network refuses.
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || execFileSync("sh", ["-c", "command -v chromium"]).toString().trim(),
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const errors = [];
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on("pageerror", (error) => errors.push(error.message));
+
+  const started = Date.now();
+  const response = await page.goto(base + "/?classId=1&racerId=" + racerId);
+  const pageBytes = (await response.body()).length;
+  await page.waitForSelector("#here-now tr", WAIT);
+  const firstTableMs = Date.now() - started;
+  ok((await page.locator("#here-now tr").count()) > 0, "the Here now table fills");
+  ok((await page.locator("#all-time tr").count()) > 0, "the All time table fills");
+  ok(await page.locator('#status[data-state="live"]').isVisible(), "the status says live");
+
+  await changes(page, "#race-info", await page.textContent("#race-info"));
+  ok(true, "the tables update (the race's second moves on)");
+  await page.waitForSelector("#all-time tr.new-record .badge", WAIT);
+  ok(true, "a new record is marked");
+  await page.waitForFunction(() => document.getElementById("you-figures").textContent.includes("here now"), null, WAIT);
+  ok(true, "the followed racer's rank is shown");
+
+  await page.waitForFunction(() => {
+    const line = document.querySelector("#chart path.best");
+    return line && line.getAttribute("d").split("L").length > 5;
+  }, null, WAIT);
+  ok(true, "the chart of the class file's best per second is drawn");
+
+  await page.waitForSelector("#races li strong", WAIT);
+  ok(true, "recent race results are listed");
+  await page.waitForSelector("#leaderboard td.num", WAIT);
+  const firstRank = await page.textContent("#leaderboard tr:first-child td:first-child");
+  ok(firstRank === "1", "the leaderboard starts at rank 1");
+  await page.waitForSelector("#next:not([disabled])", WAIT);
+  await page.click("#next");
+  await page.waitForFunction(() => document.querySelector("#page").textContent === "page 2", null, WAIT);
+  await page.waitForFunction(() => document.querySelector("#leaderboard tr:first-child td").textContent === "11", null, WAIT);
+  ok(true, "the leaderboard pages (page 2 starts at rank 11)");
+  await page.click("#prev");
+  await page.waitForFunction(() => document.querySelector("#leaderboard tr:first-child td").textContent === "1", null, WAIT);
+
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: shots + "/page-desktop.png" });
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  phone.on("pageerror", (error) => errors.push(error.message));
+  await phone.goto(base + "/?classId=1&racerId=" + racerId);
+  await phone.waitForSelector("#here-now tr", WAIT);
+  await phone.waitForSelector("#chart path.best", WAIT);
+  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  ok(overflow <= 0, `nothing is wider than a phone's screen (${overflow} px over)`);
+  await phone.screenshot({ path: shots + "/page-phone.png", fullPage: true });
+  await phone.close();
+
+  // The same page served from another origin (another port), its APIs
+  // named by ?api=: everything it fetches crosses origins, under CORS.
+  const html = await response.body();
+  const elsewhere = createServer((_, res) => res.writeHead(200, { "content-type": "text/html" }).end(html));
+  await new Promise((done) => elsewhere.listen(0, "127.0.0.1", done));
+  const foreign = await browser.newPage();
+  foreign.on("pageerror", (error) => errors.push(error.message));
+  await foreign.goto(`http://127.0.0.1:${elsewhere.address().port}/?classId=1&api=${encodeURIComponent(base)}`);
+  await foreign.waitForSelector("#here-now tr", WAIT);
+  await foreign.waitForSelector("#chart path.best", WAIT);
+  await foreign.waitForSelector("#leaderboard td.num", WAIT);
+  await foreign.waitForSelector("#races li strong", WAIT);
+  ok(true, "served from another origin, the page works through the APIs' CORS rules");
+  await foreign.close();
+  elsewhere.close();
+
+  // The test posted a racer named like markup: shown as text, never run.
+  ok((await page.textContent("#leaderboard")).includes("<img src=x onerror="), "a name that looks like markup is shown as text");
+  ok((await page.locator("img").count()) === 0, "and is not made into an element");
+
+  await ask("stop");
+  await page.waitForSelector('#status[data-state="reconnecting"]', WAIT);
+  ok(true, "the page says it is reconnecting while the server is down");
+  await ask("start");
+  await page.waitForSelector('#status[data-state="live"]', WAIT);
+  await changes(page, "#race-info", await page.textContent("#race-info"));
+  ok(true, "after the restart the page is live and updating again");
+
+  ok(errors.length === 0, "no script errors" + (errors.length ? ": " + errors.join("; ") : ""));
+  console.log("RESULT " + JSON.stringify({ pageBytes, firstTableMs }));
+} finally {
+  input.close(); // or stdin keeps the script running
+  await browser.close();
+}
