@@ -11,7 +11,11 @@ const server = kinesalite({
   createStreamMs,
   deleteStreamMs: createStreamMs,
   updateStreamMs,
-  shardLimit: 100,
+  // Every test makes streams of its own and never deletes them (the server
+  // keeps them in memory until it stops): a server that `infra/local/up`
+  // reuses across many runs would reach AWS's default account limit of 100
+  // shards after a few of them.
+  shardLimit: 100000,
 })
 server.on('error', (err) => {
   console.error('kinesalite: ' + (err.stack || err))

@@ -206,6 +206,40 @@ async fn a_viewer_following_a_racer_gets_its_rank_and_neighbours() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_connects_mid_race_gets_its_latest_state_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let client = reqwest::Client::new();
+    let mut first = viewer(&server, "classId=2").await;
+    let seconds = race(88, 2, 300, 4, 2);
+    for samples in &seconds {
+        let body = Value::Array(samples.iter().map(Sample::json).collect());
+        assert_eq!(post_json(&client, &server.base, &body).await.0, 202);
+    }
+    let mut latest = next_push(&mut first, PATIENCE).await.unwrap();
+    while latest["second"] != 2 {
+        latest = next_push(&mut first, PATIENCE).await.unwrap();
+    }
+    // Nothing new is posted: a viewer connecting (or reconnecting) now sees
+    // the race as it stands, without waiting for its next change.
+    for query in ["classId=2", "classId=2&raceId=88", "classId=2&racerId=301"] {
+        let mut late = viewer(&server, query).await;
+        let push = next_push(&mut late, Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|| panic!("{query}: no state on connect"));
+        assert_eq!(push["second"], 2, "{query}");
+        assert_eq!(here_now(&push), here_now(&latest), "{query}");
+    }
+    let mut other_race = viewer(&server, "classId=2&raceId=89").await;
+    assert!(
+        next_push(&mut other_race, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_or_vanished_viewer_never_delays_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;

@@ -227,6 +227,7 @@ impl Engine {
         by_weight.select_nth_unstable(excess - 1);
         for (_, _, key) in &by_weight[..excess] {
             self.races.remove(key);
+            self.viewers.forget(key.0, key.1);
         }
         METRICS.races_evicted.increment(excess as u64);
         let evictions = &mut self.evictions;
@@ -301,8 +302,14 @@ impl Engine {
     /// Forgets the races that got no new record for [`RACE_IDLE`].
     fn expire(&mut self, now: i64) {
         let idle = millis(RACE_IDLE);
-        self.races
-            .retain(|_, live| now.saturating_sub(live.last_data) < idle);
+        let viewers = &self.viewers;
+        self.races.retain(|_, live| {
+            let keep = now.saturating_sub(live.last_data) < idle;
+            if !keep {
+                viewers.forget(live.race.class_id(), live.race.race_id());
+            }
+            keep
+        });
         METRICS.live_races.set(self.races.len() as f64);
     }
 

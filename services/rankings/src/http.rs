@@ -304,8 +304,31 @@ async fn race(
 #[serde(rename_all = "camelCase")]
 struct LeaderboardBody {
     class_id: ClassId,
-    entries: Vec<RankedEntry>,
+    /// Entries on the whole board.
+    total: usize,
+    entries: Vec<BoardEntry>,
     next: Option<String>,
+}
+
+/// A leaderboard line with where it stands among all of them.
+#[derive(Serialize)]
+struct BoardEntry {
+    #[serde(flatten)]
+    entry: RankedEntry,
+    /// Share of the board ranked below it, in percent, one decimal.
+    percentile: f64,
+}
+
+impl BoardEntry {
+    fn on_board_of(total: usize, entry: RankedEntry) -> BoardEntry {
+        let below = total.saturating_sub(entry.rank as usize);
+        let percentile = if total == 0 {
+            0.0
+        } else {
+            (below as f64 * 1000.0 / total as f64).round() / 10.0
+        };
+        BoardEntry { entry, percentile }
+    }
 }
 
 /// `GET /v1/leaderboard?classId=N[&limit=L][&cursor=C][&around=X]`.
@@ -328,9 +351,14 @@ async fn leaderboard(
         }
         Position::Page(offset) => page(&ranked, offset, limit),
     };
+    let total = ranked.len();
     Ok(Json(LeaderboardBody {
         class_id,
-        entries,
+        total,
+        entries: entries
+            .into_iter()
+            .map(|e| BoardEntry::on_board_of(total, e))
+            .collect(),
         next: next.map(|n| n.to_string()),
     }))
 }
@@ -614,19 +642,32 @@ mod tests {
         let (status, first) = fixture.get("/v1/leaderboard?classId=2&limit=2").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!((ids(&first), &first["next"]), (vec![3, 2], &json!("2")));
+        // Where each stands among the 3: 2 of 3 below the first, 1 below
+        // the second, none below the last (on every page, and around).
+        assert_eq!(first["total"], 3);
+        let percentiles = |board: &Value| -> Vec<f64> {
+            let entries = board["entries"].as_array().unwrap();
+            entries
+                .iter()
+                .map(|e| e["percentile"].as_f64().unwrap())
+                .collect()
+        };
+        assert_eq!(percentiles(&first), [66.7, 33.3]);
         let (_, last) = fixture
             .get("/v1/leaderboard?classId=2&limit=2&cursor=2")
             .await;
         assert_eq!((ids(&last), &last["next"]), (vec![1], &Value::Null));
+        assert_eq!((percentiles(&last), &last["total"]), (vec![0.0], &json!(3)));
         let (_, around) = fixture
             .get("/v1/leaderboard?classId=2&limit=1&around=2")
             .await;
         assert_eq!((ids(&around), &around["next"]), (vec![2], &Value::Null));
+        assert_eq!(percentiles(&around), [33.3]);
         assert_eq!(
             fixture.get("/v1/leaderboard?classId=6").await,
             (
                 StatusCode::OK,
-                json!({ "classId": 6, "entries": [], "next": null })
+                json!({ "classId": 6, "total": 0, "entries": [], "next": null })
             )
         );
     }

@@ -29,11 +29,15 @@ struct Viewer {
     queue: mpsc::Sender<Utf8Bytes>,
 }
 
-/// Every connected viewer.
+/// Every connected viewer, and each live race's last shared message.
 #[derive(Default)]
 pub struct Viewers {
     next_id: AtomicU64,
     by_class: RwLock<HashMap<ClassId, HashMap<u64, Viewer>>>,
+    /// Per class, each live race's last shared message: what a viewer
+    /// gets at once when it connects. Bounded by the engine's live races;
+    /// a race is forgotten when the engine forgets it.
+    latest: RwLock<HashMap<ClassId, HashMap<RaceId, Utf8Bytes>>>,
 }
 
 /// Where a viewer's messages arrive; dropped viewers see it close.
@@ -45,10 +49,28 @@ pub struct Subscription {
 }
 
 impl Viewers {
-    /// Registers a viewer.
+    /// Registers a viewer, with the latest state of its class's live races
+    /// (of its race, if it names one) already queued: a viewer that
+    /// connects, or reconnects, sees the race at once, not at its next
+    /// change. (A viewer following a racer gets the shared message first;
+    /// its own lines come with the next push.)
     pub fn add(&self, filter: Filter) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, messages) = mpsc::channel(QUEUE);
+        if let Some(races) = self
+            .latest
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&filter.class_id)
+        {
+            let wanted = races
+                .iter()
+                .filter(|(race, _)| filter.race_id.is_none_or(|r| r == **race));
+            // Leave room in the queue for the pushes that follow.
+            for (_, message) in wanted.take(QUEUE / 2) {
+                let _ = queue.try_send(message.clone());
+            }
+        }
         self.write()
             .entry(filter.class_id)
             .or_default()
@@ -95,6 +117,12 @@ impl Viewers {
         let mut dropped = Vec::new();
         let mut sent = 0;
         let mut slow = 0;
+        self.latest
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(class)
+            .or_default()
+            .insert(race, shared.clone());
         {
             let viewers = self.read();
             let Some(viewers) = viewers.get(&class) else {
@@ -136,6 +164,20 @@ impl Viewers {
         sent
     }
 
+    /// Forgets a race that ended: new viewers no longer get its last state.
+    pub fn forget(&self, class: ClassId, race: RaceId) {
+        let mut latest = self
+            .latest
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(races) = latest.get_mut(&class) {
+            races.remove(&race);
+            if races.is_empty() {
+                latest.remove(&class);
+            }
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ClassId, HashMap<u64, Viewer>>> {
         self.by_class
             .read()
@@ -174,6 +216,42 @@ mod tests {
         assert!(other_race.messages.try_recv().is_err());
         assert_eq!(me.messages.try_recv().unwrap(), "for 42");
         assert_eq!(viewers.publish(ClassId(2), RaceId(7), &shared, |_| None), 0);
+    }
+
+    #[test]
+    fn a_viewer_gets_the_latest_state_of_its_races_at_once_until_they_end() {
+        let viewers = Viewers::default();
+        let _watcher = viewers.add(filter(None, None));
+        viewers.publish(ClassId(1), RaceId(7), &Utf8Bytes::from("7 at 3"), |_| None);
+        viewers.publish(ClassId(1), RaceId(7), &Utf8Bytes::from("7 at 4"), |_| None);
+        viewers.publish(ClassId(1), RaceId(8), &Utf8Bytes::from("8 at 1"), |_| None);
+        let mut all = viewers.add(filter(None, None));
+        let mut got = vec![
+            all.messages.try_recv().unwrap().to_string(),
+            all.messages.try_recv().unwrap().to_string(),
+        ];
+        got.sort();
+        assert_eq!(
+            got,
+            ["7 at 4", "8 at 1"],
+            "each race's latest, nothing older"
+        );
+        assert!(all.messages.try_recv().is_err());
+        let mut one_race = viewers.add(filter(Some(8), Some(42)));
+        assert_eq!(one_race.messages.try_recv().unwrap(), "8 at 1");
+        assert!(one_race.messages.try_recv().is_err());
+        let mut other_class = viewers.add(Filter {
+            class_id: ClassId(2),
+            ..filter(None, None)
+        });
+        assert!(other_class.messages.try_recv().is_err());
+        viewers.forget(ClassId(1), RaceId(7));
+        viewers.forget(ClassId(1), RaceId(8));
+        let mut late = viewers.add(filter(None, None));
+        assert!(
+            late.messages.try_recv().is_err(),
+            "an ended race is not shown"
+        );
     }
 
     #[test]
