@@ -19,22 +19,9 @@ use tokio_util::sync::CancellationToken;
 /// How long the whole browser script may take.
 const SCRIPT_PATIENCE: Duration = Duration::from_secs(240);
 
-/// The all-in-one at its defaults, but for quicker deliveries, merges and
-/// pushes, so that a short run fills every part of the page.
-fn config(dir: &Path) -> alleycat::Config {
-    use clap::Parser as _;
-    alleycat::Config::parse_from([
-        "alleycat",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--buffer-interval-ms",
-        "300",
-        "--history-poll-ms",
-        "100",
-        "--rankings-history-reload-ms",
-        "200",
-    ])
-}
+mod support;
+
+use support::quick_config;
 
 /// The all-in-one, in this process, on `addr`.
 struct Server {
@@ -47,7 +34,7 @@ impl Server {
         let stop = CancellationToken::new();
         let task = tokio::spawn(alleycat::run(
             listener,
-            config(dir),
+            quick_config(dir),
             stop.clone().cancelled_owned(),
         ));
         Server { stop, task }

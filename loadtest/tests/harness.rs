@@ -4,24 +4,9 @@
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The all-in-one at its defaults, but for quicker deliveries, merges and
-/// pushes, so that a short run sees its records through.
-fn config(dir: &std::path::Path) -> alleycat::Config {
-    use clap::Parser as _;
-    alleycat::Config::parse_from([
-        "alleycat",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--buffer-interval-ms",
-        "300",
-        "--history-poll-ms",
-        "100",
-        "--rankings-push-ms",
-        "100",
-        "--rankings-history-reload-ms",
-        "200",
-    ])
-}
+mod support;
+
+use support::quick_config;
 
 async fn run_harness(transport: &str) -> (std::process::ExitStatus, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -30,7 +15,7 @@ async fn run_harness(transport: &str) -> (std::process::ExitStatus, serde_json::
     let stop = CancellationToken::new();
     let server = tokio::spawn(alleycat::run(
         listener,
-        config(dir.path()),
+        quick_config(dir.path()),
         stop.clone().cancelled_owned(),
     ));
     let json = dir.path().join("report.json");

@@ -382,27 +382,16 @@ impl Packed {
 #[cfg(test)]
 mod tests {
     use super::super::aggregated::user_records;
-    use super::super::shards::hash_key;
+    use super::super::shards::{hash_key, listed_shard};
     use super::*;
-    use aws_sdk_kinesis::types::{HashKeyRange, Shard};
     use bytes::Bytes;
 
     fn two_shards() -> ShardMap {
         let half = u128::MAX / 2;
-        let shard = |id: &str, start: u128, end: u128| {
-            Shard::builder()
-                .shard_id(id)
-                .hash_key_range(
-                    HashKeyRange::builder()
-                        .starting_hash_key(start.to_string())
-                        .ending_hash_key(end.to_string())
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap()
-        };
-        ShardMap::of(&[shard("low", 0, half), shard("high", half + 1, u128::MAX)])
+        ShardMap::of(&[
+            listed_shard("low", 0, half, false),
+            listed_shard("high", half + 1, u128::MAX, false),
+        ])
     }
 
     fn record(racer: u64, second: u64, size: usize) -> PutRecord {

@@ -90,31 +90,33 @@ impl ShardMap {
     }
 }
 
+/// A listed shard with this hash key range, closed or open, for tests.
+#[cfg(test)]
+pub(super) fn listed_shard(id: &str, start: u128, end: u128, closed: bool) -> Shard {
+    use aws_sdk_kinesis::types::{HashKeyRange, SequenceNumberRange};
+    Shard::builder()
+        .shard_id(id)
+        .hash_key_range(
+            HashKeyRange::builder()
+                .starting_hash_key(start.to_string())
+                .ending_hash_key(end.to_string())
+                .build()
+                .unwrap(),
+        )
+        .sequence_number_range(
+            SequenceNumberRange::builder()
+                .starting_sequence_number("1")
+                .set_ending_sequence_number(closed.then(|| "9".to_owned()))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_kinesis::types::{HashKeyRange, SequenceNumberRange};
-
-    fn shard(id: &str, start: u128, end: u128, closed: bool) -> Shard {
-        Shard::builder()
-            .shard_id(id)
-            .hash_key_range(
-                HashKeyRange::builder()
-                    .starting_hash_key(start.to_string())
-                    .ending_hash_key(end.to_string())
-                    .build()
-                    .unwrap(),
-            )
-            .sequence_number_range(
-                SequenceNumberRange::builder()
-                    .starting_sequence_number("1")
-                    .set_ending_sequence_number(closed.then(|| "9".to_owned()))
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap()
-    }
 
     #[test]
     fn the_hash_key_is_the_md5_of_the_partition_key() {
@@ -127,9 +129,9 @@ mod tests {
         let half = u128::MAX / 2;
         let map = ShardMap::of(&[
             // Closed parent, split into the two below.
-            shard("shardId-0", 0, u128::MAX, true),
-            shard("shardId-2", half + 1, u128::MAX, false),
-            shard("shardId-1", 0, half, false),
+            listed_shard("shardId-0", 0, u128::MAX, true),
+            listed_shard("shardId-2", half + 1, u128::MAX, false),
+            listed_shard("shardId-1", 0, half, false),
         ]);
         for key in (0..200).map(|n| n.to_string()) {
             let hash = hash_key(&key);
@@ -146,8 +148,8 @@ mod tests {
     fn a_hash_no_open_shard_covers_maps_nowhere() {
         let hash = hash_key("17");
         let map = ShardMap::of(&[
-            shard("below", 0, hash - 1, false),
-            shard("above", hash + 1, u128::MAX, false),
+            listed_shard("below", 0, hash - 1, false),
+            listed_shard("above", hash + 1, u128::MAX, false),
         ]);
         assert_eq!(map.shard_of("17"), None);
         assert!(ShardMap::of(&[]).shard_of("17").is_none());
