@@ -6,6 +6,7 @@ use alleycat_storage::PutRecord;
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -82,6 +83,7 @@ fn every_example_matches_its_schema() {
         ("class-history", &["class-history.json"]),
         ("original-races", &["original-races.json"]),
         ("original-leaderboard", &["original-leaderboard.json"]),
+        ("racer-bests", &["racer-bests.json"]),
         ("readiness", &["readiness.ndjson"]),
         ("disqualification", &["disqualification.ndjson"]),
         ("delivery-record", &["delivery-record.ndjson"]),
@@ -381,6 +383,24 @@ async fn rankings_pushes_results_leaderboards_and_errors_match_the_contract() {
         format!("racer-{}", board["entries"][0]["racerId"])
     );
     assert_eq!(original_board[0]["GSI"], board["entries"][0]["output"]);
+    // A racer's bests, once the class file holding them is loaded: the
+    // bests of exactly the seconds it rode.
+    let racer = seconds[0][0].racer;
+    let expected = bests(seconds.iter().flatten());
+    let mine: BTreeMap<String, f64> = expected[&4]
+        .iter()
+        .filter_map(|(second, racers)| Some((second.to_string(), *racers.get(&racer)?)))
+        .collect();
+    let racer_bests = eventually("the racer's bests", || async {
+        let (status, body) =
+            get(format!("{}/v1/racers/{racer}/bests?classId=4", server.base)).await;
+        (status == 200 && body["seconds"].as_object()?.len() == mine.len()).then_some(body)
+    })
+    .await;
+    Schema::load("racer-bests").assert_valid(&racer_bests);
+    let got: BTreeMap<String, f64> =
+        serde_json::from_value(racer_bests["seconds"].clone()).unwrap();
+    assert_eq!(got, mine);
     let (status, health) = get(format!("{}/healthz", server.base)).await;
     assert_eq!(status, 200);
     Schema::load("health").assert_valid(&health);
@@ -391,6 +411,7 @@ async fn rankings_pushes_results_leaderboards_and_errors_match_the_contract() {
     for path in [
         "/v1/leaderboard?classId=0",
         "/getRaces?classId=9",
+        "/v1/racers/424242/bests?classId=4",
         "/leaderboard",
         "/v1/races/404404",
         "/history/class-9.gz",
@@ -429,6 +450,7 @@ fn the_openapi_document_covers_every_route_and_its_refs_resolve() {
         "/getRaces",
         "/leaderboard",
         "/",
+        "/v1/racers/{racerId}/bests",
     ] {
         assert!(paths.contains_key(route), "{route} is not documented");
     }

@@ -761,6 +761,7 @@ fn the_load_balancer_routes_the_public_paths_and_never_the_admin_api() {
         ("/", "RankingsTargetGroup"),
         ("/getRaces", "RankingsTargetGroup"),
         ("/leaderboard", "RankingsTargetGroup"),
+        ("/v1/racers/101/bests", "RankingsTargetGroup"),
         ("/history/class-1.gz", "HistoryTargetGroup"),
         ("/history/class-6.gz", "HistoryTargetGroup"),
     ] {
@@ -781,7 +782,8 @@ fn the_load_balancer_routes_the_public_paths_and_never_the_admin_api() {
         let path = template_path
             .replace("{N}", "3")
             .replace("{raceId}", "5397285")
-            .replace("{id}", "1");
+            .replace("{id}", "1")
+            .replace("{racerId}", "101");
         assert!(
             !path.contains('{'),
             "{template_path}: fill in its parameter here"

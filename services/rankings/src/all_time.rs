@@ -6,9 +6,35 @@
 //! of the whole class.
 
 use alleycat_core::history::ClassHistory;
-use alleycat_core::{RacerId, Second};
+use alleycat_core::{ClassId, RacerId, Second};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// Each class's bests as last loaded, shared with the HTTP routes (a
+/// racer's bests are answered from them).
+#[derive(Debug, Default)]
+pub struct ClassFiles(RwLock<HashMap<ClassId, Arc<AllTime>>>);
+
+impl ClassFiles {
+    /// The bests of `class`, if its file was loaded.
+    #[must_use]
+    pub fn get(&self, class: ClassId) -> Option<Arc<AllTime>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&class)
+            .cloned()
+    }
+
+    /// Replaces the bests of `class`.
+    pub fn set(&self, class: ClassId, all_time: Arc<AllTime>) {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(class, all_time);
+    }
+}
 
 /// A class's all-time bests, by second, ready for ranking.
 #[derive(Debug, Default, Clone)]
@@ -58,6 +84,15 @@ impl AllTime {
         AllTime { seconds }
     }
 
+    /// `racer`'s best at every second it has one, in order.
+    #[must_use]
+    pub fn bests_of(&self, racer: RacerId) -> BTreeMap<Second, f64> {
+        self.seconds
+            .iter()
+            .filter_map(|(second, bests)| Some((*second, *bests.by_racer.get(&racer)?)))
+            .collect()
+    }
+
     /// Ranks `output` of `racer` at `second`.
     #[must_use]
     pub fn rank(&self, second: Second, racer: RacerId, output: f64) -> AllTimeRank {
@@ -94,6 +129,23 @@ mod tests {
             h.merge(Second(s), RacerId(r), o);
         }
         h
+    }
+
+    #[test]
+    fn a_racers_bests_are_its_own_at_every_second_it_has_one() {
+        let all_time = AllTime::from_history(&history(&[
+            (1, 7, 100.0),
+            (1, 8, 120.0),
+            (3, 7, 90.5),
+            (2, 8, 99.0),
+        ]));
+        let bests: Vec<(u16, f64)> = all_time
+            .bests_of(RacerId(7))
+            .into_iter()
+            .map(|(s, b)| (s.0, b))
+            .collect();
+        assert_eq!(bests, [(1, 100.0), (3, 90.5)]);
+        assert!(all_time.bests_of(RacerId(9)).is_empty());
     }
 
     #[test]

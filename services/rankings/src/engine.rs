@@ -7,7 +7,7 @@
 //! clock, so tests drive the engine with time as plain numbers.
 
 use crate::RankingsArgs;
-use crate::all_time::AllTime;
+use crate::all_time::{AllTime, ClassFiles};
 use crate::metrics::METRICS;
 use crate::pending::Pending;
 use crate::push::Snapshot;
@@ -411,6 +411,8 @@ pub(crate) struct Parts {
     pub(crate) results: ResultsStore,
     pub(crate) pending: Arc<Pending>,
     pub(crate) readiness: Readiness,
+    /// Where loaded class files are shared with the HTTP routes.
+    pub(crate) class_files: Arc<ClassFiles>,
 }
 
 /// Runs the engine until `stop`, then writes the results it still holds.
@@ -423,6 +425,7 @@ pub(crate) async fn run(parts: Parts, stop: CancellationToken) -> anyhow::Result
         results,
         pending,
         readiness,
+        class_files,
     } = parts;
     let writer = tokio::spawn(write_results(
         results,
@@ -479,7 +482,10 @@ pub(crate) async fn run(parts: Parts, stop: CancellationToken) -> anyhow::Result
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            Some((class, all_time)) = all_time_rx.recv() => engine.set_all_time(class, all_time),
+            Some((class, all_time)) = all_time_rx.recv() => {
+                class_files.set(class, Arc::clone(&all_time));
+                engine.set_all_time(class, all_time);
+            }
             polled = subscription.poll(POLL_MAX, wait) => match polled {
                 Ok(records) => {
                     backoff.reset();
@@ -1020,6 +1026,7 @@ mod tests {
             results: results.clone(),
             pending: Arc::new(Pending::new(10)),
             readiness: Readiness::default(),
+            class_files: Arc::default(),
         };
         let running = tokio::spawn(run(parts, stop.clone()));
         let last = telemetry(4, 1, 1, 60.0, Event::Final);

@@ -141,6 +141,29 @@ impl<S: Send + Sync> FromRequestParts<S> for RaceIdPath {
     }
 }
 
+/// The `{racerId}` of `GET /v1/racers/{racerId}/bests`.
+pub(crate) struct RacerIdPath(pub(crate) RacerId);
+
+impl<S: Send + Sync> FromRequestParts<S> for RacerIdPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let not_an_integer = |value: String| AppError::NotAnInteger {
+            name: "racerId",
+            value,
+        };
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| {
+                let segment = parts.uri.path().rsplit('/').nth(1).unwrap_or_default();
+                not_an_integer(segment.to_owned())
+            })?;
+        raw.parse()
+            .map(|id| RacerIdPath(RacerId(id)))
+            .map_err(|_| not_an_integer(raw))
+    }
+}
+
 fn last_segment(parts: &Parts) -> String {
     let path = parts.uri.path();
     path.rsplit('/').next().unwrap_or(path).to_owned()

@@ -1,7 +1,11 @@
 //! The rankings HTTP API: the viewers' WebSocket, race results and class
 //! leaderboards.
 
-use crate::extract::{LeaderboardQuery, Position, RaceIdPath, RacesQuery, Upgrade, ViewerQuery};
+use crate::all_time::ClassFiles;
+use crate::extract::{
+    ClassQuery, LeaderboardQuery, Position, RaceIdPath, RacerIdPath, RacesQuery, Upgrade,
+    ViewerQuery,
+};
 use crate::results::{RankedEntry, RankedResult, around, page};
 use crate::store::ResultsStore;
 use crate::viewers::{Filter, Viewers};
@@ -52,6 +56,8 @@ pub struct AppState {
     pub leaderboards: LeaderboardCache,
     /// What results and leaderboards leave out.
     pub disqualifications: Arc<DisqualificationList>,
+    /// Each class's bests, as last loaded from its class file.
+    pub class_files: Arc<ClassFiles>,
 }
 
 impl AppState {
@@ -76,6 +82,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/races", get(races))
         .route("/v1/races/{race_id}", get(race))
         .route("/v1/leaderboard", get(leaderboard))
+        .route("/v1/racers/{racer_id}/bests", get(racer_bests))
         .layer(CorsLayer::permissive())
         .with_state(state)
 }
@@ -127,6 +134,14 @@ pub enum AppError {
         /// Its class.
         class: ClassId,
     },
+    /// The racer has no best in the class's file.
+    #[error("racer {racer} has no bests in class {class}")]
+    NoBests {
+        /// The racer asked for.
+        racer: RacerId,
+        /// Its class.
+        class: ClassId,
+    },
     /// The store failed (details are logged).
     #[error("results are unavailable, retry later")]
     Store(#[from] StoreError),
@@ -142,7 +157,9 @@ impl IntoResponse for AppError {
             | AppError::LimitOutOfRange { .. }
             | AppError::UnknownCursor(_)
             | AppError::NotUpgrade(_) => StatusCode::BAD_REQUEST,
-            AppError::NoResults(_) | AppError::NotOnLeaderboard { .. } => StatusCode::NOT_FOUND,
+            AppError::NoResults(_)
+            | AppError::NotOnLeaderboard { .. }
+            | AppError::NoBests { .. } => StatusCode::NOT_FOUND,
             AppError::Store(e) => {
                 tracing::error!(error = %e, "reading results failed");
                 StatusCode::SERVICE_UNAVAILABLE
@@ -363,6 +380,38 @@ async fn leaderboard(
     }))
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BestsBody {
+    racer_id: RacerId,
+    class_id: ClassId,
+    /// Second (as a string key, in order) -> the racer's best.
+    seconds: std::collections::BTreeMap<alleycat_core::Second, f64>,
+}
+
+/// `GET /v1/racers/{racerId}/bests?classId=N`: a racer's all-time best at
+/// every second, from the class file (as last loaded: every
+/// `ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS`).
+async fn racer_bests(
+    State(state): State<AppState>,
+    RacerIdPath(racer): RacerIdPath,
+    ClassQuery(class): ClassQuery,
+) -> Result<Response, AppError> {
+    let seconds = state
+        .class_files
+        .get(class)
+        .map(|bests| bests.bests_of(racer))
+        .unwrap_or_default();
+    if seconds.is_empty() {
+        return Err(AppError::NoBests { racer, class });
+    }
+    Ok(crate::original::js_json(&BestsBody {
+        racer_id: racer,
+        class_id: class,
+        seconds,
+    }))
+}
+
 pub(crate) async fn ranked_leaderboard(
     state: &AppState,
     class: ClassId,
@@ -425,6 +474,7 @@ mod tests {
                     Arc::clone(&store),
                     std::time::Duration::from_secs(3600),
                 ),
+                class_files: Arc::default(),
             };
             Fixture {
                 state,
@@ -529,6 +579,11 @@ mod tests {
                 r#"around must be a non-negative integer, got "me""#,
             ),
             ("/getRaces", "classId is required (1 to 6)"),
+            ("/v1/racers/7/bests", "classId is required (1 to 6)"),
+            (
+                "/v1/racers/x7/bests?classId=1",
+                r#"racerId must be a non-negative integer, got "x7""#,
+            ),
             ("/getRaces?classId=7", "classId must be 1 to 6, got 7"),
             (
                 "/leaderboard?classId=",
@@ -737,5 +792,41 @@ mod tests {
         }
         // Data is written as text, never as markup (racer names are any string).
         assert!(!page.contains("innerHTML"));
+    }
+
+    #[tokio::test]
+    async fn a_racers_bests_come_from_the_loaded_class_file() {
+        use alleycat_core::Second;
+        use alleycat_core::history::ClassHistory;
+        let fixture = Fixture::new();
+        let mut history = ClassHistory::default();
+        history.merge(Second(2), RacerId(7), 81.0);
+        history.merge(Second(10), RacerId(7), 99.5);
+        history.merge(Second(1), RacerId(8), 120.0);
+        let loaded = crate::all_time::AllTime::from_history(&history);
+        fixture.state.class_files.set(ClassId(3), Arc::new(loaded));
+        let (status, bests) = fixture.get("/v1/racers/7/bests?classId=3").await;
+        assert_eq!(status, StatusCode::OK);
+        // Seconds in order; numbers as in the class file (81, not 81.0).
+        assert_eq!(
+            bests,
+            json!({ "racerId": 7, "classId": 3, "seconds": { "2": 81, "10": 99.5 } })
+        );
+        for (uri, message) in [
+            (
+                "/v1/racers/9/bests?classId=3",
+                "racer 9 has no bests in class 3",
+            ),
+            (
+                "/v1/racers/7/bests?classId=4",
+                "racer 7 has no bests in class 4",
+            ),
+        ] {
+            assert_eq!(
+                fixture.get(uri).await,
+                (StatusCode::NOT_FOUND, error(message)),
+                "{uri}"
+            );
+        }
     }
 }

@@ -123,7 +123,7 @@ pub async fn start(
     let mut loader = engine::AllTimeLoader::new(Arc::clone(&history_store));
     // A history store that does not answer now must not stop the process:
     // start without all-time ranks; the reload loop retries (and says so).
-    let all_time = match loader.changed().await {
+    let all_time: std::collections::HashMap<_, _> = match loader.changed().await {
         Ok(changed) => changed.into_iter().collect(),
         Err(e) => {
             let reason = format!("reading class files failed: {e:#}");
@@ -132,6 +132,10 @@ pub async fn start(
             Default::default()
         }
     };
+    let class_files = Arc::new(all_time::ClassFiles::default());
+    for (class, loaded) in &all_time {
+        class_files.set(*class, Arc::clone(loaded));
+    }
     let viewers = Arc::new(viewers::Viewers::default());
     let subscription = stream.subscribe(consumer).await?;
     let results = store::ResultsStore::new(history_store).with_retention(args.results_retention());
@@ -146,6 +150,7 @@ pub async fn start(
         results: results.clone(),
         pending,
         readiness: context.readiness.clone(),
+        class_files: Arc::clone(&class_files),
     };
     let engine = tokio::spawn(engine::run(parts, stop));
     Ok(Started {
@@ -156,6 +161,7 @@ pub async fn start(
             ws_idle_timeout: context.ws_idle_timeout,
             leaderboards: Arc::default(),
             disqualifications,
+            class_files,
         },
         engine,
     })

@@ -116,7 +116,7 @@ pub(crate) async fn get_leaderboard(
 
 /// A JSON body with numbers written as the original's `JSON.stringify`
 /// wrote them (`12`, not `12.0`).
-fn js_json(body: &impl Serialize) -> Response {
+pub(crate) fn js_json(body: &impl Serialize) -> Response {
     let mut out = Vec::new();
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, js_number::JsonFormatter);
     body.serialize(&mut serializer)
