@@ -324,10 +324,11 @@ async fn rankings_pushes_results_leaderboards_and_errors_match_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
     let client = reqwest::Client::new();
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(server.ws_url("/v1/rankings/ws?classId=4&racerId=3"))
-            .await
-            .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(
+        server.ws_url("/v1/rankings/ws?classId=4&racerId=3&follow=1,2,99"),
+    )
+    .await
+    .unwrap();
     let seconds = race(31, 4, 1, 4, 3);
     for samples in &seconds {
         let body = Value::Array(samples.iter().map(Sample::json).collect());
@@ -340,6 +341,7 @@ async fn rankings_pushes_results_leaderboards_and_errors_match_the_contract() {
         }
     };
     Schema::load("rankings-message").assert_valid(&message);
+    assert!(message["following"].is_array(), "{message}");
 
     let get = |path: String| {
         let client = client.clone();

@@ -206,6 +206,48 @@ async fn a_viewer_following_a_racer_gets_its_rank_and_neighbours() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_with_a_follow_list_gets_the_followed_racers_ranked_among_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.rankings.top = std::num::NonZeroUsize::new(2).unwrap();
+    let server = Server::start_with(config).await;
+    let client = reqwest::Client::new();
+    let seconds = race(66, 3, 500, 9, 1);
+    let order = expected_standings(&seconds, 0);
+    // Three of the field, out of order, and one who is not racing.
+    let followed = [order[7].0, order[1].0, order[4].0];
+    let query = format!(
+        "classId=3&follow={},{},{},424242",
+        followed[0], followed[1], followed[2]
+    );
+    let mut ws = viewer(&server, &query).await;
+    let body = Value::Array(seconds[0].iter().map(Sample::json).collect());
+    assert_eq!(post_json(&client, &server.base, &body).await.0, 202);
+    let push = next_push(&mut ws, PATIENCE).await.unwrap();
+    let following: Vec<(u64, u64, u64, f64)> = push["following"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["followingRank"].as_u64().unwrap(),
+                e["rank"].as_u64().unwrap(),
+                e["racerId"].as_u64().unwrap(),
+                e["output"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, u64, u64, f64)> = [1, 4, 7]
+        .iter()
+        .enumerate()
+        .map(|(n, &row)| (n as u64 + 1, row as u64 + 1, order[row].0, order[row].1))
+        .collect();
+    assert_eq!(following, want);
+    assert_eq!(here_now(&push).len(), 2, "the top as everyone gets it");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_connects_mid_race_gets_its_latest_state_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;

@@ -283,8 +283,8 @@ impl Engine {
             let shared = Utf8Bytes::from(snapshot.shared().to_owned());
             let sent = self
                 .viewers
-                .publish(class, live.race.race_id(), &shared, |racer| {
-                    snapshot.for_racer(racer)
+                .publish(class, live.race.race_id(), &shared, |filter| {
+                    snapshot.for_viewer(filter.racer_id, filter.follow.as_deref())
                 });
             if let Some(since) = waited_since.filter(|_| sent > 0) {
                 // A clock behind the stream's counts as no wait.
@@ -652,6 +652,7 @@ mod tests {
             class_id: ClassId(class),
             race_id: None,
             racer_id: None,
+            follow: None,
         })
     }
 
@@ -930,6 +931,7 @@ mod tests {
             class_id: ClassId(1),
             race_id: Some(RaceId(7)),
             racer_id: None,
+            follow: None,
         });
         let mut engine = Engine::new(
             Arc::clone(&viewers),

@@ -4,7 +4,7 @@
 
 use crate::AppError;
 use crate::results::RECENT_RACES;
-use crate::viewers::Filter;
+use crate::viewers::{Filter, MAX_FOLLOWED};
 use alleycat_core::{ClassId, RaceId, RacerId};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query};
@@ -47,6 +47,32 @@ impl Params {
         ClassId::new(raw).ok_or(AppError::ClassIdOutOfRange(raw))
     }
 
+    /// `follow=ID,ID,...`: at most [`MAX_FOLLOWED`] racer ids.
+    fn follow(&self) -> Result<Option<std::sync::Arc<[RacerId]>>, AppError> {
+        let Some(list) = self.0.get("follow") else {
+            return Ok(None);
+        };
+        let ids: Vec<&str> = list.split(',').collect();
+        if ids.len() > MAX_FOLLOWED {
+            return Err(AppError::TooManyFollowed {
+                max: MAX_FOLLOWED,
+                got: ids.len(),
+            });
+        }
+        let mut racers = ids
+            .into_iter()
+            .map(|id| {
+                id.parse().map(RacerId).map_err(|_| AppError::NotAnInteger {
+                    name: "follow",
+                    value: id.to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        racers.sort_unstable();
+        racers.dedup();
+        Ok(Some(racers.into()))
+    }
+
     fn limit(&self, default: usize, max: usize) -> Result<usize, AppError> {
         let Some(got) = self.integer("limit")? else {
             return Ok(default);
@@ -71,6 +97,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ViewerQuery {
             class_id: params.class_id()?,
             race_id: params.integer("raceId")?.map(RaceId),
             racer_id: params.integer("racerId")?.map(RacerId),
+            follow: params.follow()?,
         }))
     }
 }

@@ -109,6 +109,14 @@ pub enum AppError {
         /// What was sent.
         value: String,
     },
+    /// `follow` lists more racers than a viewer may follow.
+    #[error("follow lists at most {max} racerIds, got {got}")]
+    TooManyFollowed {
+        /// The most allowed.
+        max: usize,
+        /// How many were given.
+        got: usize,
+    },
     /// `limit` is 0 or above the route's maximum.
     #[error("limit must be 1 to {max}, got {got}")]
     LimitOutOfRange {
@@ -156,6 +164,7 @@ impl IntoResponse for AppError {
             | AppError::NotAnInteger { .. }
             | AppError::LimitOutOfRange { .. }
             | AppError::UnknownCursor(_)
+            | AppError::TooManyFollowed { .. }
             | AppError::NotUpgrade(_) => StatusCode::BAD_REQUEST,
             AppError::NoResults(_)
             | AppError::NotOnLeaderboard { .. }
@@ -188,6 +197,7 @@ async fn viewer(
 
 async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
     let _connected = crate::metrics::METRICS.viewer_connected();
+    let class_id = filter.class_id;
     let mut subscription = state.viewers.add(filter);
     // Viewers only listen: a ping every half idle timeout asks them to
     // answer (browsers do by themselves), and one that answers nothing for
@@ -245,7 +255,7 @@ async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
             }
         }
     }
-    state.viewers.remove(filter.class_id, subscription.id);
+    state.viewers.remove(class_id, subscription.id);
 }
 
 #[derive(Serialize)]
@@ -579,6 +589,10 @@ mod tests {
                 r#"around must be a non-negative integer, got "me""#,
             ),
             ("/getRaces", "classId is required (1 to 6)"),
+            (
+                "/v1/rankings/ws?classId=1&follow=1,x",
+                r#"follow must be a non-negative integer, got "x""#,
+            ),
             ("/v1/racers/7/bests", "classId is required (1 to 6)"),
             (
                 "/v1/racers/x7/bests?classId=1",
@@ -828,5 +842,31 @@ mod tests {
                 "{uri}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_follow_list_of_more_than_100_is_400() {
+        let fixture = Fixture::new();
+        let list: Vec<String> = (0..101).map(|i| i.to_string()).collect();
+        let uri = format!("/v1/rankings/ws?classId=1&follow={}", list.join(","));
+        assert_eq!(
+            fixture.get(&uri).await,
+            (
+                StatusCode::BAD_REQUEST,
+                error("follow lists at most 100 racerIds, got 101")
+            )
+        );
+        // 100 is fine: past the parameters, the plain GET is refused as
+        // not a WebSocket upgrade.
+        let uri = format!("/v1/rankings/ws?classId=1&follow={}", list[..100].join(","));
+        let (status, body) = fixture.get(&uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("not a WebSocket upgrade"),
+            "{body}"
+        );
     }
 }

@@ -26,6 +26,17 @@ struct AllTimeEntry {
     rank: AllTimeRank,
 }
 
+/// One followed racer's line in `following`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FollowingEntry<'a> {
+    rank: u32,
+    following_rank: u32,
+    racer_id: RacerId,
+    name: &'a str,
+    output: f64,
+}
+
 /// A race's standings at its latest second, ready to be cut per viewer.
 ///
 /// Entries are serialized when a message first needs them: the top N for
@@ -92,14 +103,58 @@ impl<'a> Snapshot<'a> {
     /// and its neighbours, if it is racing at this second.
     #[must_use]
     pub fn for_racer(&self, racer: RacerId) -> Option<String> {
+        self.racer_rows(racer).map(|rows| self.message(rows))
+    }
+
+    /// The message for a viewer with its own racer and a follow list, or
+    /// `None` when the shared message is all it needs. A follow list adds
+    /// `following`: the followed racers at this second, ranked among
+    /// themselves.
+    #[must_use]
+    pub fn for_viewer(&self, racer: Option<RacerId>, follow: Option<&[RacerId]>) -> Option<String> {
+        let Some(follow) = follow else {
+            return racer.and_then(|r| self.for_racer(r));
+        };
+        let rows = racer
+            .and_then(|r| self.racer_rows(r))
+            .unwrap_or_else(|| (0..self.top).collect());
+        let mut message = self.message(rows);
+        message.pop(); // the closing brace
+        message.push_str(r#","following":["#);
+        let mut followed: Vec<usize> = follow
+            .iter()
+            .filter_map(|r| self.rows.get(r).copied())
+            .collect();
+        followed.sort_unstable();
+        for (n, row) in followed.into_iter().enumerate() {
+            if n > 0 {
+                message.push(',');
+            }
+            let s = &self.standings[row];
+            let entry = FollowingEntry {
+                rank: s.rank,
+                following_rank: u32::try_from(n + 1).unwrap_or(u32::MAX),
+                racer_id: s.racer_id,
+                name: &s.name,
+                output: s.output,
+            };
+            message.push_str(&serde_json::to_string(&entry).expect("an entry serializes"));
+        }
+        message.push_str("]}");
+        Some(message)
+    }
+
+    /// The rows a viewer of `racer` sees: the top N, then `racer` and its
+    /// neighbours; `None` if it is not racing at this second or the top N
+    /// shows them already.
+    fn racer_rows(&self, racer: RacerId) -> Option<Vec<usize>> {
         let at = *self.rows.get(&racer)?;
         let from = at.saturating_sub(NEIGHBOURS);
         let to = (at + NEIGHBOURS + 1).min(self.standings.len());
         if to <= self.top {
             return None; // the shared message already shows them
         }
-        let rows = (0..self.top).chain(from.max(self.top)..to).collect();
-        Some(self.message(rows))
+        Some((0..self.top).chain(from.max(self.top)..to).collect())
     }
 
     fn here_now_entry(&self, row: usize) -> &str {
@@ -218,6 +273,44 @@ mod tests {
             "already in the shared message"
         );
         assert_eq!(snapshot.for_racer(RacerId(99)), None, "not racing");
+    }
+
+    #[test]
+    fn a_follow_list_adds_the_followed_racers_ranked_among_themselves() {
+        let snapshot = Snapshot::new(&race(10), None, 3, 1);
+        // 99 is not racing; 2 is in the top, 9 and 5 are not.
+        let message = snapshot
+            .for_viewer(
+                None,
+                Some(&[RacerId(9), RacerId(2), RacerId(99), RacerId(5)]),
+            )
+            .unwrap();
+        let v: Value = serde_json::from_str(&message).unwrap();
+        assert_eq!(ids(&message, "hereNow"), [1, 2, 3], "the top as shared");
+        let following: Vec<(u64, u64, u64)> = v["following"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["followingRank"].as_u64().unwrap(),
+                    e["rank"].as_u64().unwrap(),
+                    e["racerId"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(following, [(1, 2, 2), (2, 5, 5), (3, 9, 9)]);
+        assert_eq!(v["following"][0]["name"], "R2");
+        // With its own racer too: the neighbourhood and the list.
+        let both = snapshot
+            .for_viewer(Some(RacerId(8)), Some(&[RacerId(1)]))
+            .unwrap();
+        assert_eq!(ids(&both, "hereNow"), [1, 2, 3, 6, 7, 8, 9, 10]);
+        assert_eq!(ids(&both, "following"), [1]);
+        // Nobody followed races: an empty list, still there.
+        let none = snapshot.for_viewer(None, Some(&[RacerId(99)])).unwrap();
+        assert_eq!(ids(&none, "following"), Vec::<u64>::new());
+        assert_eq!(snapshot.for_viewer(Some(RacerId(1)), None), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::error::TrySendError;
 pub const QUEUE: usize = 16;
 
 /// What a viewer follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     /// Its class.
     pub class_id: ClassId,
@@ -22,6 +22,19 @@ pub struct Filter {
     pub race_id: Option<RaceId>,
     /// Its own racer, if given.
     pub racer_id: Option<RacerId>,
+    /// Racers it follows (at most [`MAX_FOLLOWED`]), if given.
+    pub follow: Option<std::sync::Arc<[RacerId]>>,
+}
+
+/// Most racers one viewer may follow.
+pub const MAX_FOLLOWED: usize = 100;
+
+impl Filter {
+    /// Whether the viewer gets messages of its own (a racer or a follow list).
+    #[must_use]
+    pub fn is_personal(&self) -> bool {
+        self.racer_id.is_some() || self.follow.is_some()
+    }
 }
 
 struct Viewer {
@@ -112,7 +125,7 @@ impl Viewers {
         class: ClassId,
         race: RaceId,
         shared: &Utf8Bytes,
-        mut personal: impl FnMut(RacerId) -> Option<String>,
+        mut personal: impl FnMut(&Filter) -> Option<String>,
     ) -> usize {
         let mut dropped = Vec::new();
         let mut sent = 0;
@@ -132,9 +145,8 @@ impl Viewers {
                 if viewer.filter.race_id.is_some_and(|r| r != race) {
                     continue;
                 }
-                let message = viewer
-                    .filter
-                    .racer_id
+                let message = Some(&viewer.filter)
+                    .filter(|f| f.is_personal())
                     .and_then(&mut personal)
                     .map_or_else(|| shared.clone(), Utf8Bytes::from);
                 match viewer.queue.try_send(message) {
@@ -200,6 +212,7 @@ mod tests {
             class_id: ClassId(1),
             race_id: race.map(RaceId),
             racer_id: racer.map(RacerId),
+            follow: None,
         }
     }
 
@@ -210,7 +223,9 @@ mod tests {
         let mut other_race = viewers.add(filter(Some(8), None));
         let mut me = viewers.add(filter(Some(7), Some(42)));
         let shared = Utf8Bytes::from("shared");
-        let sent = viewers.publish(ClassId(1), RaceId(7), &shared, |r| Some(format!("for {r}")));
+        let sent = viewers.publish(ClassId(1), RaceId(7), &shared, |f| {
+            Some(format!("for {}", f.racer_id.unwrap()))
+        });
         assert_eq!(sent, 2);
         assert_eq!(all.messages.try_recv().unwrap(), "shared");
         assert!(other_race.messages.try_recv().is_err());
