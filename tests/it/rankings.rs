@@ -247,6 +247,91 @@ async fn a_viewer_with_a_follow_list_gets_the_followed_racers_ranked_among_thems
     server.stop().await;
 }
 
+/// `racer`'s bests in `class` as the rankings service answers them, once it
+/// holds `seconds` of them.
+async fn wait_bests(server: &Server, racer: u64, class: u8, want: &BTreeMap<String, f64>) {
+    let url = format!("{}/v1/racers/{racer}/bests?classId={class}", server.base);
+    eventually("the racer's bests loaded", || async {
+        let body: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        let got: BTreeMap<String, f64> = serde_json::from_value(body["seconds"].clone()).ok()?;
+        (got == *want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_racer_races_its_own_bests_as_they_stood_when_the_race_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let client = reqwest::Client::new();
+    let post = |samples: &[Sample]| {
+        let body = Value::Array(samples.iter().map(Sample::json).collect());
+        let (client, base) = (client.clone(), server.base.clone());
+        async move { assert_eq!(post_json(&client, &base, &body).await.0, 202) }
+    };
+    // Race 1: racer 700 and a rival set the bests.
+    let past = race(1, 5, 700, 2, 3);
+    for second in &past {
+        post(second).await;
+    }
+    let bests_of = |races: &[&Vec<Vec<Sample>>], racer: u64| -> BTreeMap<String, f64> {
+        let all = bests(races.iter().flat_map(|r| r.iter().flatten()));
+        all[&5]
+            .iter()
+            .filter_map(|(s, by)| Some((s.to_string(), *by.get(&racer)?)))
+            .collect()
+    };
+    let past_bests = bests_of(&[&past], 700);
+    wait_bests(&server, 700, 5, &past_bests).await;
+
+    // Race 2 starts: its first two seconds go into the class file too...
+    let now = race(2, 5, 700, 1, 3);
+    let mut ws = viewer(&server, "classId=5&raceId=2&racerId=700").await;
+    post(&now[0]).await;
+    post(&now[1]).await;
+    wait_bests(
+        &server,
+        700,
+        5,
+        &bests_of(&[&past, &now[..2].to_vec()], 700),
+    )
+    .await;
+    // ...but the racer races the bests of when race 2 started.
+    post(&now[2]).await;
+    let push = loop {
+        let push = next_push(&mut ws, PATIENCE).await.unwrap();
+        if push["second"] == 3 && push["ghost"]["second"] == 3 {
+            break push;
+        }
+    };
+    let ghost = &push["ghost"];
+    let outputs: Vec<f64> = now.iter().map(|s| s[0].expected_output()).collect();
+    let total: f64 = outputs.iter().sum();
+    let pb_total: f64 = past_bests.values().sum();
+    let class_best_3 = past[2]
+        .iter()
+        .map(Sample::expected_output)
+        .fold(f64::MIN, f64::max);
+    assert_eq!(ghost["racerId"], 700);
+    assert_eq!(ghost["output"].as_f64().unwrap(), outputs[2]);
+    assert_eq!(ghost["pb"].as_f64().unwrap(), past_bests["3"]);
+    assert_eq!(ghost["classBest"].as_f64().unwrap(), class_best_3);
+    assert!(
+        (ghost["total"].as_f64().unwrap() - total).abs() < 1e-6,
+        "{ghost}"
+    );
+    assert!(
+        (ghost["pbTotal"].as_f64().unwrap() - pb_total).abs() < 1e-6,
+        "{ghost}"
+    );
+    assert_eq!(ghost["ahead"], total >= pb_total, "{ghost}");
+    // A viewer following nobody gets no ghost.
+    let mut anyone = viewer(&server, "classId=5&raceId=2").await;
+    let shared = next_push(&mut anyone, PATIENCE).await.unwrap();
+    assert!(shared.get("ghost").is_none(), "{shared}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_connects_mid_race_gets_its_latest_state_at_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -93,6 +93,18 @@ impl AllTime {
             .collect()
     }
 
+    /// `racer`'s best at `second`, if it has one.
+    #[must_use]
+    pub fn best_of(&self, second: Second, racer: RacerId) -> Option<f64> {
+        self.seconds.get(&second)?.by_racer.get(&racer).copied()
+    }
+
+    /// The class's best at `second`, if anyone has one.
+    #[must_use]
+    pub fn class_best(&self, second: Second) -> Option<f64> {
+        self.seconds.get(&second)?.descending.first().copied()
+    }
+
     /// Ranks `output` of `racer` at `second`.
     #[must_use]
     pub fn rank(&self, second: Second, racer: RacerId, output: f64) -> AllTimeRank {

@@ -43,6 +43,10 @@ struct FollowingEntry<'a> {
 /// everyone, and only the neighbourhoods of followed racers, not the whole
 /// field of a large race.
 pub struct Snapshot<'a> {
+    race: &'a Race,
+    /// The class's bests when the race started: what a racer races
+    /// against (`ghost`).
+    start_bests: Option<&'a AllTime>,
     header: String,
     second: Second,
     standings: Vec<Standing>,
@@ -58,7 +62,12 @@ pub struct Snapshot<'a> {
 impl<'a> Snapshot<'a> {
     /// The standings of `race` at its latest second, ranked against `all_time`.
     #[must_use]
-    pub fn new(race: &Race, all_time: Option<&'a AllTime>, top: usize, ts_ms: i64) -> Snapshot<'a> {
+    pub fn new(
+        race: &'a Race,
+        all_time: Option<&'a AllTime>,
+        top: usize,
+        ts_ms: i64,
+    ) -> Snapshot<'a> {
         let second: Second = race.latest();
         let standings = race.standings(second);
         let rows = standings
@@ -75,6 +84,8 @@ impl<'a> Snapshot<'a> {
         );
         let top = top.min(standings.len());
         let mut snapshot = Snapshot {
+            race,
+            start_bests: None,
             header,
             second,
             here_now: std::iter::repeat_with(OnceCell::new)
@@ -93,6 +104,14 @@ impl<'a> Snapshot<'a> {
         snapshot
     }
 
+    /// Ranks racers against `bests` in `ghost`: the class's bests when the
+    /// race started.
+    #[must_use]
+    pub fn with_start_bests(mut self, bests: &'a AllTime) -> Snapshot<'a> {
+        self.start_bests = Some(bests);
+        self
+    }
+
     /// The message for viewers who follow no racer.
     #[must_use]
     pub fn shared(&self) -> &str {
@@ -107,19 +126,29 @@ impl<'a> Snapshot<'a> {
     }
 
     /// The message for a viewer with its own racer and a follow list, or
-    /// `None` when the shared message is all it needs. A follow list adds
-    /// `following`: the followed racers at this second, ranked among
-    /// themselves.
+    /// `None` when the shared message is all it needs. Its own racer adds
+    /// `ghost` (once it has reported a second): the racer against its own
+    /// bests. A follow list adds `following`: the followed racers at this
+    /// second, ranked among themselves.
     #[must_use]
     pub fn for_viewer(&self, racer: Option<RacerId>, follow: Option<&[RacerId]>) -> Option<String> {
-        let Some(follow) = follow else {
+        let ghost = racer.and_then(|r| self.race.ghost(r, self.start_bests?));
+        if follow.is_none() && ghost.is_none() {
             return racer.and_then(|r| self.for_racer(r));
-        };
+        }
         let rows = racer
             .and_then(|r| self.racer_rows(r))
             .unwrap_or_else(|| (0..self.top).collect());
         let mut message = self.message(rows);
         message.pop(); // the closing brace
+        if let Some(ghost) = ghost {
+            message.push_str(r#","ghost":"#);
+            message.push_str(&serde_json::to_string(&ghost).expect("a ghost serializes"));
+        }
+        let Some(follow) = follow else {
+            message.push('}');
+            return Some(message);
+        };
         message.push_str(r#","following":["#);
         let mut followed: Vec<usize> = follow
             .iter()
@@ -238,7 +267,8 @@ mod tests {
 
     #[test]
     fn the_shared_message_holds_the_top_n() {
-        let snapshot = Snapshot::new(&race(10), None, 3, 1);
+        let race = race(10);
+        let snapshot = Snapshot::new(&race, None, 3, 1);
         let v: Value = serde_json::from_str(snapshot.shared()).unwrap();
         assert_eq!(
             (
@@ -258,7 +288,8 @@ mod tests {
 
     #[test]
     fn a_viewer_following_a_racer_gets_it_and_its_neighbours() {
-        let snapshot = Snapshot::new(&race(10), None, 3, 1);
+        let race = race(10);
+        let snapshot = Snapshot::new(&race, None, 3, 1);
         let mine = snapshot.for_racer(RacerId(8)).unwrap();
         assert_eq!(ids(&mine, "hereNow"), [1, 2, 3, 6, 7, 8, 9, 10]);
         let mine = snapshot.for_racer(RacerId(4)).unwrap();
@@ -277,7 +308,8 @@ mod tests {
 
     #[test]
     fn a_follow_list_adds_the_followed_racers_ranked_among_themselves() {
-        let snapshot = Snapshot::new(&race(10), None, 3, 1);
+        let race = race(10);
+        let snapshot = Snapshot::new(&race, None, 3, 1);
         // 99 is not racing; 2 is in the top, 9 and 5 are not.
         let message = snapshot
             .for_viewer(
@@ -319,7 +351,8 @@ mod tests {
         history.merge(Second(5), RacerId(2), 1_000.0); // far above everyone
         history.merge(Second(5), RacerId(1), 1.0);
         let all_time = AllTime::from_history(&history);
-        let snapshot = Snapshot::new(&race(3), Some(&all_time), 3, 1);
+        let race = race(3);
+        let snapshot = Snapshot::new(&race, Some(&all_time), 3, 1);
         let v: Value = serde_json::from_str(snapshot.shared()).unwrap();
         let first = &v["allTime"][0];
         assert_eq!(

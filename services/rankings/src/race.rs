@@ -1,6 +1,7 @@
 //! A live race: every racer's output at every second, and the "Here now"
 //! standings at a second.
 
+use crate::all_time::AllTime;
 use alleycat_core::dropped::Dropped;
 use alleycat_core::{ClassId, Event, RaceId, RacerId, Second, Telemetry};
 use serde::Serialize;
@@ -59,6 +60,30 @@ pub struct Standing {
     pub output: f64,
     /// Its best output so far in this race.
     pub best: f64,
+}
+
+/// A racer against its own all-time bests ("race your best"): the figures
+/// at its latest second, bests as they stood when the race started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ghost {
+    /// The racer.
+    pub racer_id: RacerId,
+    /// Its latest second in this race.
+    pub second: Second,
+    /// Its output at that second.
+    pub output: f64,
+    /// Its all-time best at that second, if it had one.
+    pub pb: Option<f64>,
+    /// The class's best at that second, if anyone had one.
+    pub class_best: Option<f64>,
+    /// The sum of its outputs this race up to that second.
+    pub total: f64,
+    /// The sum of its bests over the same seconds (a second without a best
+    /// counts 0).
+    pub pb_total: f64,
+    /// Whether `total >= pbTotal`: ahead of its past self.
+    pub ahead: bool,
 }
 
 /// Most racers one live race holds (a whole 100,000-racer fleet in one
@@ -143,6 +168,32 @@ impl Race {
             }
         });
         (true, result)
+    }
+
+    /// `racer` against its own bests (those of `bests`, the class's bests
+    /// when the race started) at its latest second: `None` if it has not
+    /// reported any second.
+    #[must_use]
+    pub fn ghost(&self, racer: RacerId, bests: &AllTime) -> Option<Ghost> {
+        let riding = self.racers.get(&racer)?;
+        let (&second, reading) = riding.readings.iter().next_back()?;
+        let pb_total: f64 = riding
+            .readings
+            .keys()
+            .filter_map(|s| bests.best_of(*s, racer))
+            .sum();
+        let total = round4(riding.sum);
+        let pb_total = round4(pb_total);
+        Some(Ghost {
+            racer_id: racer,
+            second,
+            output: reading.output,
+            pb: bests.best_of(second, racer),
+            class_best: bests.class_best(second),
+            total,
+            pb_total,
+            ahead: total >= pb_total,
+        })
     }
 
     /// Outputs of every racer who reported `second`, by racer.
@@ -286,5 +337,40 @@ mod tests {
                 seconds: 3,
             }
         );
+    }
+
+    #[test]
+    fn a_racer_races_its_own_bests_at_its_latest_second() {
+        use alleycat_core::history::ClassHistory;
+        let mut race = Race::new(ClassId(1), RaceId(9));
+        for (second, cadence) in [(1, 60.0), (2, 80.0), (3, 70.0)] {
+            race.apply(&msg(5, second, cadence, false), u64::from(second));
+        }
+        let out = |second: u16, cadence: f64| msg(5, second, cadence, false).output();
+        let mut history = ClassHistory::default();
+        history.merge(Second(1), RacerId(5), out(1, 65.0));
+        history.merge(Second(3), RacerId(5), out(3, 60.0));
+        history.merge(Second(3), RacerId(6), out(3, 90.0));
+        let bests = AllTime::from_history(&history);
+        let ghost = race.ghost(RacerId(5), &bests).unwrap();
+        let total = round4(out(1, 60.0) + out(2, 80.0) + out(3, 70.0));
+        let pb_total = round4(out(1, 65.0) + out(3, 60.0));
+        assert_eq!(
+            ghost,
+            Ghost {
+                racer_id: RacerId(5),
+                second: Second(3),
+                output: out(3, 70.0),
+                pb: Some(out(3, 60.0)),
+                class_best: Some(out(3, 90.0)),
+                total,
+                pb_total,
+                ahead: total >= pb_total,
+            }
+        );
+        assert!(ghost.ahead, "second 2 had no best: it counts 0");
+        assert_eq!(race.ghost(RacerId(6), &bests), None, "not in this race");
+        let none = race.ghost(RacerId(5), &AllTime::default()).unwrap();
+        assert_eq!((none.pb, none.class_best, none.pb_total), (None, None, 0.0));
     }
 }
