@@ -72,6 +72,8 @@ try {
   ok(true, "a new record is marked");
   await page.waitForFunction(() => document.getElementById("you-figures").textContent.includes("here now"), null, WAIT);
   ok(true, "the followed racer's rank is shown");
+  await page.waitForFunction(() => /against your best(ahead|behind)/.test(document.getElementById("you-figures").textContent), null, WAIT);
+  ok(true, "the followed racer races its own best (ghost figures)");
 
   await page.waitForFunction(() => {
     const line = document.querySelector("#chart path.best");
