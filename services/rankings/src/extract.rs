@@ -154,17 +154,9 @@ impl<S: Send + Sync> FromRequestParts<S> for RaceIdPath {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let not_an_integer = |value: String| AppError::NotAnInteger {
-            name: "raceId",
-            value,
-        };
-        // A segment that is not even UTF-8 is no integer either.
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        path_id(parts, state, "raceId", 0)
             .await
-            .map_err(|_| not_an_integer(last_segment(parts)))?;
-        raw.parse()
             .map(|id| RaceIdPath(RaceId(id)))
-            .map_err(|_| not_an_integer(raw))
     }
 }
 
@@ -175,25 +167,31 @@ impl<S: Send + Sync> FromRequestParts<S> for RacerIdPath {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let not_an_integer = |value: String| AppError::NotAnInteger {
-            name: "racerId",
-            value,
-        };
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        path_id(parts, state, "racerId", 1)
             .await
-            .map_err(|_| {
-                let segment = parts.uri.path().rsplit('/').nth(1).unwrap_or_default();
-                not_an_integer(segment.to_owned())
-            })?;
-        raw.parse()
             .map(|id| RacerIdPath(RacerId(id)))
-            .map_err(|_| not_an_integer(raw))
     }
 }
 
-fn last_segment(parts: &Parts) -> String {
+/// A route's one id parameter, `name`, the path's segment `from_end`
+/// places before its last.
+async fn path_id<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    name: &'static str,
+    from_end: usize,
+) -> Result<u64, AppError> {
+    let not_an_integer = |value: String| AppError::NotAnInteger { name, value };
+    // A segment that is not even UTF-8 is no integer either.
+    let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|_| not_an_integer(segment(parts, from_end)))?;
+    raw.parse().map_err(|_| not_an_integer(raw))
+}
+
+fn segment(parts: &Parts, from_end: usize) -> String {
     let path = parts.uri.path();
-    path.rsplit('/').next().unwrap_or(path).to_owned()
+    path.rsplit('/').nth(from_end).unwrap_or(path).to_owned()
 }
 
 /// `GET /v1/leaderboard?classId=N[&limit=L][&cursor=C][&around=X]`.
