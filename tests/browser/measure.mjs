@@ -6,8 +6,7 @@
 // Loads the page `loads` times (5), each in a fresh browser context (no
 // cache), and prints each time and their median; then, if a screenshot path
 // is given, keeps one page open for 10 s of live updates and saves it.
-import { chromium } from "playwright-core";
-import { execFileSync } from "node:child_process";
+import { launch } from "./chromium.mjs";
 
 const [base, loadsArg, screenshot, racerId] = process.argv.slice(2);
 if (!base) {
@@ -16,11 +15,7 @@ if (!base) {
 }
 const loads = Number(loadsArg || 5);
 const url = base + "/?classId=1" + (racerId ? "&racerId=" + racerId : "");
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || execFileSync("sh", ["-c", "command -v chromium"]).toString().trim(),
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
   const times = [];
   let pageBytes = 0;

@@ -9,10 +9,9 @@
 // Each check prints "ok - ..."; the first that fails ends the script with
 // exit status 1. The last line is "RESULT {json}": the page's bytes and the
 // time from navigation to the first table row.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { mkdirSync } from "node:fs";
 import { createServer } from "node:http";
-import { execFileSync } from "node:child_process";
 import readline from "node:readline";
 
 const [base, shots, racerId] = process.argv.slice(2);
@@ -45,13 +44,7 @@ async function changes(page, selector, before) {
   );
 }
 
-// As this machine's probe starts it: no sandbox (root), and none of the
-// background connections a closed network refuses.
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || execFileSync("sh", ["-c", "command -v chromium"]).toString().trim(),
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const errors = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
