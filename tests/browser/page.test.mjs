@@ -86,6 +86,14 @@ try {
   ok(true, "the leaderboard pages (page 2 starts at rank 11)");
   await page.click("#prev");
   await page.waitForFunction(() => document.querySelector("#leaderboard tr:first-child td").textContent === "1", null, WAIT);
+  // Today's board: asked for by its period, and shown from rank 1 (the
+  // finished race was posted today).
+  const dayAnswer = page.waitForResponse((r) => r.url().includes("/v1/leaderboard?") && r.url().includes("period=day"), WAIT);
+  await page.selectOption("#period", "day");
+  const day = await (await dayAnswer).json();
+  ok(day.period === "day" && day.total >= 15 && day.from === day.to, `today's leaderboard is asked for (${day.total} racers, ${day.from})`);
+  await page.waitForFunction(() => document.querySelector("#leaderboard tr:first-child td").textContent === "1", null, WAIT);
+  await page.selectOption("#period", "all");
 
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: shots + "/page-desktop.png" });

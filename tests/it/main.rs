@@ -16,6 +16,7 @@ mod history_import;
 mod hostile_http;
 mod hostile_rankings;
 mod kinesis_aggregation;
+mod leaderboard_periods;
 mod metrics;
 mod metrics_pipeline;
 mod pipeline;

@@ -592,16 +592,20 @@ mod tests {
     const REPLAY: Duration = Duration::from_secs(330);
     const SHARD: &str = "shard-0";
 
+    /// The rankings settings at their defaults (clap's, the only place
+    /// they are written), with the push interval and replay window these
+    /// tests count with.
     fn args() -> RankingsArgs {
+        #[derive(clap::Parser)]
+        struct Settings {
+            #[command(flatten)]
+            rankings: RankingsArgs,
+        }
+        use clap::Parser as _;
         RankingsArgs {
             push_interval: PUSH,
-            top: NonZeroUsize::new(50).unwrap(),
             replay: REPLAY,
-            history_reload: Duration::from_secs(10),
-            max_live_races: NonZeroUsize::new(1_000).unwrap(),
-            max_pending_races: NonZeroUsize::new(1_000).unwrap(),
-            results_retention: Duration::ZERO,
-            instance: None,
+            ..Settings::parse_from(["test"]).rankings
         }
     }
 
@@ -1011,7 +1015,11 @@ mod tests {
             .collect();
         assert_eq!(ranked, [2, 1]);
         assert_eq!(race.finished_ms, T0 + 2, "the last final's arrival");
-        let (board, _) = results.leaderboard(ClassId(3)).await.unwrap().unwrap();
+        let (board, _) = results
+            .leaderboard(ClassId(3), &crate::period::Board::All)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(board.entries.len(), 2);
         let index = results.index(ClassId(3)).await.unwrap();
         assert_eq!(index.races[&RaceId(7)], T0 + 2);
@@ -1052,7 +1060,11 @@ mod tests {
         }
         stop.cancel();
         running.await.unwrap().unwrap();
-        let (board, _) = results.leaderboard(ClassId(4)).await.unwrap().unwrap();
+        let (board, _) = results
+            .leaderboard(ClassId(4), &crate::period::Board::All)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(board.entries[&RacerId(1)].output, last.output());
     }
 }

@@ -3,12 +3,14 @@
 //! handler only ever sees valid, typed values.
 
 use crate::AppError;
+use crate::period::Period;
 use crate::results::RECENT_RACES;
 use crate::viewers::{Filter, MAX_FOLLOWED};
 use alleycat_core::{ClassId, RaceId, RacerId};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
+use chrono::NaiveDate;
 use std::collections::HashMap;
 
 /// Races `GET /v1/races` lists when no `limit` is given.
@@ -194,10 +196,15 @@ fn segment(parts: &Parts, from_end: usize) -> String {
     path.rsplit('/').nth(from_end).unwrap_or(path).to_owned()
 }
 
-/// `GET /v1/leaderboard?classId=N[&limit=L][&cursor=C][&around=X]`.
+/// `GET /v1/leaderboard?classId=N[&period=P][&at=YYYY-MM-DD][&limit=L][&cursor=C][&around=X]`.
 pub(crate) struct LeaderboardQuery {
     /// The class.
     pub(crate) class_id: ClassId,
+    /// Which period's board (`all` when not given).
+    pub(crate) period: Period,
+    /// A day in the period asked for (the current period when not given;
+    /// without meaning for `all`).
+    pub(crate) at: Option<NaiveDate>,
     /// Entries in the answer.
     pub(crate) limit: usize,
     /// Which entries.
@@ -220,6 +227,23 @@ impl<S: Send + Sync> FromRequestParts<S> for LeaderboardQuery {
         let params = Params::from_parts(parts)?;
         let class_id = params.class_id()?;
         let limit = params.limit(LEADERBOARD_LIMIT_DEFAULT, LEADERBOARD_LIMIT_MAX)?;
+        let period = match params.0.get("period") {
+            None => Period::All,
+            Some(name) => {
+                Period::from_name(name).ok_or_else(|| AppError::UnknownPeriod(name.clone()))?
+            }
+        };
+        let at = params
+            .0
+            .get("at")
+            .map(|at| {
+                NaiveDate::parse_from_str(at, "%Y-%m-%d")
+                    .ok()
+                    // Four-digit years only: chrono reads "+12345-01-01" too.
+                    .filter(|_| at.len() == "YYYY-MM-DD".len())
+                    .ok_or_else(|| AppError::NotADate(at.clone()))
+            })
+            .transpose()?;
         let position = match params.integer("around")? {
             Some(racer) => Position::Around(RacerId(racer)),
             None => match params.0.get("cursor") {
@@ -232,6 +256,8 @@ impl<S: Send + Sync> FromRequestParts<S> for LeaderboardQuery {
         };
         Ok(LeaderboardQuery {
             class_id,
+            period,
+            at,
             limit,
             position,
         })

@@ -6,10 +6,12 @@ use crate::extract::{
     ClassQuery, LeaderboardQuery, Position, RaceIdPath, RacerIdPath, RacesQuery, Upgrade,
     ViewerQuery,
 };
+use crate::period::{Board, Clock, Period, today};
 use crate::results::{RankedEntry, RankedResult, around, page};
 use crate::store::ResultsStore;
 use crate::viewers::{Filter, Viewers};
 use alleycat_core::disqualification::Disqualifications;
+use alleycat_core::dropped::Dropped;
 use alleycat_core::telemetry::CLASS_COUNT;
 use alleycat_core::{ClassId, RaceId, RacerId};
 use alleycat_runtime::websocket;
@@ -23,6 +25,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::NaiveDate;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,10 +39,21 @@ use tower_http::cors::CorsLayer;
 /// server buffer at 10 MiB, where the 64 MiB default allowed 640 GiB.
 pub(crate) const VIEWER_MAX_MESSAGE: usize = 1024;
 
-/// Each class's ranked leaderboard, for the version it was read at and the
+/// Ranked leaderboards (a class's board of a period), each for the version
+/// it was read at and the disqualification list it was ranked under.
+pub(crate) type LeaderboardCache = Arc<Mutex<HashMap<(ClassId, Board), CachedBoard>>>;
+
+/// A ranked leaderboard, for the version it was read at and the
 /// disqualification list it was ranked under.
-pub(crate) type LeaderboardCache =
-    Arc<Mutex<HashMap<ClassId, (ETag, Arc<Disqualifications>, Arc<Vec<RankedEntry>>)>>>;
+pub(crate) type CachedBoard = (ETag, Arc<Disqualifications>, Arc<Vec<RankedEntry>>);
+
+/// Most ranked leaderboards kept in the cache. Clients choose which past
+/// period they read (`at`), so the cache is bounded: when it is full, it
+/// starts again empty (counted). The current boards of six classes and
+/// four periods fit many times over.
+pub(crate) const CACHED_BOARDS: usize = 256;
+
+static CACHE_DROPPED: Dropped = Dropped::new("ranked leaderboards cached");
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -58,6 +72,8 @@ pub struct AppState {
     pub disqualifications: Arc<DisqualificationList>,
     /// Each class's bests, as last loaded from its class file.
     pub class_files: Arc<ClassFiles>,
+    /// The current time: which day, week and month are the current ones.
+    pub clock: Clock,
 }
 
 impl AppState {
@@ -125,6 +141,12 @@ pub enum AppError {
         /// What was sent.
         got: u64,
     },
+    /// `period` names no period.
+    #[error("period must be day, week, month or all, got {0:?}")]
+    UnknownPeriod(String),
+    /// `at` is not a date.
+    #[error("at must be a date YYYY-MM-DD, got {0:?}")]
+    NotADate(String),
     /// `cursor` is not a `next` this API returned.
     #[error("cursor {0:?} is not one this API returned")]
     UnknownCursor(String),
@@ -164,6 +186,8 @@ impl IntoResponse for AppError {
             | AppError::NotAnInteger { .. }
             | AppError::LimitOutOfRange { .. }
             | AppError::UnknownCursor(_)
+            | AppError::UnknownPeriod(_)
+            | AppError::NotADate(_)
             | AppError::TooManyFollowed { .. }
             | AppError::NotUpgrade(_) => StatusCode::BAD_REQUEST,
             AppError::NoResults(_)
@@ -331,6 +355,14 @@ async fn race(
 #[serde(rename_all = "camelCase")]
 struct LeaderboardBody {
     class_id: ClassId,
+    /// `day`, `week`, `month` or `all`.
+    period: Period,
+    /// The period's first and last day (UTC), both included; absent for
+    /// all time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<NaiveDate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<NaiveDate>,
     /// Entries on the whole board.
     total: usize,
     entries: Vec<BoardEntry>,
@@ -358,16 +390,19 @@ impl BoardEntry {
     }
 }
 
-/// `GET /v1/leaderboard?classId=N[&limit=L][&cursor=C][&around=X]`.
+/// `GET /v1/leaderboard?classId=N[&period=P][&at=YYYY-MM-DD][&limit=L][&cursor=C][&around=X]`.
 async fn leaderboard(
     State(state): State<AppState>,
     LeaderboardQuery {
         class_id,
+        period,
+        at,
         limit,
         position,
     }: LeaderboardQuery,
 ) -> Result<Json<LeaderboardBody>, AppError> {
-    let ranked = ranked_leaderboard(&state, class_id).await?;
+    let board = period.board_of(at.unwrap_or_else(|| today(&state.clock)));
+    let ranked = ranked_leaderboard(&state, class_id, board).await?;
     let (entries, next) = match position {
         Position::Around(racer) => {
             let entries = around(&ranked, racer, limit).ok_or(AppError::NotOnLeaderboard {
@@ -379,8 +414,12 @@ async fn leaderboard(
         Position::Page(offset) => page(&ranked, offset, limit),
     };
     let total = ranked.len();
+    let (from, to) = board.days().unzip();
     Ok(Json(LeaderboardBody {
         class_id,
+        period,
+        from,
+        to,
         total,
         entries: entries
             .into_iter()
@@ -422,30 +461,37 @@ async fn racer_bests(
     }))
 }
 
+/// A class's board of a period, ranked (cached while its version and the
+/// disqualification list stay the same); empty if it has no results.
 pub(crate) async fn ranked_leaderboard(
     state: &AppState,
     class: ClassId,
+    board: Board,
 ) -> Result<Arc<Vec<RankedEntry>>, AppError> {
-    let Some(version) = state.results.leaderboard_version(class).await? else {
+    let Some(version) = state.results.leaderboard_version(class, &board).await? else {
         return Ok(Arc::default());
     };
     let disqualified = state.disqualified();
-    if let Some((cached_version, ranked_under, ranked)) =
-        state.leaderboards.lock().expect("not poisoned").get(&class)
+    if let Some((cached_version, ranked_under, ranked)) = state
+        .leaderboards
+        .lock()
+        .expect("not poisoned")
+        .get(&(class, board))
         && *cached_version == version
         && Arc::ptr_eq(ranked_under, &disqualified)
     {
         return Ok(Arc::clone(ranked));
     }
-    let Some((board, version)) = state.results.leaderboard(class).await? else {
+    let Some((stored, version)) = state.results.leaderboard(class, &board).await? else {
         return Ok(Arc::default());
     };
-    let ranked = Arc::new(board.ranked(&disqualified));
-    state
-        .leaderboards
-        .lock()
-        .expect("not poisoned")
-        .insert(class, (version, disqualified, Arc::clone(&ranked)));
+    let ranked = Arc::new(stored.ranked(&disqualified));
+    let mut cache = state.leaderboards.lock().expect("not poisoned");
+    if cache.len() >= CACHED_BOARDS && !cache.contains_key(&(class, board)) {
+        CACHE_DROPPED.add(CACHED_BOARDS);
+        cache.clear();
+    }
+    cache.insert((class, board), (version, disqualified, Arc::clone(&ranked)));
     Ok(ranked)
 }
 
@@ -485,6 +531,7 @@ mod tests {
                     std::time::Duration::from_secs(3600),
                 ),
                 class_files: Arc::default(),
+                clock: crate::period::system_clock(),
             };
             Fixture {
                 state,
@@ -572,6 +619,18 @@ mod tests {
                 r#"raceId must be a non-negative integer, got "-5""#,
             ),
             ("/v1/leaderboard", "classId is required (1 to 6)"),
+            (
+                "/v1/leaderboard?classId=1&period=year",
+                r#"period must be day, week, month or all, got "year""#,
+            ),
+            (
+                "/v1/leaderboard?classId=1&period=day&at=2026-02-30",
+                r#"at must be a date YYYY-MM-DD, got "2026-02-30""#,
+            ),
+            (
+                "/v1/leaderboard?classId=1&at=12/01/2026",
+                r#"at must be a date YYYY-MM-DD, got "12/01/2026""#,
+            ),
             (
                 "/v1/leaderboard?classId=7&limit=0",
                 "classId must be 1 to 6, got 7",
@@ -736,7 +795,7 @@ mod tests {
             fixture.get("/v1/leaderboard?classId=6").await,
             (
                 StatusCode::OK,
-                json!({ "classId": 6, "total": 0, "entries": [], "next": null })
+                json!({ "classId": 6, "period": "all", "total": 0, "entries": [], "next": null })
             )
         );
     }

@@ -14,6 +14,7 @@ mod metrics;
 mod original;
 mod page;
 mod pending;
+pub mod period;
 pub mod push;
 pub mod race;
 pub mod results;
@@ -162,6 +163,7 @@ pub async fn start(
             leaderboards: Arc::default(),
             disqualifications,
             class_files,
+            clock: period::system_clock(),
         },
         engine,
     })

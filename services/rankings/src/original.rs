@@ -11,6 +11,7 @@
 
 use crate::extract::ClassQuery;
 use crate::http::{AppError, AppState, ranked_leaderboard};
+use crate::period::Board;
 use alleycat_core::js_number;
 use axum::extract::State;
 use axum::http::header;
@@ -96,7 +97,7 @@ pub(crate) async fn get_leaderboard(
     State(state): State<AppState>,
     ClassQuery(class_id): ClassQuery,
 ) -> Result<Response, AppError> {
-    let ranked = ranked_leaderboard(&state, class_id).await?;
+    let ranked = ranked_leaderboard(&state, class_id, Board::All).await?;
     let index = state.results.index(class_id).await?;
     let items = ranked
         .iter()

@@ -2,6 +2,7 @@
 //! read-merge-conditional-write loops so that several rankings processes
 //! never lose each other's updates.
 
+use crate::period::Board;
 use crate::race::RaceResult;
 use crate::results::{Leaderboard, LeaderboardEntry, RaceIndex, RaceResults};
 use alleycat_core::{ClassId, RaceId};
@@ -49,8 +50,17 @@ fn index_key(class: ClassId) -> String {
     format!("results/index/class-{class}.json")
 }
 
-fn leaderboard_key(class: ClassId) -> String {
-    format!("results/leaderboards/class-{class}.json")
+/// The all-time board keeps the key it had before there were periods;
+/// the others live below it by period, e.g.
+/// `results/leaderboards/week/2026-W49/class-1.json`.
+fn leaderboard_key(class: ClassId, board: &Board) -> String {
+    match board {
+        Board::All => format!("results/leaderboards/class-{class}.json"),
+        other => format!(
+            "results/leaderboards/{}/class-{class}.json",
+            other.key_part()
+        ),
+    }
 }
 
 impl ResultsStore {
@@ -113,26 +123,39 @@ impl ResultsStore {
                 index.merge(results.iter().map(|f| (f.race, f.finished_ms)), cutoff)
             })
             .await?;
-            self.update(&leaderboard_key(*class), |board: &mut Leaderboard| {
-                let mut changed = false;
-                for Final {
-                    race,
-                    result,
-                    finished_ms,
-                    ..
-                } in results.iter().copied()
-                {
-                    let entry = LeaderboardEntry {
-                        name: result.name.clone(),
-                        output: result.output,
-                        race_id: *race,
-                        finished_ms: Some(*finished_ms),
-                    };
-                    changed |= board.offer(result.racer_id, entry);
+            // Each result goes to its race's day, week and month, and to
+            // all time: one conditional write per board.
+            let mut by_board: BTreeMap<String, Vec<&Final>> = BTreeMap::new();
+            for last in results {
+                for board in Board::all_holding(last.finished_ms) {
+                    by_board
+                        .entry(leaderboard_key(*class, &board))
+                        .or_default()
+                        .push(last);
                 }
-                changed
-            })
-            .await?;
+            }
+            for (key, results) in &by_board {
+                self.update(key, |board: &mut Leaderboard| {
+                    let mut changed = false;
+                    for Final {
+                        race,
+                        result,
+                        finished_ms,
+                        ..
+                    } in results.iter().copied()
+                    {
+                        let entry = LeaderboardEntry {
+                            name: result.name.clone(),
+                            output: result.output,
+                            race_id: *race,
+                            finished_ms: Some(*finished_ms),
+                        };
+                        changed |= board.offer(result.racer_id, entry);
+                    }
+                    changed
+                })
+                .await?;
+            }
         }
         Ok(())
     }
@@ -178,17 +201,22 @@ impl ResultsStore {
         Ok(index)
     }
 
-    /// A class's leaderboard and its version (for caching).
+    /// One of a class's leaderboards and its version (for caching).
     pub async fn leaderboard(
         &self,
         class: ClassId,
+        board: &Board,
     ) -> Result<Option<(Leaderboard, ETag)>, StoreError> {
-        self.read(&leaderboard_key(class)).await
+        self.read(&leaderboard_key(class, board)).await
     }
 
-    /// The leaderboard's version, without reading it.
-    pub async fn leaderboard_version(&self, class: ClassId) -> Result<Option<ETag>, StoreError> {
-        self.store.head(&leaderboard_key(class)).await
+    /// A leaderboard's version, without reading it.
+    pub async fn leaderboard_version(
+        &self,
+        class: ClassId,
+        board: &Board,
+    ) -> Result<Option<ETag>, StoreError> {
+        self.store.head(&leaderboard_key(class, board)).await
     }
 
     async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, ETag)>, StoreError> {
@@ -281,18 +309,102 @@ mod tests {
         for w in writers {
             w.await.unwrap();
         }
-        let (board, _) = store.leaderboard(ClassId(1)).await.unwrap().unwrap();
+        let (board, _) = store
+            .leaderboard(ClassId(1), &Board::All)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(board.entries.len(), 40);
         assert_eq!(store.index(ClassId(1)).await.unwrap().races.len(), 5);
         let race = store.race(RaceId(100)).await.unwrap().unwrap();
         assert_eq!(race.ranked(ClassId(1), &Default::default()).len(), 8);
         // Recording the same finals again changes nothing.
-        let before = store.leaderboard_version(ClassId(1)).await.unwrap();
+        let before = store
+            .leaderboard_version(ClassId(1), &Board::All)
+            .await
+            .unwrap();
         store
             .record(&[last(1, 100, result(0, 0.0), 1_000)])
             .await
             .unwrap();
-        assert_eq!(store.leaderboard_version(ClassId(1)).await.unwrap(), before);
+        assert_eq!(
+            store
+                .leaderboard_version(ClassId(1), &Board::All)
+                .await
+                .unwrap(),
+            before
+        );
+    }
+
+    #[tokio::test]
+    async fn each_result_goes_to_its_races_day_week_month_and_all_time_boards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ResultsStore::new(Arc::new(FsStore::open(dir.path()).unwrap()));
+        let at = |rfc3339: &str| {
+            chrono::DateTime::parse_from_rfc3339(rfc3339)
+                .unwrap()
+                .timestamp_millis()
+        };
+        // Racer 1 rides on a Sunday evening (ISO week 48 of 2026, the last
+        // day of November but one) and just after midnight (week 49).
+        store
+            .record(&[
+                last(3, 1, result(1, 100.0), at("2026-11-29T23:59:59Z")),
+                last(3, 2, result(1, 80.0), at("2026-11-30T00:00:01Z")),
+            ])
+            .await
+            .unwrap();
+        let best_on = |board: Board| {
+            let store = store.clone();
+            async move {
+                let (board, _) = store.leaderboard(ClassId(3), &board).await.unwrap()?;
+                Some((board.entries[&RacerId(1)].output, board.entries.len()))
+            }
+        };
+        let day = |d: &str| Board::Day(d.parse().unwrap());
+        assert_eq!(best_on(day("2026-11-29")).await, Some((100.0, 1)));
+        assert_eq!(
+            best_on(day("2026-11-30")).await,
+            Some((80.0, 1)),
+            "that day's best"
+        );
+        assert_eq!(best_on(day("2026-12-01")).await, None);
+        let week = |week| Board::Week { year: 2026, week };
+        assert_eq!(best_on(week(48)).await, Some((100.0, 1)));
+        assert_eq!(best_on(week(49)).await, Some((80.0, 1)));
+        let november = Board::Month {
+            year: 2026,
+            month: 11,
+        };
+        assert_eq!(best_on(november).await, Some((100.0, 1)));
+        assert_eq!(best_on(Board::All).await, Some((100.0, 1)));
+        // The all-time board keeps the key it always had.
+        assert!(
+            dir.path()
+                .join("results/leaderboards/class-3.json")
+                .exists()
+        );
+        assert!(
+            dir.path()
+                .join("results/leaderboards/week/2026-W49/class-3.json")
+                .exists()
+        );
+        // Recorded again (a replay after a restart), nothing changes.
+        let before = store
+            .leaderboard_version(ClassId(3), &week(49))
+            .await
+            .unwrap();
+        store
+            .record(&[last(3, 2, result(1, 80.0), at("2026-11-30T00:00:01Z"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .leaderboard_version(ClassId(3), &week(49))
+                .await
+                .unwrap(),
+            before
+        );
     }
 
     #[tokio::test]
@@ -317,7 +429,11 @@ mod tests {
         let forever = store.clone().with_retention(None);
         assert!(forever.race(RaceId(1)).await.unwrap().is_some());
         // The leaderboard keeps every result, whatever its age.
-        let (board, _) = store.leaderboard(ClassId(2)).await.unwrap().unwrap();
+        let (board, _) = store
+            .leaderboard(ClassId(2), &Board::All)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(board.entries[&RacerId(1)].output, 20.0);
 
         // A sweep deletes the expired document for good, and only it.
