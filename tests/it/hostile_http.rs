@@ -153,6 +153,48 @@ async fn shutdown_closes_slow_and_idle_connections_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_off_half_sent_bodies_with_a_503_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Far longer than the shutdown may take: only the cut ends them.
+    config.server.body_timeout = Duration::from_secs(60);
+    let server = Server::start_with(config).await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(addr(&server)).await.unwrap();
+        stream
+            .write_all(
+                b"POST /v1/telemetry HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[{\"event\":",
+            )
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    // The requests are being read (their bodies awaited) before the stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    server.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "shutdown took {took:?} with half-sent bodies open"
+    );
+    for stream in &mut stalled {
+        let answer = read_to_close(stream, Duration::from_secs(2))
+            .await
+            .expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("retry-after: 1"), "{answer}");
+        assert!(answer.contains("application/json"), "{answer}");
+        assert!(answer.contains("shutting down"), "{answer}");
+    }
+    // Nothing of them was stored: the restarted server has no class file.
+    let again = Server::start(dir.path()).await;
+    assert_eq!(fetch_class(&again.base, 1).await, None, "nothing stored");
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stalls_is_answered_with_a_json_error_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());

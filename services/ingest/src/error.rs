@@ -37,6 +37,9 @@ pub enum AppError {
     /// A binary WebSocket frame: records come as JSON text.
     #[error("send each message as a JSON text frame")]
     BinaryFrame,
+    /// The server began shutting down while the body was arriving.
+    #[error(transparent)]
+    ShuttingDown(#[from] alleycat_runtime::ShuttingDown),
     /// The stream did not take the records; none of them count as accepted.
     #[error("the stream is unavailable; nothing from this request was stored, retry later")]
     Unavailable(#[from] StreamError),
@@ -101,9 +104,9 @@ impl AppError {
             AppError::UnsupportedMediaType(_) | AppError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            AppError::Unavailable(_) | AppError::RateLimited(RateLimitError::Full { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AppError::Unavailable(_)
+            | AppError::ShuttingDown(_)
+            | AppError::RateLimited(RateLimitError::Full { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::WrongRacer { .. } | AppError::Disqualified { .. } => StatusCode::FORBIDDEN,
             AppError::RateLimited(RateLimitError::Exceeded { .. }) => StatusCode::TOO_MANY_REQUESTS,
@@ -146,7 +149,7 @@ impl IntoResponse for AppError {
         let mut response = (self.status(), Json(self.body(None))).into_response();
         let headers = response.headers_mut();
         let retry_after = match &self {
-            AppError::Unavailable(_) => Some(RETRY_AFTER_SECONDS),
+            AppError::Unavailable(_) | AppError::ShuttingDown(_) => Some(RETRY_AFTER_SECONDS),
             AppError::RateLimited(e) => e.retry_after(),
             _ => None,
         };

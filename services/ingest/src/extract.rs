@@ -52,6 +52,8 @@ impl FromRequest<AppState> for Records {
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     AppError::BodyTooLarge
+                } else if alleycat_runtime::is_shutdown_cut(&rejection) {
+                    AppError::ShuttingDown(alleycat_runtime::ShuttingDown)
                 } else {
                     AppError::BadBody(rejection)
                 }

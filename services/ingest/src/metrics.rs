@@ -93,7 +93,7 @@ impl Reason {
             AppError::Disqualified { .. } => Reason::Disqualified,
             AppError::RateLimited(RateLimitError::Exceeded { .. }) => Reason::RateLimited,
             AppError::RateLimited(RateLimitError::Full { .. }) => Reason::RateLimiterFull,
-            AppError::Unavailable(_) => Reason::Unavailable,
+            AppError::Unavailable(_) | AppError::ShuttingDown(_) => Reason::Unavailable,
         }
     }
 }

@@ -12,6 +12,7 @@ mod server;
 mod shutdown;
 pub mod websocket;
 
+pub use body_deadline::{ShuttingDown, is_shutdown_cut};
 pub use health::Readiness;
 pub use limits::SensorLimitArgs;
 pub use process::{Context, Process, Service, ServiceArgs, Task};

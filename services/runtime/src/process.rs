@@ -229,7 +229,8 @@ fn layers(router: Router, context: &Context, server: &ServerArgs) -> Router {
         .layer(axum::middleware::from_fn(errors::json_errors))
         .layer(axum::middleware::from_fn({
             let limit = server.body_timeout;
-            move |request, next| body_deadline::limit_body(limit, request, next)
+            let closing = context.closing.clone();
+            move |request, next| body_deadline::limit_body(limit, closing.clone(), request, next)
         }))
         // Outside the layers that answer errors: counts the final status.
         .layer(axum::middleware::from_fn(metrics::track))
