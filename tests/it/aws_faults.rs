@@ -90,6 +90,19 @@ async fn outages_slowness_and_throttling_lose_nothing_and_heal_by_themselves() {
     let flowing = wait_flowing(&riders).await;
     report.push(("Kinesis down 10 s", healed, flowing));
 
+    // Every write throttled while the stream answers everything else:
+    // puts give up after their timeout (503), and readiness says so too.
+    kinesis.set(Fault::ThrottleWrites);
+    let reasons = wait_not_ready("ingest with its writes throttled", &ingest.base).await;
+    eprintln!("ingest not ready: {reasons}");
+    let reason = reasons["parts"]["stream"].as_str().unwrap_or_default();
+    assert!(reason.contains("PutRecords"), "{reasons}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    kinesis.set(Fault::None);
+    let healed = wait_ready("ingest", &ingest.base).await;
+    let flowing = wait_flowing(&riders).await;
+    report.push(("Kinesis writes throttled 5 s", healed, flowing));
+
     // S3 down: delivery and merging stall, then catch up.
     s3.set(Fault::Down);
     let reasons = wait_not_ready("history with S3 down", &history.base).await;

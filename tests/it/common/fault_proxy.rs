@@ -31,6 +31,10 @@ pub enum Fault {
     Slow(Duration),
     /// Answer this share of requests (0..=1) with the throttling error.
     Throttle(f64),
+    /// Answer every write (Kinesis PutRecord(s)) with the throttling
+    /// error, and forward everything else: a shard over its write limit
+    /// while the stream itself answers.
+    ThrottleWrites,
 }
 
 pub struct FaultProxy {
@@ -112,9 +116,17 @@ async fn forward(
     faulted: Arc<Mutex<u64>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    if let Fault::Throttle(share) = fault
-        && fastrand::f64() < share
-    {
+    let is_write = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t.ends_with(".PutRecords") || t.ends_with(".PutRecord"));
+    let throttle = match fault {
+        Fault::Throttle(share) => fastrand::f64() < share,
+        Fault::ThrottleWrites => is_write,
+        _ => false,
+    };
+    if throttle {
         *faulted.lock().unwrap() += 1;
         return Ok(throttled(kind));
     }

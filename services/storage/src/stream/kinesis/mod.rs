@@ -62,6 +62,40 @@ pub struct KinesisSettings {
     pub aggregate_linger: Option<Duration>,
 }
 
+/// How long a put that gave up keeps the stream reported not ready, unless
+/// a put succeeds meanwhile: long enough for a load balancer's health check
+/// to see it, short enough that a stream nobody writes to any more (the
+/// balancer stopped sending) is probed afresh soon.
+const FAILED_PUT_COUNTS_FOR: Duration = Duration::from_secs(10);
+
+/// The last put that gave up, until a later one succeeds: Kinesis may answer
+/// DescribeStreamSummary while refusing every write (a shard over its write
+/// limit), and readiness must say what bikes are told.
+#[derive(Default)]
+struct PutHealth {
+    failed: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl PutHealth {
+    fn record(&self, result: &Result<(), StreamError>) {
+        let mut failed = self.failed.lock().expect("not poisoned");
+        *failed = match result {
+            Ok(()) => None,
+            Err(StreamError::Unavailable(why)) => Some((std::time::Instant::now(), why.clone())),
+            Err(e) => Some((std::time::Instant::now(), e.to_string())),
+        };
+    }
+
+    /// Why puts fail, if the last one gave up recently.
+    fn failing(&self) -> Option<String> {
+        let failed = self.failed.lock().expect("not poisoned");
+        failed
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FAILED_PUT_COUNTS_FOR)
+            .map(|(_, reason)| reason.clone())
+    }
+}
+
 /// A Kinesis data stream; consumers keep their leases in `leases`.
 #[derive(Clone)]
 pub struct KinesisStream {
@@ -69,6 +103,8 @@ pub struct KinesisStream {
     settings: Arc<KinesisSettings>,
     leases: Arc<dyn ObjectStore>,
     put_metrics: Arc<producer::Metrics>,
+    /// Whether puts go through.
+    put_health: Arc<PutHealth>,
     /// Collects puts into aggregated records, when aggregating.
     aggregator: Option<Arc<Aggregator>>,
     /// Where consumers' lag is reported, if anywhere.
@@ -99,6 +135,7 @@ impl KinesisStream {
             settings,
             leases,
             put_metrics,
+            put_health: Arc::default(),
             aggregator,
             freshness: None,
         }
@@ -115,13 +152,15 @@ impl KinesisStream {
 #[async_trait]
 impl Stream for KinesisStream {
     async fn put_records(&self, records: Vec<PutRecord>) -> Result<(), StreamError> {
-        match &self.aggregator {
+        let result = match &self.aggregator {
             Some(aggregator) => aggregator.put(records).await,
             None => {
                 producer::put_records(&self.client, &self.settings, &self.put_metrics, records)
                     .await
             }
-        }
+        };
+        self.put_health.record(&result);
+        result
     }
 
     async fn subscribe(&self, consumer: &str) -> Result<Box<dyn Subscription>, StreamError> {
@@ -142,10 +181,14 @@ impl Stream for KinesisStream {
         Ok(Box::new(KinesisSubscription::new(coordinator, queue, stop)))
     }
 
-    /// Kinesis answers, and the stream takes writes (active, or updating
-    /// during a reshard).
+    /// Kinesis answers, the stream takes writes (active, or updating
+    /// during a reshard), and no put gave up in the last
+    /// [`FAILED_PUT_COUNTS_FOR`] without one succeeding since.
     async fn ready(&self) -> Result<(), StreamError> {
         use aws_sdk_kinesis::types::StreamStatus;
+        if let Some(reason) = self.put_health.failing() {
+            return Err(unavailable("puts are failing", reason));
+        }
         let summary = self
             .client
             .describe_stream_summary()
@@ -179,4 +222,31 @@ fn describe<E: std::error::Error + 'static>(e: &SdkError<E>) -> String {
 
 fn unavailable(what: &str, detail: impl std::fmt::Display) -> StreamError {
     StreamError::Unavailable(format!("{what}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_put_counts_until_one_succeeds() {
+        let health = PutHealth::default();
+        assert_eq!(health.failing(), None);
+        health.record(&Err(StreamError::Unavailable(
+            "PutRecords kept failing: x".into(),
+        )));
+        assert_eq!(
+            health.failing().as_deref(),
+            Some("PutRecords kept failing: x")
+        );
+        health.record(&Ok(()));
+        assert_eq!(health.failing(), None);
+        // A failure long past no longer counts (nobody has put since).
+        health.record(&Err(StreamError::Closed));
+        *health.failed.lock().unwrap() = Some((
+            std::time::Instant::now() - FAILED_PUT_COUNTS_FOR,
+            "old".into(),
+        ));
+        assert_eq!(health.failing(), None);
+    }
 }
