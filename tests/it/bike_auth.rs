@@ -11,7 +11,7 @@ use alleycat_ingest::auth::{Claims, SecretSetting};
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -445,64 +445,25 @@ async fn rotation_the_first_secret_signs_and_every_secret_verifies() {
     server.stop().await;
 }
 
-/// The real binary with its log captured: (process, base URL, log so far).
-async fn spawn_logged(
-    dir: &std::path::Path,
-    env: &[(&str, &str)],
-) -> (tokio::process::Child, String, Arc<Mutex<String>>) {
-    use tokio::io::{AsyncBufReadExt as _, BufReader};
-    let mut child = alleycat_command()
-        .env("ALLEYCAT_DATA_DIR", dir)
-        .env("ALLEYCAT_LISTEN", "127.0.0.1:0")
-        .envs(QUICK_FLAGS)
-        .envs(env.iter().copied())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (address_tx, address_rx) = tokio::sync::oneshot::channel();
-    let mut address_tx = Some(address_tx);
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let sink = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("listening")
-                && let Some(addr) = line.split("addr=").nth(1)
-                && let Some(tx) = address_tx.take()
-            {
-                let _ = tx.send(
-                    addr.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let address = tokio::time::timeout(PATIENCE, address_rx)
-        .await
-        .expect("the server says where it listens")
-        .unwrap();
-    let base = format!("http://{address}");
-    eventually("the server to become healthy", || async {
-        reqwest::get(format!("{base}/healthz"))
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-            .map(|_| ())
-    })
-    .await;
-    (child, base, log)
+/// The real binary (all-in-one) over `dir` with `env` added; its log is
+/// kept in [`Service::log`].
+async fn spawn_logged(dir: &std::path::Path, env: &[(&str, &str)]) -> Service {
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.push((
+        "ALLEYCAT_DATA_DIR".to_owned(),
+        dir.to_string_lossy().into_owned(),
+    ));
+    spawn_alleycat(&[], &env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_secret_ingest_is_open_and_says_so_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base, log) = spawn_logged(dir.path(), &[]).await;
+    let service = spawn_logged(dir.path(), &[]).await;
+    let (base, log) = (service.base.clone(), Arc::clone(&service.log));
     let answer = post(&base, None, &[sample(101, 1), sample(102, 1)]).await;
     assert_eq!((answer.status, answer.body), (202, json!({"accepted": 2})));
     // Any token at all is ignored, not checked.
@@ -518,18 +479,19 @@ async fn without_a_secret_ingest_is_open_and_says_so_at_start() {
             .any(|l| l.contains("WARN") && l.contains("ALLEYCAT_AUTH_SECRET is not set")),
         "{log}"
     );
-    child.kill().await.unwrap();
+    service.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_in_the_query_is_never_logged() {
     let dir = tempfile::tempdir().unwrap();
     let secret = rotated();
-    let (mut child, base, log) = spawn_logged(
+    let service = spawn_logged(
         dir.path(),
         &[("ALLEYCAT_AUTH_SECRET", &secret), ("ALLEYCAT_LOG", "debug")],
     )
     .await;
+    let (base, log) = (service.base.clone(), Arc::clone(&service.log));
     let valid = good(101);
     let forged = token(
         "a secret nobody here knows about of 32+ bytes",
@@ -571,7 +533,7 @@ async fn a_token_in_the_query_is_never_logged() {
         !log.contains(NEW) && !log.contains(OLD),
         "a secret is in the log"
     );
-    child.kill().await.unwrap();
+    service.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -267,11 +267,16 @@ async fn a_data_dir_deleted_while_running_is_refused_until_it_is_restored_and_no
     }
     assert!(data.join("stream").join("stream.redb").is_file());
     wait_for_bests(&server.base, &bests(&acked)).await;
+    // What was acknowledged before the deletion too: its class file was
+    // deleted with the directory, and is published again.
+    wait_for_bests(&server.base, &bests(&before)).await;
     server.stop().await;
 
-    // Durable: a restart on the same directory still has them.
+    // Durable: a restart on the same directory still has them, those
+    // acknowledged before the deletion and after it.
     let server = Server::start(&data).await;
     wait_for_bests(&server.base, &bests(&acked)).await;
+    wait_for_bests(&server.base, &bests(&before)).await;
     assert_eq!(readyz(&server.base).await.0, 200);
     server.stop().await;
 }

@@ -71,6 +71,63 @@ const HISTORY_FRESHNESS: &str = "alleycat_history_freshness_seconds";
 const TRANSFORMER_FRESHNESS: &str = "alleycat_transformer_freshness_seconds";
 const CHECKS: &str = "alleycat_history_checks_total";
 
+/// Made-up racer ids cannot grow a class file past
+/// `ALLEYCAT_HISTORY_MAX_RACERS`: the racers already in it keep improving,
+/// new ones are left out, counted (`reason="too_many_racers"`) and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_file_holds_at_most_the_racers_allowed_and_says_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_alleycat(
+        &[],
+        &env(&[
+            ("ALLEYCAT_DATA_DIR", dir.path().to_str().unwrap()),
+            ("ALLEYCAT_HISTORY_MAX_RACERS", "3"),
+        ]),
+    )
+    .await;
+    let base = server.base.as_str();
+    // Racers 1-3 fill class 4; then racers 1-3 ride again (a better race)
+    // beside racers 4-9, of whom none may enter.
+    let first: Vec<Sample> = race(41, 4, 1, 3, 2).into_iter().flatten().collect();
+    post_race(base, &first).await;
+    wait_for_bests(base, &bests(&first)).await;
+    let mut again: Vec<Sample> = race(42, 4, 1, 9, 2).into_iter().flatten().collect();
+    for s in &mut again {
+        s.cadence_q += 240; // 60 rpm more: above every first-race cadence
+    }
+    post_race(base, &again).await;
+    let admitted: Vec<Sample> = first
+        .iter()
+        .chain(again.iter().filter(|s| s.racer <= 3))
+        .copied()
+        .collect();
+    wait_for_bests(base, &bests(&admitted)).await;
+    let left_out = 6 * 2; // racers 4-9, 2 seconds each
+    let scrape = eventually("the records left out to be counted", || async {
+        let scrape = Scrape::of(base).await;
+        (scrape.get(
+            "alleycat_history_records_not_merged_total",
+            &[("reason", "too_many_racers")],
+        ) >= f64::from(left_out))
+        .then_some(scrape)
+    })
+    .await;
+    assert_eq!(
+        scrape.get(
+            "alleycat_history_records_not_merged_total",
+            &[("reason", "too_many_racers")]
+        ),
+        f64::from(left_out)
+    );
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("ALLEYCAT_HISTORY_MAX_RACERS")),
+        "{log}"
+    );
+    server.kill().await;
+}
+
 /// History checks every 5 s: records wait up to that long in a delivery
 /// object, and the freshness gauges show it, then fall back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

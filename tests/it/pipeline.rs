@@ -135,6 +135,62 @@ async fn a_bad_batch_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_naming_a_field_twice_are_refused_naming_it_over_http_and_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let client = reqwest::Client::new();
+    let sample = race(3, 5, 1, 1, 1)[0][0];
+    let text = sample.json().to_string();
+    // Where the last key won, these were stored: in class 5 (not 7), and
+    // with a cadence of 1000 (past every limit, unseen by the check).
+    let class_twice = text.replacen('{', r#"{"classId":7,"#, 1);
+    let cadence_twice = format!(r#"{},"cadence":1000}}"#, &text[..text.len() - 1]);
+    let repeated = |field: &str| {
+        json!({
+            "index": 0,
+            "field": field,
+            "reason": "repeated key: a record may name each field only once"
+        })
+    };
+    for (body, field) in [(&class_twice, "classId"), (&cadence_twice, "cadence")] {
+        for (content_type, body) in [
+            ("application/json", format!("[{body}]")),
+            ("application/json", body.clone()),
+            ("application/x-ndjson", format!("{body}\n")),
+        ] {
+            let (status, answer) = post_raw(
+                &client,
+                &server.base,
+                content_type,
+                body.clone().into_bytes(),
+            )
+            .await;
+            assert_eq!(status, 422, "{content_type} {body}: {answer}");
+            assert_eq!(answer["records"], json!([repeated(field)]), "{body}");
+        }
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/telemetry/ws"))
+        .await
+        .unwrap();
+    for (body, field) in [(&class_twice, "classId"), (&cadence_twice, "cadence")] {
+        ws.send(Message::text(body.as_str())).await.unwrap();
+        let frame = ws.next().await.unwrap().unwrap();
+        let answer: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["records"], json!([repeated(field)]), "{answer}");
+    }
+    // The same record once: accepted on the same socket.
+    ws.send(Message::text(text.as_str())).await.unwrap();
+    let frame = ws.next().await.unwrap().unwrap();
+    let answer: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    assert_eq!(answer, json!({"type": "ack", "accepted": 1}));
+    // Only that one reached class 5, with its own cadence's output.
+    wait_for_bests(&server.base, &bests([&sample])).await;
+    assert_eq!(fetch_class(&server.base, 7).await, None);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_frames_are_answered_in_order_and_errors_keep_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;

@@ -10,6 +10,7 @@ pub mod gateways;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -105,15 +106,19 @@ impl Server {
     }
 }
 
-/// Polls `check` until it yields a value, panicking after [`PATIENCE`].
+/// Polls `check` until it yields a value, panicking after [`PATIENCE`]
+/// (a check that hangs, such as a request a stuck server never answers,
+/// counts against it too).
 pub async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,
     mut check: impl FnMut() -> F,
 ) -> T {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Some(value) = check().await {
-            return value;
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(Some(value)) => return value,
+            Ok(None) => {}
+            Err(_) => panic!("timed out waiting for {what} (the last check hung)"),
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -307,6 +312,8 @@ pub async fn post_raw(
 pub struct Service {
     pub child: tokio::process::Child,
     pub base: String,
+    /// Its log so far (stderr), for tests that check what it says.
+    pub log: Arc<std::sync::Mutex<String>>,
 }
 
 impl Service {
@@ -382,7 +389,7 @@ pub async fn spawn_alleycat(args: &[&str], env: &[(String, String)]) -> Service 
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn().unwrap();
-        drain_log(&name, child.stderr.take().unwrap());
+        let log = drain_log(&name, child.stderr.take().unwrap());
         let healthz = format!("{base}/healthz");
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
@@ -394,7 +401,7 @@ pub async fn spawn_alleycat(args: &[&str], env: &[(String, String)]) -> Service 
                 .await
                 .is_ok_and(|r| r.status() == 200);
             if healthy {
-                return Service { child, base };
+                return Service { child, base, log };
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -406,18 +413,31 @@ pub async fn spawn_alleycat(args: &[&str], env: &[(String, String)]) -> Service 
     panic!("alleycat {name} exited before serving three times (ALLEYCAT_TEST_LOGS=1 shows why)");
 }
 
-/// Reads a child's log to the end, so it never blocks on a full pipe; shows
-/// it when `ALLEYCAT_TEST_LOGS` is set.
-fn drain_log(name: &str, stderr: tokio::process::ChildStderr) {
+/// Most of a child's log kept for the test to read; the rest is read and
+/// dropped.
+const LOG_KEPT: usize = 4 << 20;
+
+/// Reads a child's log to the end, so it never blocks on a full pipe, and
+/// keeps it (up to [`LOG_KEPT`] bytes) for the test; shows it when
+/// `ALLEYCAT_TEST_LOGS` is set.
+fn drain_log(name: &str, stderr: tokio::process::ChildStderr) -> Arc<std::sync::Mutex<String>> {
     use tokio::io::{AsyncBufReadExt as _, BufReader};
     let name = name.to_owned();
     let show = std::env::var_os("ALLEYCAT_TEST_LOGS").is_some();
+    let kept = Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = Arc::clone(&kept);
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if show {
                 eprintln!("[{name}] {line}");
             }
+            let mut log = sink.lock().unwrap();
+            if log.len() + line.len() < LOG_KEPT {
+                log.push_str(&line);
+                log.push('\n');
+            }
         }
     });
+    kept
 }
