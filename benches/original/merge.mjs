@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The ORIGINAL history merge (the S3-processor Lambda of the AWS sample), as
-// /work/shared/alleycat-reference.md describes it, run over the batches
+// the main README's "The system it replaces" describes it, run over the batches
 // written by generate.mjs:
 //
 //   node merge.mjs --data DIR --out OUTDIR [--repeat K]

@@ -60,6 +60,13 @@ struct Args {
     /// Ranking viewers (WebSockets), each following one racer.
     #[arg(long, default_value = "0")]
     viewers: u64,
+    /// Racers of its class in a viewer's follow list (`&follow=`), besides
+    /// the racer it follows (0: no list).
+    #[arg(long, default_value = "0", value_parser = clap::value_parser!(u64).range(0..=100))]
+    follow: u64,
+    /// Every this many viewers, one sends a follow list (1: all of them).
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u64).range(1..))]
+    follow_every: u64,
     /// Seed of the racers' rides.
     #[arg(long, default_value = "1")]
     seed: u64,
@@ -114,10 +121,20 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for v in 0..args.viewers {
         let racer = v % args.racers;
+        let follow = if v % args.follow_every == 0 {
+            fleet
+                .classmates(racer, args.follow as usize)
+                .into_iter()
+                .map(|i| fleet.racer_id(i))
+                .collect()
+        } else {
+            Vec::new()
+        };
         tasks.push(tokio::spawn(viewers::viewer(
             rankings_url.clone(),
             fleet.class_of(racer),
             fleet.racer_id(racer),
+            follow,
             schedule.clone(),
             Arc::clone(&stats),
         )));
@@ -224,6 +241,8 @@ async fn main() -> anyhow::Result<()> {
                 format!("{:?}", args.transport).to_lowercase(),
             ),
             ("viewers".to_owned(), args.viewers.to_string()),
+            ("follow".to_owned(), args.follow.to_string()),
+            ("follow_every".to_owned(), args.follow_every.to_string()),
             ("seed".to_owned(), args.seed.to_string()),
         ]),
         records_sent: stats.sent.load(Ordering::Relaxed),
@@ -235,6 +254,11 @@ async fn main() -> anyhow::Result<()> {
         history_missing: samples.pending() as u64,
         achieved_rate: stats.accepted.load(Ordering::Relaxed) as f64 / sending,
         pushes_received: stats.pushes.load(Ordering::Relaxed),
+        push_bytes_per_viewer_s: stats.push_bytes.load(Ordering::Relaxed) as f64
+            / args.viewers.max(1) as f64
+            / sending,
+        pushes_with_ghost: stats.ghost_pushes.load(Ordering::Relaxed),
+        pushes_with_following: stats.following_pushes.load(Ordering::Relaxed),
         connect_seconds,
         target: usage,
         timeline: stats.timeline(),

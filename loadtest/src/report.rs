@@ -30,6 +30,12 @@ pub struct Report {
     pub achieved_rate: f64,
     /// Pushes received by all viewers.
     pub pushes_received: u64,
+    /// Bytes of those pushes, per viewer and second of sending.
+    pub push_bytes_per_viewer_s: f64,
+    /// Pushes that carried `ghost` (viewers following a racer in its race).
+    pub pushes_with_ghost: u64,
+    /// Pushes that carried `following` (viewers with a follow list).
+    pub pushes_with_following: u64,
     /// Seconds the WebSocket bikes and viewers took to connect, before
     /// sending started (not part of `--duration`).
     pub connect_seconds: f64,
@@ -129,7 +135,16 @@ impl Report {
             ),
             ("ingest latency", p(&self.ingest_latency_ms, " ms")),
             ("ranking latency", p(&self.ranking_latency_ms, " ms")),
-            ("pushes received", self.pushes_received.to_string()),
+            (
+                "pushes received",
+                format!(
+                    "{} ({:.0} bytes per viewer per second; {} with ghost, {} with following)",
+                    self.pushes_received,
+                    self.push_bytes_per_viewer_s,
+                    self.pushes_with_ghost,
+                    self.pushes_with_following
+                ),
+            ),
             ("history freshness", p(&self.history_freshness_s, " s")),
             ("history missing", self.history_missing.to_string()),
             (
@@ -267,6 +282,9 @@ mod tests {
             history_missing: 0,
             achieved_rate: 10.0,
             pushes_received: 0,
+            push_bytes_per_viewer_s: 0.0,
+            pushes_with_ghost: 0,
+            pushes_with_following: 0,
             connect_seconds: 0.5,
             target: None,
             timeline: vec![Tick {

@@ -64,6 +64,20 @@ impl Fleet {
         (index % u64::from(self.classes)) as u8 + 1
     }
 
+    /// Up to `n` other racers of racer `index`'s class (indexes), the ones
+    /// after it in the class, wrapping round: whom a viewer following
+    /// `index` follows besides.
+    #[must_use]
+    pub fn classmates(&self, index: u64, n: usize) -> Vec<u64> {
+        let step = u64::from(self.classes);
+        let first = index % step;
+        let in_class = (self.racers - first).div_ceil(step);
+        (1..in_class)
+            .take(n)
+            .map(|k| first + (index / step + k) % in_class * step)
+            .collect()
+    }
+
     /// Where a racer's messages fall within each second, in ms: spread so a
     /// fleet does not send in one burst.
     #[must_use]
@@ -118,6 +132,31 @@ mod tests {
             race_seconds: 300,
             seed: 7,
         }
+    }
+
+    #[test]
+    fn classmates_are_other_racers_of_the_same_class() {
+        let f = fleet();
+        for index in [0, 5, 994, 999] {
+            let mates = f.classmates(index, 20);
+            assert_eq!(mates.len(), 20);
+            for m in &mates {
+                assert!(*m < f.racers && *m != index);
+                assert_eq!(f.class_of(*m), f.class_of(index));
+            }
+            let mut unique = mates.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), 20, "{mates:?}");
+        }
+        // A class smaller than the list: everyone else in it, once.
+        let small = Fleet {
+            racers: 14,
+            ..fleet()
+        };
+        assert_eq!(small.classmates(1, 20), [7, 13]);
+        assert_eq!(small.classmates(13, 20), [1, 7]);
+        assert_eq!(small.classmates(5, 20), [11], "class 6 has racers 5 and 11");
     }
 
     #[test]

@@ -86,6 +86,12 @@ pub struct Stats {
     pub accepted: AtomicU64,
     /// Pushes received by viewers.
     pub pushes: AtomicU64,
+    /// Bytes of the pushes received (text frames' payloads).
+    pub push_bytes: AtomicU64,
+    /// Pushes that carried `ghost` (the followed racer against its best).
+    pub ghost_pushes: AtomicU64,
+    /// Pushes that carried `following` (a follow list's standings).
+    pub following_pushes: AtomicU64,
     errors: DashMap<String, u64>,
     ingest: Mutex<Histogram<u64>>,
     ranking: Mutex<Histogram<u64>>,
@@ -111,6 +117,9 @@ impl Stats {
             sent: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             pushes: AtomicU64::new(0),
+            push_bytes: AtomicU64::new(0),
+            ghost_pushes: AtomicU64::new(0),
+            following_pushes: AtomicU64::new(0),
             errors: DashMap::new(),
             ingest: Mutex::new(histogram()),
             ranking: Mutex::new(histogram()),

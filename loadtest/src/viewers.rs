@@ -16,6 +16,10 @@ struct Push {
     race_id: u64,
     second: u16,
     here_now: Vec<Entry>,
+    /// The followed racers' standings (with `follow=`).
+    following: Option<serde::de::IgnoredAny>,
+    /// The followed racer against its own best (with `racerId=`).
+    ghost: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -24,12 +28,25 @@ struct Entry {
     racer_id: u64,
 }
 
-/// One viewer of `class`, following `racer`, until sending ends.
-pub async fn viewer(target: String, class: u8, racer: u64, schedule: Schedule, stats: Arc<Stats>) {
-    let url = format!(
+/// One viewer of `class`, following `racer` (and the racers of `follow`,
+/// if any), until sending ends.
+pub async fn viewer(
+    target: String,
+    class: u8,
+    racer: u64,
+    follow: Vec<u64>,
+    schedule: Schedule,
+    stats: Arc<Stats>,
+) {
+    let mut url = format!(
         "{}/v1/rankings/ws?classId={class}&racerId={racer}",
         target.replacen("http", "ws", 1)
     );
+    if !follow.is_empty() {
+        let ids: Vec<String> = follow.iter().map(u64::to_string).collect();
+        url.push_str("&follow=");
+        url.push_str(&ids.join(","));
+    }
     let connected = tokio_tungstenite::connect_async(url.as_str()).await;
     stats.ready.fetch_add(1, Ordering::Relaxed);
     let Ok((mut ws, _)) = connected else {
@@ -49,10 +66,19 @@ pub async fn viewer(target: String, class: u8, racer: u64, schedule: Schedule, s
             Ok(Some(Ok(Frame::Text(text)))) => {
                 let received = std::time::Instant::now();
                 stats.pushes.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .push_bytes
+                    .fetch_add(text.len() as u64, Ordering::Relaxed);
                 let Ok(push) = serde_json::from_str::<Push>(&text) else {
                     stats.error("viewer_bad_push");
                     continue;
                 };
+                if push.ghost.is_some() {
+                    stats.ghost_pushes.fetch_add(1, Ordering::Relaxed);
+                }
+                if push.following.is_some() {
+                    stats.following_pushes.fetch_add(1, Ordering::Relaxed);
+                }
                 for entry in push.here_now {
                     if let Some((_, sent)) =
                         stats

@@ -30,6 +30,7 @@ use alleycat_core::RacerId;
 use alleycat_core::codec;
 use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::history::{ClassHistory, DropReport, MAX_CLASS_FILE_BYTES, class_file_key};
+use alleycat_core::telemetry::CLASS_COUNT;
 use alleycat_storage::{ETag, ObjectStore, Precondition, StorageArgs, StoreError};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -281,7 +282,7 @@ pub async fn import(args: &ImportArgs, mut say: impl FnMut(&str)) -> anyhow::Res
     }
     if !found_any {
         bail!(
-            "no class file in {}: expected class-N.gz or class-N, N 1 to 6",
+            "no class file in {}: expected class-N.gz or class-N, N 1 to {CLASS_COUNT}",
             args.source
         );
     }

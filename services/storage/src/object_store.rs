@@ -102,7 +102,7 @@ pub enum StoreError {
         /// The key.
         key: String,
         /// Why.
-        reason: &'static str,
+        reason: std::borrow::Cow<'static, str>,
     },
     /// A conditional write found the object changed (or present).
     #[error("{key:?} changed since it was read")]

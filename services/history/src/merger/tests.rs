@@ -32,14 +32,20 @@ fn fixture() -> Fixture {
     }
 }
 
+/// The history settings at their defaults (clap's, the only place they
+/// are written), with what these tests need: a quick poll, and no pacing
+/// of publications.
 fn args() -> HistoryArgs {
+    #[derive(clap::Parser)]
+    struct Settings {
+        #[command(flatten)]
+        history: HistoryArgs,
+    }
+    use clap::Parser as _;
     HistoryArgs {
         poll_interval: Duration::from_millis(100),
-        listing_grace: Duration::from_secs(60),
-        gzip_level: 6,
         publish_pace: 0,
-        max_racers: 100_000,
-        admin_token: None,
+        ..Settings::parse_from(["test"]).history
     }
 }
 

@@ -61,21 +61,26 @@ impl FsStore {
     }
 }
 
+/// Longest key, in bytes: S3's limit, so a key that works here works there.
+const MAX_KEY_BYTES: usize = 1024;
+
 impl Inner {
     fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
-        let invalid = |reason| StoreError::InvalidKey {
+        let invalid = |reason: std::borrow::Cow<'static, str>| StoreError::InvalidKey {
             key: key.to_owned(),
             reason,
         };
-        if key.is_empty() || key.len() > 1024 {
-            return Err(invalid("must be 1 to 1024 bytes"));
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(invalid(
+                format!("must be 1 to {MAX_KEY_BYTES} bytes").into(),
+            ));
         }
         if !key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
         {
             return Err(invalid(
-                "may hold only ASCII letters, digits, '/', '-', '_' and '.'",
+                "may hold only ASCII letters, digits, '/', '-', '_' and '.'".into(),
             ));
         }
         if key
@@ -83,7 +88,7 @@ impl Inner {
             .any(|part| part.is_empty() || part.starts_with('.'))
         {
             return Err(invalid(
-                "path segments must be non-empty and not start with '.'",
+                "path segments must be non-empty and not start with '.'".into(),
             ));
         }
         Ok(self.root.join(key))
