@@ -16,13 +16,12 @@
 use alleycat_core::disqualification::{DisqualificationId, NewDisqualification, RequestError};
 use alleycat_storage::DisqualificationList;
 use alleycat_storage::disqualifications::{Added, ListError};
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use bytes::Bytes;
 use serde_json::json;
 use std::fmt;
 use std::sync::Arc;
@@ -190,20 +189,59 @@ async fn list_entries(
     Ok(Json(json!({ "entries": list.entries() })).into_response())
 }
 
+/// `POST`'s body: a disqualification asked for, read up to
+/// [`MAX_BODY_BYTES`] and checked field by field.
+struct NewEntry(NewDisqualification);
+
+impl<S: Send + Sync> FromRequest<S> for NewEntry {
+    type Rejection = AdminError;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, AdminError> {
+        let too_large =
+            || AdminError::BadRequest(format!("the body is larger than {MAX_BODY_BYTES} bytes"));
+        let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|e| {
+                // A length past the limit, or a body that broke off.
+                if std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                {
+                    too_large()
+                } else {
+                    AdminError::BadRequest(format!("the body could not be read: {e}"))
+                }
+            })?;
+        NewDisqualification::parse(&body)
+            .map(NewEntry)
+            .map_err(|e| match e {
+                RequestError::Shape(shape) => AdminError::BadRequest(shape),
+                field => AdminError::Invalid(field),
+            })
+    }
+}
+
+/// `{id}` of `DELETE`: an id is a whole number, so anything else names no
+/// entry (404).
+struct EntryId(DisqualificationId);
+
+impl<S: Send + Sync> FromRequestParts<S> for EntryId {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AdminError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| AdminError::NotFound(e.body_text()))?;
+        id.parse::<u64>()
+            .map(|id| EntryId(DisqualificationId(id)))
+            .map_err(|_| AdminError::NotFound(format!("{id:?}: ids are whole numbers")))
+    }
+}
+
 async fn add_entry(
     State(state): State<AdminState>,
     _: Operator,
-    body: Bytes,
+    NewEntry(request): NewEntry,
 ) -> Result<Response, AdminError> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(AdminError::BadRequest(format!(
-            "the body is larger than {MAX_BODY_BYTES} bytes"
-        )));
-    }
-    let request = NewDisqualification::parse(&body).map_err(|e| match e {
-        RequestError::Shape(shape) => AdminError::BadRequest(shape),
-        field => AdminError::Invalid(field),
-    })?;
     let entry = match state.list.add(request).await? {
         Added::Created(entry) => {
             tracing::warn!(id = %entry.id, racer = %entry.racer_id, race = ?entry.race_id, reason = %entry.reason, "disqualified");
@@ -225,23 +263,165 @@ async fn add_entry(
 async fn remove_entry(
     State(state): State<AdminState>,
     _: Operator,
-    Path(id): Path<String>,
+    EntryId(id): EntryId,
 ) -> Result<StatusCode, AdminError> {
-    let parsed = id
-        .parse::<u64>()
-        .map(DisqualificationId)
-        .map_err(|_| AdminError::NotFound(format!("{id:?}: ids are whole numbers")))?;
-    if state.list.remove(parsed).await? {
-        tracing::warn!(id = %parsed, "disqualification taken back; the racer is reinstated");
+    if state.list.remove(id).await? {
+        tracing::warn!(%id, "disqualification taken back; the racer is reinstated");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(AdminError::NotFound(id))
+        Err(AdminError::NotFound(id.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alleycat_storage::ObjectStore;
+    use alleycat_storage::object_store::fs::FsStore;
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use serde_json::Value;
+    use tower::ServiceExt as _;
+
+    const TOKEN: &str = "an operator's token of 32 bytes.";
+
+    /// The admin routes over a list kept in a temporary directory.
+    struct Fixture {
+        state: AdminState,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(dir.path()).unwrap());
+            Fixture {
+                state: AdminState {
+                    token: AdminToken::parse(TOKEN).unwrap(),
+                    list: DisqualificationList::watch(store, std::time::Duration::from_secs(3600)),
+                },
+                _dir: dir,
+            }
+        }
+
+        /// Status, headers and JSON body (`Null` when empty) of a request.
+        async fn send(
+            &self,
+            method: &str,
+            uri: &str,
+            token: Option<&str>,
+            body: impl Into<Body>,
+        ) -> (StatusCode, axum::http::HeaderMap, Value) {
+            let mut request = axum::http::Request::builder().method(method).uri(uri);
+            if let Some(token) = token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let response = routes(self.state.clone())
+                .oneshot(request.body(body.into()).unwrap())
+                .await
+                .unwrap();
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.unwrap().to_bytes();
+            let json = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            (parts.status, parts.headers, json)
+        }
+    }
+
+    const PATH: &str = "/v1/admin/disqualifications";
+
+    #[tokio::test]
+    async fn without_the_token_every_route_is_401_with_a_challenge() {
+        let fixture = Fixture::new();
+        for (method, uri) in [
+            ("GET", PATH),
+            ("POST", PATH),
+            ("DELETE", "/v1/admin/disqualifications/1"),
+        ] {
+            for token in [None, Some("not the operator's token at all"), Some("")] {
+                let (status, headers, body) = fixture
+                    .send(method, uri, token, r#"{"racerId":1,"reason":"x"}"#)
+                    .await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} {token:?}");
+                assert_eq!(
+                    headers[header::WWW_AUTHENTICATE],
+                    "Bearer realm=\"alleycat-admin\""
+                );
+                assert!(
+                    body["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("ALLEYCAT_ADMIN_TOKEN")
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_and_ids_are_refused_naming_the_problem_and_change_nothing() {
+        let fixture = Fixture::new();
+        let post = |body: Body| fixture.send("POST", PATH, Some(TOKEN), body);
+        let (status, _, body) = post(Body::from(vec![b' '; MAX_BODY_BYTES + 1])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["error"],
+            format!("invalid disqualification: the body is larger than {MAX_BODY_BYTES} bytes")
+        );
+        let (status, _, body) = post(Body::from("not json")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, _, body) = post(Body::from(r#"{"racerId":-1,"reason":"x"}"#)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("racerId"),
+            "{body}"
+        );
+        for (id, message) in [
+            ("abc", r#"no disqualification "abc": ids are whole numbers"#),
+            ("-1", r#"no disqualification "-1": ids are whole numbers"#),
+            ("7", "no disqualification 7"),
+        ] {
+            let uri = format!("{PATH}/{id}");
+            let (status, _, body) = fixture
+                .send("DELETE", &uri, Some(TOKEN), Body::empty())
+                .await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{id}");
+            assert_eq!(body["error"], message);
+        }
+        let (status, _, list) = fixture.send("GET", PATH, Some(TOKEN), Body::empty()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list["entries"], serde_json::json!([]), "nothing was stored");
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_created_once_listed_and_taken_back() {
+        let fixture = Fixture::new();
+        let ask = r#"{"racerId":101,"raceId":5,"reason":"sensor taped"}"#;
+        let (status, headers, entry) = fixture.send("POST", PATH, Some(TOKEN), ask).await;
+        assert_eq!(status, StatusCode::CREATED, "{entry}");
+        let id = entry["id"].as_u64().unwrap();
+        assert_eq!(headers[header::LOCATION], format!("{PATH}/{id}"));
+        assert_eq!(
+            (entry["racerId"].as_u64(), entry["raceId"].as_u64()),
+            (Some(101), Some(5))
+        );
+        // Asked again: the same entry.
+        let (status, _, again) = fixture.send("POST", PATH, Some(TOKEN), ask).await;
+        assert_eq!((status, &again), (StatusCode::CREATED, &entry));
+        let (_, _, list) = fixture.send("GET", PATH, Some(TOKEN), Body::empty()).await;
+        assert_eq!(list["entries"], serde_json::json!([entry]));
+        let uri = format!("{PATH}/{id}");
+        let (status, _, body) = fixture
+            .send("DELETE", &uri, Some(TOKEN), Body::empty())
+            .await;
+        assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+        let (status, _, _) = fixture
+            .send("DELETE", &uri, Some(TOKEN), Body::empty())
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "taken back already");
+    }
 
     #[test]
     fn tokens_are_long_compared_whole_and_never_printed() {
