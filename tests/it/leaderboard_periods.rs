@@ -1,9 +1,11 @@
 //! Daily, weekly and monthly leaderboards over real HTTP, on a clock the
-//! test sets: races that finish either side of midnight UTC, of the end of
-//! an ISO week and of a month land on the right boards; past periods stay
-//! queryable; the current period follows the clock; two rankings processes
-//! writing at once and a restart lose nothing. Every answer is checked
-//! against the contract's schema.
+//! test sets: races ridden either side of midnight UTC, of the end of an
+//! ISO week and of a month land on the right boards, and a race that ends
+//! at midnight counts for the day it was ridden though some of its finals
+//! arrive after it; past periods stay queryable; the current period follows
+//! the clock; two rankings processes writing at once and another process
+//! over the same store agree. Every answer is checked against the
+//! contract's schema.
 
 use crate::contract::Schema;
 use alleycat_core::{ClassId, RaceId, RacerId};
@@ -28,7 +30,8 @@ fn ms(rfc3339: &str) -> i64 {
         .timestamp_millis()
 }
 
-/// One racer's final result in race `race`, which finished at `finished`.
+/// One racer's final result in race `race` (300 seconds ridden), its final
+/// arriving at `finished`.
 fn finished(race: u64, racer: u64, output: f64, finished: &str) -> Final {
     Final {
         class: ClassId(CLASS),
@@ -127,21 +130,24 @@ impl Rankings {
     }
 }
 
-/// Races around a Sunday midnight UTC that is also the end of a month
-/// (2026-11-29 is a Sunday; 2026-11-30, a Monday, ends November):
-/// - race 1 on Sunday 23:59:30: racer 1 at 100, racer 2 at 50;
-/// - race 2 on Monday 00:00:02 (new day, new ISO week, same month):
+/// Five-minute races around a Sunday midnight UTC and a Monday midnight
+/// that ends a month (2026-11-29 is a Sunday; 2026-11-30, a Monday, ends
+/// November):
+/// - race 1, Sunday 23:50-23:55: racer 1 at 100, racer 2 at 50;
+/// - race 2, Monday 00:00-00:05 (new day, new ISO week, same month):
 ///   racer 1 at 80, racer 3 at 90;
-/// - race 3 on Monday 23:59:59.999 (last ms of November): racer 3 at 95;
-/// - race 4 on Tuesday 00:00:00 (1 December, same week): racer 2 at 120.
+/// - race 3, Monday 23:55-24:00, the last of November: racer 3 at 95, its
+///   final 10 ms before midnight; racer 4 at 60, its final 20 ms after;
+/// - race 4, Tuesday 00:00-00:05 (1 December, same week): racer 2 at 120.
 fn races() -> Vec<Final> {
     vec![
-        finished(1, 1, 100.0, "2026-11-29T23:59:30Z"),
-        finished(1, 2, 50.0, "2026-11-29T23:59:30Z"),
-        finished(2, 1, 80.0, "2026-11-30T00:00:02Z"),
-        finished(2, 3, 90.0, "2026-11-30T00:00:02Z"),
-        finished(3, 3, 95.0, "2026-11-30T23:59:59.999Z"),
-        finished(4, 2, 120.0, "2026-12-01T00:00:00Z"),
+        finished(1, 1, 100.0, "2026-11-29T23:55:00Z"),
+        finished(1, 2, 50.0, "2026-11-29T23:55:00Z"),
+        finished(2, 1, 80.0, "2026-11-30T00:05:00Z"),
+        finished(2, 3, 90.0, "2026-11-30T00:05:00Z"),
+        finished(3, 3, 95.0, "2026-11-30T23:59:59.990Z"),
+        finished(3, 4, 60.0, "2026-12-01T00:00:00.020Z"),
+        finished(4, 2, 120.0, "2026-12-01T00:05:00Z"),
     ]
 }
 
@@ -177,9 +183,10 @@ async fn races_land_on_their_day_week_and_month_boards() {
         (Some("2026-12-01"), Some("2026-12-01"))
     );
     // Monday: racer 3's best of the day is race 3's 95; racer 1's is 80,
-    // not Sunday's 100.
+    // not Sunday's 100; racer 4 rode race 3 on Monday, though its final
+    // arrived on Tuesday.
     let (monday, ..) = rankings.entries("period=day&at=2026-11-30").await;
-    assert_eq!(monday, [(3, 95.0, 3), (1, 80.0, 2)]);
+    assert_eq!(monday, [(3, 95.0, 3), (1, 80.0, 2), (4, 60.0, 3)]);
     let (sunday, ..) = rankings.entries("period=day&at=2026-11-29").await;
     assert_eq!(sunday, [(1, 100.0, 1), (2, 50.0, 1)]);
     let (saturday, ..) = rankings.entries("period=day&at=2026-11-28").await;
@@ -187,7 +194,10 @@ async fn races_land_on_their_day_week_and_month_boards() {
 
     // This ISO week (Monday 30 November to Sunday 6 December): races 2-4.
     let (week, from, to) = rankings.entries("period=week").await;
-    assert_eq!(week, [(2, 120.0, 4), (3, 95.0, 3), (1, 80.0, 2)]);
+    assert_eq!(
+        week,
+        [(2, 120.0, 4), (3, 95.0, 3), (1, 80.0, 2), (4, 60.0, 3)]
+    );
     assert_eq!(
         (from.as_str(), to.as_str()),
         (Some("2026-11-30"), Some("2026-12-06"))
@@ -207,11 +217,17 @@ async fn races_land_on_their_day_week_and_month_boards() {
         (Some("2026-12-01"), Some("2026-12-31"))
     );
     let (november, ..) = rankings.entries("period=month&at=2026-11-15").await;
-    assert_eq!(november, [(1, 100.0, 1), (3, 95.0, 3), (2, 50.0, 1)]);
+    assert_eq!(
+        november,
+        [(1, 100.0, 1), (3, 95.0, 3), (4, 60.0, 3), (2, 50.0, 1)]
+    );
 
     // All time, and the default, hold every racer's best; no dates.
     let (all, from, to) = rankings.entries("period=all").await;
-    assert_eq!(all, [(2, 120.0, 4), (1, 100.0, 1), (3, 95.0, 3)]);
+    assert_eq!(
+        all,
+        [(2, 120.0, 4), (1, 100.0, 1), (3, 95.0, 3), (4, 60.0, 3)]
+    );
     assert!(from.is_null() && to.is_null());
     assert_eq!(rankings.entries("").await.0, all);
     assert_eq!(
@@ -223,15 +239,17 @@ async fn races_land_on_their_day_week_and_month_boards() {
     // Paging, around and percentiles work on a period's board as on all
     // time's.
     let (_, page) = rankings.board("period=month&at=2026-11-01&limit=2").await;
-    assert_eq!(page["total"], 3);
+    assert_eq!(page["total"], 4);
     assert_eq!(page["next"], "2");
-    assert_eq!(page["entries"][0]["percentile"], 66.7);
-    assert_eq!(page["entries"][1]["percentile"], 33.3);
+    assert_eq!(page["entries"][0]["percentile"], 75.0);
+    assert_eq!(page["entries"][1]["percentile"], 50.0);
     let (_, page) = rankings
         .board("period=month&at=2026-11-01&limit=2&cursor=2")
         .await;
-    assert_eq!(page["entries"][0]["racerId"], 2);
-    assert_eq!(page["entries"][0]["percentile"], 0.0);
+    assert_eq!(page["entries"][0]["racerId"], 4);
+    assert_eq!(page["entries"][0]["percentile"], 25.0);
+    assert_eq!(page["entries"][1]["racerId"], 2);
+    assert_eq!(page["entries"][1]["percentile"], 0.0);
     let (_, around) = rankings
         .board("period=day&at=2026-11-30&around=1&limit=1")
         .await;
@@ -254,7 +272,8 @@ async fn races_land_on_their_day_week_and_month_boards() {
         "a new week"
     );
 
-    // A restarted process (a new one over the same store) answers the same.
+    // Another process over the same store (as after a restart) answers the
+    // same.
     rankings.stop().await;
     let rankings = Rankings::start(dir.path(), clock).await;
     assert_eq!(rankings.entries("period=day&at=2026-11-30").await.0, monday);
@@ -275,8 +294,8 @@ async fn a_new_year_splits_months_but_not_its_iso_week() {
     store
         .record(&[
             finished(10, 1, 70.0, "2026-12-31T23:59:59Z"),
-            finished(11, 2, 60.0, "2027-01-03T23:59:59Z"),
-            finished(12, 3, 50.0, "2027-01-04T00:00:00Z"),
+            finished(11, 2, 60.0, "2027-01-04T00:00:00.050Z"),
+            finished(12, 3, 50.0, "2027-01-04T00:05:00Z"),
         ])
         .await
         .unwrap();
@@ -320,23 +339,31 @@ async fn a_bad_period_or_date_is_a_400_naming_it() {
         ),
         (
             "period=day&at=2026-13-01",
-            r#"at must be a date YYYY-MM-DD, got "2026-13-01""#,
+            r#"at must be a date YYYY-MM-DD in the years 1970 to 9998, got "2026-13-01""#,
         ),
         (
             "period=day&at=2026-02-29",
-            r#"at must be a date YYYY-MM-DD, got "2026-02-29""#,
+            r#"at must be a date YYYY-MM-DD in the years 1970 to 9998, got "2026-02-29""#,
         ),
         (
             "period=week&at=yesterday",
-            r#"at must be a date YYYY-MM-DD, got "yesterday""#,
+            r#"at must be a date YYYY-MM-DD in the years 1970 to 9998, got "yesterday""#,
         ),
         (
             "period=day&at=2026-1-5",
-            r#"at must be a date YYYY-MM-DD, got "2026-1-5""#,
+            r#"at must be a date YYYY-MM-DD in the years 1970 to 9998, got "2026-1-5""#,
+        ),
+        (
+            "period=week&at=0001-01-01",
+            r#"at must be a date YYYY-MM-DD in the years 1970 to 9998, got "0001-01-01""#,
+        ),
+        (
+            "period=day&at=2026-+1-+5",
+            r#"at must be a date YYYY-MM-DD in the years 1970 to 9998, got "2026- 1- 5""#,
         ),
         (
             "period=day&at=%2B12026-01-01",
-            r#"at must be a date YYYY-MM-DD, got "+12026-01-01""#,
+            r#"at must be a date YYYY-MM-DD in the years 1970 to 9998, got "+12026-01-01""#,
         ),
     ] {
         let (status, body) = rankings.board(query).await;

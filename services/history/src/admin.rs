@@ -121,6 +121,9 @@ pub enum AdminError {
     /// The list is full.
     #[error("{0}")]
     Full(String),
+    /// The server began shutting down while the body was arriving.
+    #[error(transparent)]
+    ShuttingDown(#[from] alleycat_runtime::ShuttingDown),
     /// The store failed.
     #[error("the disqualification list is unavailable, retry later")]
     Unavailable(#[source] ListError),
@@ -143,12 +146,18 @@ impl IntoResponse for AdminError {
             AdminError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::Full(_) => StatusCode::CONFLICT,
+            AdminError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Unavailable(e) => {
                 tracing::error!(error = %e, "the disqualification list failed");
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
         let mut response = alleycat_runtime::error_response(status, self.to_string());
+        if matches!(self, AdminError::ShuttingDown(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -207,6 +216,8 @@ impl<S: Send + Sync> FromRequest<S> for NewEntry {
                     .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 {
                     too_large()
+                } else if alleycat_runtime::is_shutdown_cut(&e) {
+                    AdminError::ShuttingDown(alleycat_runtime::ShuttingDown)
                 } else {
                     AdminError::BadRequest(format!("the body could not be read: {e}"))
                 }

@@ -608,7 +608,6 @@ mod tests {
     use alleycat_storage::Object;
     use alleycat_storage::object_store::fs::FsStore;
     use async_trait::async_trait;
-    use clap::Parser as _;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// A store where another writer publishes class-1.gz just before our
@@ -655,12 +654,6 @@ mod tests {
         }
     }
 
-    #[derive(clap::Parser)]
-    struct Settings {
-        #[command(flatten)]
-        history: HistoryArgs,
-    }
-
     #[tokio::test]
     async fn a_class_file_written_meanwhile_is_read_again_and_merged() {
         let dir = tempfile::tempdir().unwrap();
@@ -668,7 +661,7 @@ mod tests {
             inner: FsStore::open(dir.path()).unwrap(),
             raced: AtomicBool::new(false),
         };
-        let args = Settings::parse_from(["test"]).history;
+        let args: HistoryArgs = alleycat_runtime::defaults();
         let file = br#"{"1":{"1":20.00004,"2":30,"3":77}}"#;
         // Racer 3 is disqualified from every race.
         let (disqualified, _) = Disqualifications::default()

@@ -596,16 +596,10 @@ mod tests {
     /// they are written), with the push interval and replay window these
     /// tests count with.
     fn args() -> RankingsArgs {
-        #[derive(clap::Parser)]
-        struct Settings {
-            #[command(flatten)]
-            rankings: RankingsArgs,
-        }
-        use clap::Parser as _;
         RankingsArgs {
             push_interval: PUSH,
             replay: REPLAY,
-            ..Settings::parse_from(["test"]).rankings
+            ..alleycat_runtime::defaults()
         }
     }
 

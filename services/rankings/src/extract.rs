@@ -10,7 +10,7 @@ use alleycat_core::{ClassId, RaceId, RacerId};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
-use chrono::NaiveDate;
+use chrono::{Datelike as _, NaiveDate};
 use std::collections::HashMap;
 
 /// Races `GET /v1/races` lists when no `limit` is given.
@@ -196,6 +196,23 @@ fn segment(parts: &Parts, from_end: usize) -> String {
     path.rsplit('/').nth(from_end).unwrap_or(path).to_owned()
 }
 
+/// Years `at` may name: a period's first and last days must stay four-digit
+/// years (a week of 1 January can begin in the year before).
+pub(crate) const AT_YEARS: std::ops::RangeInclusive<i32> = 1970..=9998;
+
+/// A day written exactly `YYYY-MM-DD` (chrono alone would also take signs,
+/// spaces and one-digit fields), in [`AT_YEARS`].
+fn parse_day(text: &str) -> Option<NaiveDate> {
+    let bytes = text.as_bytes();
+    let shape = bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    (shape && AT_YEARS.contains(&date.year())).then_some(date)
+}
+
 /// `GET /v1/leaderboard?classId=N[&period=P][&at=YYYY-MM-DD][&limit=L][&cursor=C][&around=X]`.
 pub(crate) struct LeaderboardQuery {
     /// The class.
@@ -236,13 +253,7 @@ impl<S: Send + Sync> FromRequestParts<S> for LeaderboardQuery {
         let at = params
             .0
             .get("at")
-            .map(|at| {
-                NaiveDate::parse_from_str(at, "%Y-%m-%d")
-                    .ok()
-                    // Four-digit years only: chrono reads "+12345-01-01" too.
-                    .filter(|_| at.len() == "YYYY-MM-DD".len())
-                    .ok_or_else(|| AppError::NotADate(at.clone()))
-            })
+            .map(|at| parse_day(at).ok_or_else(|| AppError::NotADate(at.clone())))
             .transpose()?;
         let position = match params.integer("around")? {
             Some(racer) => Position::Around(RacerId(racer)),
@@ -261,5 +272,38 @@ impl<S: Send + Sync> FromRequestParts<S> for LeaderboardQuery {
             limit,
             position,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_day_is_exactly_yyyy_mm_dd_in_range() {
+        assert_eq!(parse_day("2026-12-02"), "2026-12-02".parse().ok());
+        assert_eq!(parse_day("1970-01-01"), "1970-01-01".parse().ok());
+        assert_eq!(parse_day("9998-12-31"), "9998-12-31".parse().ok());
+        for refused in [
+            "2026-1-5",
+            "2026-01-5",
+            "2026- 1- 5",
+            "2026-+1-+5",
+            " 2026-1-05",
+            "+2026-01-1",
+            "-001-01-01",
+            "  26-01-01",
+            "0000-01-01",
+            "1969-12-31",
+            "9999-12-31",
+            "2026-02-29",
+            "2026-13-01",
+            "2026/12/02",
+            "20261202",
+            "",
+            "2026-12-02 ",
+        ] {
+            assert_eq!(parse_day(refused), None, "{refused:?}");
+        }
     }
 }

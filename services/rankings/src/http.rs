@@ -2,6 +2,7 @@
 //! leaderboards.
 
 use crate::all_time::ClassFiles;
+use crate::board_cache::BoardCache;
 use crate::extract::{
     ClassQuery, LeaderboardQuery, Position, RaceIdPath, RacerIdPath, RacesQuery, Upgrade,
     ViewerQuery,
@@ -11,12 +12,11 @@ use crate::results::{RankedEntry, RankedResult, around, page};
 use crate::store::ResultsStore;
 use crate::viewers::{Filter, Viewers};
 use alleycat_core::disqualification::Disqualifications;
-use alleycat_core::dropped::Dropped;
 use alleycat_core::telemetry::CLASS_COUNT;
 use alleycat_core::{ClassId, RaceId, RacerId};
 use alleycat_runtime::websocket;
 use alleycat_storage::DisqualificationList;
-use alleycat_storage::{ETag, StoreError};
+use alleycat_storage::StoreError;
 use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -27,8 +27,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::NaiveDate;
 use serde::Serialize;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::CorsLayer;
 
@@ -38,22 +37,6 @@ use tower_http::cors::CorsLayer;
 /// connection alive (ignored), and caps what 10,000 viewers can make the
 /// server buffer at 10 MiB, where the 64 MiB default allowed 640 GiB.
 pub(crate) const VIEWER_MAX_MESSAGE: usize = 1024;
-
-/// Ranked leaderboards (a class's board of a period), each for the version
-/// it was read at and the disqualification list it was ranked under.
-pub(crate) type LeaderboardCache = Arc<Mutex<HashMap<(ClassId, Board), CachedBoard>>>;
-
-/// A ranked leaderboard, for the version it was read at and the
-/// disqualification list it was ranked under.
-pub(crate) type CachedBoard = (ETag, Arc<Disqualifications>, Arc<Vec<RankedEntry>>);
-
-/// Most ranked leaderboards kept in the cache. Clients choose which past
-/// period they read (`at`), so the cache is bounded: when it is full, it
-/// starts again empty (counted). The current boards of six classes and
-/// four periods fit many times over.
-pub(crate) const CACHED_BOARDS: usize = 256;
-
-static CACHE_DROPPED: Dropped = Dropped::new("ranked leaderboards cached");
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -67,7 +50,7 @@ pub struct AppState {
     /// A viewer that answers no ping for this long is closed.
     pub ws_idle_timeout: std::time::Duration,
     /// Ranked leaderboards, cached.
-    pub leaderboards: LeaderboardCache,
+    pub leaderboards: Arc<BoardCache>,
     /// What results and leaderboards leave out.
     pub disqualifications: Arc<DisqualificationList>,
     /// Each class's bests, as last loaded from its class file.
@@ -145,7 +128,11 @@ pub enum AppError {
     #[error("period must be day, week, month or all, got {0:?}")]
     UnknownPeriod(String),
     /// `at` is not a date.
-    #[error("at must be a date YYYY-MM-DD, got {0:?}")]
+    #[error(
+        "at must be a date YYYY-MM-DD in the years {first} to {last}, got {0:?}",
+        first = crate::extract::AT_YEARS.start(),
+        last = crate::extract::AT_YEARS.end()
+    )]
     NotADate(String),
     /// `cursor` is not a `next` this API returned.
     #[error("cursor {0:?} is not one this API returned")]
@@ -472,26 +459,19 @@ pub(crate) async fn ranked_leaderboard(
         return Ok(Arc::default());
     };
     let disqualified = state.disqualified();
-    if let Some((cached_version, ranked_under, ranked)) = state
+    if let Some(ranked) = state
         .leaderboards
-        .lock()
-        .expect("not poisoned")
-        .get(&(class, board))
-        && *cached_version == version
-        && Arc::ptr_eq(ranked_under, &disqualified)
+        .get(class, board, &version, &disqualified)
     {
-        return Ok(Arc::clone(ranked));
+        return Ok(ranked);
     }
     let Some((stored, version)) = state.results.leaderboard(class, &board).await? else {
         return Ok(Arc::default());
     };
     let ranked = Arc::new(stored.ranked(&disqualified));
-    let mut cache = state.leaderboards.lock().expect("not poisoned");
-    if cache.len() >= CACHED_BOARDS && !cache.contains_key(&(class, board)) {
-        CACHE_DROPPED.add(CACHED_BOARDS);
-        cache.clear();
-    }
-    cache.insert((class, board), (version, disqualified, Arc::clone(&ranked)));
+    state
+        .leaderboards
+        .put(class, board, version, disqualified, Arc::clone(&ranked));
     Ok(ranked)
 }
 
@@ -625,11 +605,11 @@ mod tests {
             ),
             (
                 "/v1/leaderboard?classId=1&period=day&at=2026-02-30",
-                r#"at must be a date YYYY-MM-DD, got "2026-02-30""#,
+                r#"at must be a date YYYY-MM-DD in the years 1970 to 9998, got "2026-02-30""#,
             ),
             (
                 "/v1/leaderboard?classId=1&at=12/01/2026",
-                r#"at must be a date YYYY-MM-DD, got "12/01/2026""#,
+                r#"at must be a date YYYY-MM-DD in the years 1970 to 9998, got "12/01/2026""#,
             ),
             (
                 "/v1/leaderboard?classId=7&limit=0",

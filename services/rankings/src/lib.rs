@@ -7,6 +7,7 @@
 //! process updates with conditional writes.
 
 pub mod all_time;
+pub mod board_cache;
 mod engine;
 mod extract;
 mod http;

@@ -1,10 +1,13 @@
 //! Leaderboard periods: UTC days, ISO weeks, calendar months and all time.
 //!
-//! A result belongs to the period in which its race finished (the arrival
-//! of its last `final` record on the stream). That time comes from the
-//! stream, not from the process that reads it, so every rankings process,
-//! and the same process after a restart, files a result under the same
-//! boards and their merges converge.
+//! A result belongs to the period in which it was ridden: the middle of the
+//! racer's ride, from its `final` record's arrival on the stream less half
+//! its recorded seconds ([`crate::store::Final::ridden_ms`]). That time
+//! comes from the stream, not from the process that reads it, so every
+//! rankings process, and the same process after a restart, files a result
+//! under the same boards and their merges converge; and a race that ends at
+//! midnight counts, for every racer, for the day it was ridden, though some
+//! finals arrive after it.
 
 use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc};
 use std::fmt;

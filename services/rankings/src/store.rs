@@ -36,6 +36,20 @@ pub struct Final {
     pub finished_ms: i64,
 }
 
+impl Final {
+    /// When the racer rode this race, for its period boards: the middle of
+    /// its ride (its final's arrival less half its recorded seconds), ms
+    /// since the epoch. Races start and end on the clock's 5-minute slots,
+    /// so the last race of a day ends at midnight, and its racers' finals
+    /// arrive either side of it; their middles all fall in the day they
+    /// rode.
+    #[must_use]
+    pub fn ridden_ms(&self) -> i64 {
+        self.finished_ms
+            .saturating_sub(i64::from(self.result.seconds).saturating_mul(500))
+    }
+}
+
 /// Finished results, as handed to [`ResultsStore::record`].
 pub type Finals = Vec<Final>;
 
@@ -123,11 +137,11 @@ impl ResultsStore {
                 index.merge(results.iter().map(|f| (f.race, f.finished_ms)), cutoff)
             })
             .await?;
-            // Each result goes to its race's day, week and month, and to
-            // all time: one conditional write per board.
+            // Each result goes to the day, week and month it was ridden in,
+            // and to all time: one conditional write per board.
             let mut by_board: BTreeMap<String, Vec<&Final>> = BTreeMap::new();
             for last in results {
-                for board in Board::all_holding(last.finished_ms) {
+                for board in Board::all_holding(last.ridden_ms()) {
                     by_board
                         .entry(leaderboard_key(*class, &board))
                         .or_default()
@@ -345,12 +359,14 @@ mod tests {
                 .unwrap()
                 .timestamp_millis()
         };
-        // Racer 1 rides on a Sunday evening (ISO week 48 of 2026, the last
-        // day of November but one) and just after midnight (week 49).
+        // Racer 1 rides a race that ends at a Sunday midnight (ISO week 48
+        // of 2026, the last day of November but one), its final arriving
+        // just after it, and the first race of Monday (week 49). A 300 s
+        // ride counts where its middle falls.
         store
             .record(&[
-                last(3, 1, result(1, 100.0), at("2026-11-29T23:59:59Z")),
-                last(3, 2, result(1, 80.0), at("2026-11-30T00:00:01Z")),
+                last(3, 1, result(1, 100.0), at("2026-11-30T00:00:00.020Z")),
+                last(3, 2, result(1, 80.0), at("2026-11-30T00:05:01Z")),
             ])
             .await
             .unwrap();
@@ -395,7 +411,7 @@ mod tests {
             .await
             .unwrap();
         store
-            .record(&[last(3, 2, result(1, 80.0), at("2026-11-30T00:00:01Z"))])
+            .record(&[last(3, 2, result(1, 80.0), at("2026-11-30T00:05:01Z"))])
             .await
             .unwrap();
         assert_eq!(

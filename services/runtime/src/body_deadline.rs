@@ -80,10 +80,13 @@ impl http_body::Body for Deadline {
             );
             return Poll::Ready(Some(Err(axum::Error::new(message))));
         }
-        if self.closing.as_mut().poll(cx).is_ready() {
+        // What has arrived is taken even while closing: only a body still
+        // waiting for its client is cut off.
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if frame.is_pending() && self.closing.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(axum::Error::new(ShuttingDown))));
         }
-        Pin::new(&mut self.body).poll_frame(cx)
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

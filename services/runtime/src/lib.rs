@@ -143,3 +143,13 @@ pub fn error_response(status: axum::http::StatusCode, message: String) -> axum::
     }
     axum::response::IntoResponse::into_response((status, Json(ErrorBody { error: message })))
 }
+
+/// Settings `T` at their defaults (clap's, the one place they are written),
+/// whatever `ALLEYCAT_*` variables the environment holds: for tests, which
+/// then set only what they need.
+#[must_use]
+pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None));
+    let matches = command.get_matches_from(["defaults"]);
+    T::from_arg_matches(&matches).expect("the defaults parse")
+}

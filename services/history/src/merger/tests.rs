@@ -36,16 +36,10 @@ fn fixture() -> Fixture {
 /// are written), with what these tests need: a quick poll, and no pacing
 /// of publications.
 fn args() -> HistoryArgs {
-    #[derive(clap::Parser)]
-    struct Settings {
-        #[command(flatten)]
-        history: HistoryArgs,
-    }
-    use clap::Parser as _;
     HistoryArgs {
         poll_interval: Duration::from_millis(100),
         publish_pace: 0,
-        ..Settings::parse_from(["test"]).history
+        ..alleycat_runtime::defaults()
     }
 }
 

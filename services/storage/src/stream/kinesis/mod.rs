@@ -68,31 +68,62 @@ pub struct KinesisSettings {
 /// balancer stopped sending) is probed afresh soon.
 const FAILED_PUT_COUNTS_FOR: Duration = Duration::from_secs(10);
 
-/// The last put that gave up, until a later one succeeds: Kinesis may answer
-/// DescribeStreamSummary while refusing every write (a shard over its write
-/// limit), and readiness must say what bikes are told.
+/// The last put that gave up, until one started later succeeds: Kinesis
+/// may answer DescribeStreamSummary while refusing every write (a shard
+/// over its write limit), and readiness must say what bikes are told.
+/// Puts overlap, so they are ordered by when they started: a put that
+/// began before the outage and gave up after a newer one went through does
+/// not turn readiness red again.
 #[derive(Default)]
-struct PutHealth {
-    failed: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+struct PutHealth(std::sync::Mutex<PutOutcomes>);
+
+#[derive(Default)]
+struct PutOutcomes {
+    /// When the newest put that succeeded started.
+    ok_started: Option<std::time::Instant>,
+    /// When the newest failing put (started after `ok_started`) started,
+    /// when it gave up, and why.
+    failed: Option<(std::time::Instant, std::time::Instant, String)>,
 }
 
 impl PutHealth {
-    fn record(&self, result: &Result<(), StreamError>) {
-        let mut failed = self.failed.lock().expect("not poisoned");
-        *failed = match result {
-            Ok(()) => None,
-            Err(StreamError::Unavailable(why)) => Some((std::time::Instant::now(), why.clone())),
-            Err(e) => Some((std::time::Instant::now(), e.to_string())),
-        };
+    /// Notes how a put that started at `started` ended.
+    fn record(&self, started: std::time::Instant, result: &Result<(), StreamError>) {
+        let mut outcomes = self.0.lock().expect("not poisoned");
+        match result {
+            Ok(()) => {
+                if outcomes.ok_started.is_none_or(|ok| ok < started) {
+                    outcomes.ok_started = Some(started);
+                }
+                if outcomes
+                    .failed
+                    .as_ref()
+                    .is_some_and(|(failed, ..)| *failed <= started)
+                {
+                    outcomes.failed = None;
+                }
+            }
+            Err(e) => {
+                if outcomes.ok_started.is_some_and(|ok| ok >= started) {
+                    return; // a newer put went through since this one began
+                }
+                let why = match e {
+                    StreamError::Unavailable(why) => why.clone(),
+                    other => other.to_string(),
+                };
+                outcomes.failed = Some((started, std::time::Instant::now(), why));
+            }
+        }
     }
 
-    /// Why puts fail, if the last one gave up recently.
+    /// Why puts fail, if the newest one gave up recently.
     fn failing(&self) -> Option<String> {
-        let failed = self.failed.lock().expect("not poisoned");
-        failed
+        let outcomes = self.0.lock().expect("not poisoned");
+        outcomes
+            .failed
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < FAILED_PUT_COUNTS_FOR)
-            .map(|(_, reason)| reason.clone())
+            .filter(|(_, gave_up, _)| gave_up.elapsed() < FAILED_PUT_COUNTS_FOR)
+            .map(|(.., why)| why.clone())
     }
 }
 
@@ -152,6 +183,7 @@ impl KinesisStream {
 #[async_trait]
 impl Stream for KinesisStream {
     async fn put_records(&self, records: Vec<PutRecord>) -> Result<(), StreamError> {
+        let started = std::time::Instant::now();
         let result = match &self.aggregator {
             Some(aggregator) => aggregator.put(records).await,
             None => {
@@ -159,7 +191,7 @@ impl Stream for KinesisStream {
                     .await
             }
         };
-        self.put_health.record(&result);
+        self.put_health.record(started, &result);
         result
     }
 
@@ -229,24 +261,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failed_put_counts_until_one_succeeds() {
+    fn a_failed_put_counts_until_one_started_later_succeeds() {
+        use std::time::Instant;
         let health = PutHealth::default();
+        let throttled = || {
+            Err(StreamError::Unavailable(
+                "PutRecords kept failing: x".into(),
+            ))
+        };
         assert_eq!(health.failing(), None);
-        health.record(&Err(StreamError::Unavailable(
-            "PutRecords kept failing: x".into(),
-        )));
+        let t0 = Instant::now();
+        let [t1, t2, t3] = [1, 2, 3].map(|ms| t0 + Duration::from_millis(ms));
+        health.record(t1, &throttled());
         assert_eq!(
             health.failing().as_deref(),
             Some("PutRecords kept failing: x")
         );
-        health.record(&Ok(()));
+        // A put that started before the failing one succeeds late: the
+        // failure stands.
+        health.record(t0, &Ok(()));
+        assert!(health.failing().is_some());
+        // One started after it succeeds: ready again.
+        health.record(t2, &Ok(()));
         assert_eq!(health.failing(), None);
+        // A put that began before that success gives up late: still ready.
+        health.record(t1, &throttled());
+        assert_eq!(health.failing(), None);
+        // A newer one fails: not ready.
+        health.record(t3, &Err(StreamError::Closed));
+        assert!(health.failing().is_some());
         // A failure long past no longer counts (nobody has put since).
-        health.record(&Err(StreamError::Closed));
-        *health.failed.lock().unwrap() = Some((
-            std::time::Instant::now() - FAILED_PUT_COUNTS_FOR,
-            "old".into(),
-        ));
+        health.0.lock().unwrap().failed =
+            Some((t3, Instant::now() - FAILED_PUT_COUNTS_FOR, "old".into()));
         assert_eq!(health.failing(), None);
     }
 }
