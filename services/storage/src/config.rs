@@ -81,10 +81,11 @@ pub struct StorageArgs {
     )]
     pub history_bucket: String,
 
-    /// How long the embedded stream gathers writes before committing them
-    /// together, in ms (0: commit at once). Each commit costs two fsyncs
-    /// whatever its size: at 10,000 records a second, 2 ms cut the server's
-    /// CPU per record by about a quarter, for 2 ms more ingest latency.
+    /// Longest the embedded stream gathers writes before committing them
+    /// together, in ms (0: commit at once); it stops as soon as a quarter
+    /// of it brings no write. Each commit costs two fsyncs whatever its
+    /// size: at 10,000 records a second, 2 ms cut the server's CPU per
+    /// record by about a fifth, for about 1.5 ms more ingest latency.
     #[arg(long = "stream-linger-ms", env = "ALLEYCAT_STREAM_LINGER_MS", default_value = "2", value_parser = parse_linger)]
     pub stream_linger: Duration,
 
