@@ -118,21 +118,18 @@ mod tests {
         let none = Arc::new(Disqualifications::default());
         let version = ETag("v1".to_owned());
         let class = ClassId(1);
-        cache.put(
-            class,
-            Board::All,
-            version.clone(),
-            Arc::clone(&none),
-            Arc::default(),
-        );
-        for n in 0..(CACHED_BOARDS as u64 - 1) {
+        let put = |board| {
             cache.put(
                 class,
-                day(n),
+                board,
                 version.clone(),
                 Arc::clone(&none),
                 Arc::default(),
-            );
+            )
+        };
+        put(Board::All);
+        for n in 0..(CACHED_BOARDS as u64 - 1) {
+            put(day(n));
         }
         assert_eq!(cache.len(), CACHED_BOARDS);
         // Someone keeps reading the all-time board while a client walks
@@ -142,13 +139,7 @@ mod tests {
                 cache.get(class, Board::All, &version, &none).is_some(),
                 "{n}"
             );
-            cache.put(
-                class,
-                day(n),
-                version.clone(),
-                Arc::clone(&none),
-                Arc::default(),
-            );
+            put(day(n));
             assert_eq!(cache.len(), CACHED_BOARDS);
         }
         assert!(cache.get(class, day(0), &version, &none).is_none());
