@@ -7,6 +7,7 @@ pub mod racers;
 pub mod report;
 pub mod schedule;
 pub mod sim;
+pub mod socket;
 pub mod stats;
 pub mod target;
 pub mod viewers;

@@ -108,8 +108,8 @@ pub async fn websocket_bike(run: Run, index: u64) {
     let url = format!("{}/v1/telemetry/ws", run.target.replacen("http", "ws", 1));
     let mut socket = None;
     for _ in 0..5 {
-        match tokio_tungstenite::connect_async(url.as_str()).await {
-            Ok((ws, _)) => {
+        match crate::socket::bike(&url).await {
+            Ok(ws) => {
                 socket = Some(ws);
                 break;
             }

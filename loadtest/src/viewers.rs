@@ -47,9 +47,9 @@ pub async fn viewer(
         url.push_str("&follow=");
         url.push_str(&ids.join(","));
     }
-    let connected = tokio_tungstenite::connect_async(url.as_str()).await;
+    let connected = crate::socket::viewer(&url).await;
     stats.ready.fetch_add(1, Ordering::Relaxed);
-    let Ok((mut ws, _)) = connected else {
+    let Ok(mut ws) = connected else {
         stats.error("viewer_connect");
         return;
     };
