@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 /// The allocator `alleycat` runs with, so that the server in this process
 /// costs what it does in the binary.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alleycat::allocator::Allocator = mimalloc::MiMalloc;
 
 const PATIENCE: Duration = Duration::from_secs(900);
 
@@ -152,6 +152,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    alleycat::allocator::prefer_small_pages();
     let mut config = FromEnv::parse_from(["bench"]).config;
     // Each racer's 1,800 records are posted at once: the per-racer rate
     // limit (a bike's record a second) is not what this measures.

@@ -10,6 +10,7 @@
 //! frontends <--GET /history/class-N.gz-- history store <-- history merge
 //! ```
 
+pub mod allocator;
 pub mod cli;
 
 use alleycat_history::HistoryArgs;

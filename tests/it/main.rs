@@ -2,6 +2,7 @@
 //! the real `alleycat` binary through real sockets, on the embedded
 //! backends and on local Kinesis and S3 servers.
 
+mod allocator;
 mod aws;
 mod aws_faults;
 mod bike_auth;

@@ -1,0 +1,40 @@
+//! The real binary's memory: it runs without transparent huge pages (whose
+//! refaults cost run 1 7% of its CPU) unless `MIMALLOC_ALLOW_THP` asks for
+//! them.
+
+use crate::common::*;
+
+/// `THP_enabled` of a process, as Linux reports it (1 or 0).
+fn thp_enabled(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("Linux reports THP_enabled");
+    line.trim().parse().unwrap()
+}
+
+async fn thp_of_all_in_one(env: &[(&str, &str)]) -> u32 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.push((
+        "ALLEYCAT_DATA_DIR".to_owned(),
+        dir.path().to_str().unwrap().to_owned(),
+    ));
+    let server = spawn_alleycat(&[], &env).await;
+    let thp = thp_enabled(server.child.id().unwrap());
+    server.terminate().await;
+    thp
+}
+
+#[tokio::test]
+async fn the_binary_turns_huge_pages_off_unless_mimalloc_is_told_otherwise() {
+    // The test process itself has them (a fresh process inherits the
+    // setting, so this also shows the child's 0 is its own doing).
+    assert_eq!(thp_enabled(std::process::id()), 1);
+    assert_eq!(thp_of_all_in_one(&[]).await, 0);
+    assert_eq!(thp_of_all_in_one(&[("MIMALLOC_ALLOW_THP", "1")]).await, 1);
+}
