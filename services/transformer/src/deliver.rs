@@ -310,7 +310,7 @@ pub(crate) async fn deliver(
     let uncompressed = lines.len();
     let (lines, failed) = tokio::task::spawn_blocking(move || {
         let gz = |data: &[u8]| {
-            (!data.is_empty()).then(|| Bytes::from(codec::gzip(data, codec::DEFAULT_LEVEL)))
+            (!data.is_empty()).then(|| Bytes::from(codec::gzip(data, codec::DELIVERY_LEVEL)))
         };
         (gz(&lines), gz(&failed))
     })
