@@ -16,15 +16,7 @@ fn thp_enabled(pid: u32) -> u32 {
 
 async fn thp_of_all_in_one(env: &[(&str, &str)]) -> u32 {
     let dir = tempfile::tempdir().unwrap();
-    let mut env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    env.push((
-        "ALLEYCAT_DATA_DIR".to_owned(),
-        dir.path().to_str().unwrap().to_owned(),
-    ));
-    let server = spawn_alleycat(&[], &env).await;
+    let server = spawn_all_in_one(dir.path(), env).await;
     let thp = thp_enabled(server.child.id().unwrap());
     server.terminate().await;
     thp

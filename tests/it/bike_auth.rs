@@ -445,24 +445,10 @@ async fn rotation_the_first_secret_signs_and_every_secret_verifies() {
     server.stop().await;
 }
 
-/// The real binary (all-in-one) over `dir` with `env` added; its log is
-/// kept in [`Service::log`].
-async fn spawn_logged(dir: &std::path::Path, env: &[(&str, &str)]) -> Service {
-    let mut env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    env.push((
-        "ALLEYCAT_DATA_DIR".to_owned(),
-        dir.to_string_lossy().into_owned(),
-    ));
-    spawn_alleycat(&[], &env).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_secret_ingest_is_open_and_says_so_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let service = spawn_logged(dir.path(), &[]).await;
+    let service = spawn_all_in_one(dir.path(), &[]).await;
     let (base, log) = (service.base.clone(), Arc::clone(&service.log));
     let answer = post(&base, None, &[sample(101, 1), sample(102, 1)]).await;
     assert_eq!((answer.status, answer.body), (202, json!({"accepted": 2})));
@@ -486,7 +472,7 @@ async fn without_a_secret_ingest_is_open_and_says_so_at_start() {
 async fn a_token_in_the_query_is_never_logged() {
     let dir = tempfile::tempdir().unwrap();
     let secret = rotated();
-    let service = spawn_logged(
+    let service = spawn_all_in_one(
         dir.path(),
         &[("ALLEYCAT_AUTH_SECRET", &secret), ("ALLEYCAT_LOG", "debug")],
     )

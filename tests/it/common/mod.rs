@@ -371,6 +371,20 @@ pub fn alleycat_command() -> tokio::process::Command {
     command
 }
 
+/// The real binary (all-in-one) over `dir` with `env` added; its log is
+/// kept in [`Service::log`].
+pub async fn spawn_all_in_one(dir: &std::path::Path, env: &[(&str, &str)]) -> Service {
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.push((
+        "ALLEYCAT_DATA_DIR".to_owned(),
+        dir.to_string_lossy().into_owned(),
+    ));
+    spawn_alleycat(&[], &env).await
+}
+
 /// Starts `alleycat <args>` on a free loopback port with `env` added (and
 /// [`QUICK_FLAGS`]); returns once its `/healthz` answers 200.
 pub async fn spawn_alleycat(args: &[&str], env: &[(String, String)]) -> Service {
