@@ -107,8 +107,9 @@ struct Shared {
     identity: Mutex<Option<(u64, u64)>>,
     /// Set when the last handle is dropped: the writer stops.
     closing: AtomicBool,
-    /// Transactions committed (also the `alleycat_stream_commits_total`
-    /// counter; this one the tests can read).
+    /// Transactions committed, for the tests to read (the service counts
+    /// them in `alleycat_stream_commits_total`).
+    #[cfg(test)]
     commits: std::sync::atomic::AtomicU64,
     /// Faults the unit tests inject.
     #[cfg(test)]
@@ -265,6 +266,7 @@ impl EmbeddedStream {
             problem: Mutex::new(None),
             identity: Mutex::new(Some(open_file.id)),
             closing: AtomicBool::new(false),
+            #[cfg(test)]
             commits: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
             faults: tests::Faults::default(),
@@ -518,6 +520,7 @@ impl Writer {
             match committed {
                 Ok(new_next) => {
                     self.commits.increment(1);
+                    #[cfg(test)]
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
                     self.next = new_next;
                     // Readable (the records are in the open file), but only
