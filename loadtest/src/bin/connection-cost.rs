@@ -6,6 +6,7 @@
 //!
 //! `cargo run --release -p alleycat-loadtest --bin connection-cost -- --kind slow --count 5000`
 
+use alleycat_loadtest::socket;
 use alleycat_loadtest::target::{listening_pid, resident_kib};
 use clap::{Parser, ValueEnum};
 use std::time::{Duration, Instant};
@@ -62,11 +63,11 @@ async fn main() -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(match kind {
                 Kind::Bike => {
                     let url = format!("{ws}/v1/telemetry/ws");
-                    Box::new(tokio_tungstenite::connect_async(url).await?.0) as Held
+                    Box::new(socket::bike(&url).await?) as Held
                 }
                 Kind::Viewer => {
                     let url = format!("{ws}/v1/rankings/ws?classId=1");
-                    Box::new(tokio_tungstenite::connect_async(url).await?.0) as Held
+                    Box::new(socket::viewer(&url).await?) as Held
                 }
                 Kind::Slow => {
                     let mut stream = TcpStream::connect(&addr).await?;

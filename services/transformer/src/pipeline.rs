@@ -567,7 +567,7 @@ mod tests {
         };
         previous.begin_delivery(SHARD_ID, &announced).await.unwrap();
         if written {
-            let body = Bytes::from(codec::gzip(b"", codec::DEFAULT_LEVEL));
+            let body = Bytes::from(codec::gzip(b"", codec::DELIVERY_LEVEL));
             store.put(EARLIER, body, "application/gzip").await.unwrap();
         }
         (dir, stream, store)
