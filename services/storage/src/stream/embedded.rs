@@ -29,6 +29,8 @@
 //!
 //! Sequence numbers never go back, whatever the reopened file holds.
 
+mod pack;
+
 use super::{
     PendingDelivery, PutMetrics, PutRecord, SequenceNumber, Stream, StreamError, StreamRecord,
     Subscription,
@@ -36,7 +38,7 @@ use super::{
 use crate::freshness::Freshness;
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, TableHandle as _};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -53,8 +55,13 @@ const FILE_NAME: &str = "stream.redb";
 /// Where a rescued copy is written before it is renamed into place.
 const RESCUE_NAME: &str = "stream.redb.rescue";
 
-/// Record sequence -> `arrival_ms (i64 LE) ++ data`.
-const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+/// Sequence of a value's first record -> the records of a commit from
+/// there, packed (see [`pack`]).
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("packed_records");
+/// The layout before packing, one entry per record: sequence ->
+/// `arrival_ms (i64 LE) ++ data`. Moved into [`RECORDS`] when a database
+/// written by an earlier version is opened.
+const UNPACKED_RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 /// Consumer name -> sequence of the next record it has not processed.
 const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
 /// "next" -> sequence the next appended record gets (survives trimming).
@@ -378,28 +385,35 @@ enum OpenError {
     Redb(#[from] redb::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Malformed(#[from] pack::Malformed),
+    #[error("record {0} of the unpacked layout is shorter than its arrival time")]
+    Unpacked(u64),
 }
 
-impl From<redb::TransactionError> for OpenError {
-    fn from(e: redb::TransactionError) -> Self {
-        OpenError::Redb(e.into())
-    }
+/// Why a commit or a read failed.
+#[derive(Debug, thiserror::Error)]
+enum DbError {
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    #[error(transparent)]
+    Malformed(#[from] pack::Malformed),
 }
-impl From<redb::TableError> for OpenError {
-    fn from(e: redb::TableError) -> Self {
-        OpenError::Redb(e.into())
-    }
+
+/// redb's narrower error types, each into the `Redb` variant of `$target`.
+macro_rules! from_redb_errors {
+    ($($target:ty),*) => {$(
+        from_redb_errors!(@each $target: redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+    )*};
+    (@each $target:ty: $($error:ty),*) => {$(
+        impl From<$error> for $target {
+            fn from(e: $error) -> Self {
+                Self::Redb(e.into())
+            }
+        }
+    )*};
 }
-impl From<redb::StorageError> for OpenError {
-    fn from(e: redb::StorageError) -> Self {
-        OpenError::Redb(e.into())
-    }
-}
-impl From<redb::CommitError> for OpenError {
-    fn from(e: redb::CommitError) -> Self {
-        OpenError::Redb(e.into())
-    }
-}
+from_redb_errors!(OpenError, DbError);
 
 /// Opens (creating, or repairing to its last commit) the database at `path`
 /// and returns it with the sequence the next record gets: never below
@@ -416,10 +430,14 @@ fn open_db(path: &Path, at_least: u64) -> Result<(Database, u64), OpenError> {
         // Creating the tables here lets readers open them unconditionally.
         txn.open_table(CONSUMERS)?;
         txn.open_table(PENDING)?;
-        let records = txn.open_table(RECORDS)?;
+        let mut records = txn.open_table(RECORDS)?;
+        pack_unpacked_records(&txn, &mut records)?;
         let mut meta = txn.open_table(META)?;
         let stored = meta.get("next")?.map(|v| v.value());
-        let last = records.last()?.map(|(k, _)| k.value() + 1);
+        let last = match records.last()? {
+            Some((key, value)) => Some(key.value() + pack::count(value.value())?),
+            None => None,
+        };
         let next = stored.max(last).unwrap_or(0).max(at_least);
         meta.insert("next", next)?;
         next
@@ -428,6 +446,54 @@ fn open_db(path: &Path, at_least: u64) -> Result<(Database, u64), OpenError> {
     // A database file just created is durable only once its entry is.
     sync_parent(path)?;
     Ok((db, next))
+}
+
+/// Moves the records of a database written before records were packed
+/// into `records`, in the transaction that opens it: all or nothing.
+fn pack_unpacked_records(
+    txn: &redb::WriteTransaction,
+    records: &mut redb::Table<u64, &[u8]>,
+) -> Result<(), OpenError> {
+    if !txn.list_tables()?.any(|t| t.name() == UNPACKED_RECORDS.name()) {
+        return Ok(());
+    }
+    {
+        let unpacked = txn.open_table(UNPACKED_RECORDS)?;
+        // Packed a value at a time, so that memory stays bounded whatever
+        // the backlog; a gap in the sequences (none is expected) starts a
+        // value of its own, as a value's records are consecutive.
+        let mut run: Vec<(u64, i64, Vec<u8>)> = Vec::new();
+        let mut run_bytes = 0;
+        let mut flush = |run: &mut Vec<(u64, i64, Vec<u8>)>| -> Result<(), redb::StorageError> {
+            if let Some(&(first, ..)) = run.first() {
+                pack::pack(
+                    first,
+                    run.iter().map(|(_, arrival, data)| (*arrival, data.as_slice())),
+                    |key, value| records.insert(key, value).map(drop),
+                )?;
+            }
+            run.clear();
+            Ok(())
+        };
+        for entry in unpacked.iter()? {
+            let (key, value) = entry?;
+            let (sequence, value) = (key.value(), value.value());
+            let (arrival, data) = value.split_at_checked(8).ok_or(OpenError::Unpacked(sequence))?;
+            let arrival = i64::from_le_bytes(arrival.try_into().expect("8 bytes"));
+            if run.last().is_some_and(|(last, ..)| last + 1 != sequence)
+                || run_bytes >= pack::PACK_BYTES
+            {
+                flush(&mut run)?;
+                run_bytes = 0;
+            }
+            run_bytes += data.len();
+            run.push((sequence, arrival, data.to_vec()));
+        }
+        flush(&mut run)?;
+    }
+    txn.delete_table(UNPACKED_RECORDS)?;
+    tracing::info!("embedded stream: records of an earlier version packed");
+    Ok(())
 }
 
 /// The writer thread's state.
@@ -685,26 +751,29 @@ impl Writer {
     }
 }
 
-fn commit_group(db: &Database, group: &[WriteOp], mut next: u64) -> Result<u64, redb::Error> {
+fn commit_group(db: &Database, group: &[WriteOp], next: u64) -> Result<u64, DbError> {
     let arrival_ms = chrono::Utc::now().timestamp_millis();
     let txn = db.begin_write()?;
-    {
+    let next = {
         let mut records = txn.open_table(RECORDS)?;
         let mut consumers = txn.open_table(CONSUMERS)?;
         let mut pending = txn.open_table(PENDING)?;
+        // Appends first, in queue order: a checkpoint in the same group
+        // names a record committed before it, so the order between them
+        // does not matter.
+        let appended = group.iter().flat_map(|op| match op {
+            WriteOp::Append { records, .. } => records.as_slice(),
+            _ => &[],
+        });
+        let next = pack::pack(
+            next,
+            appended.map(|data| (arrival_ms, data.as_ref())),
+            |key, value| records.insert(key, value).map(drop),
+        )?;
         let mut trim = false;
-        let mut value = Vec::new();
         for op in group {
             match op {
-                WriteOp::Append { records: batch, .. } => {
-                    for data in batch {
-                        value.clear();
-                        value.extend_from_slice(&arrival_ms.to_le_bytes());
-                        value.extend_from_slice(data);
-                        records.insert(next, value.as_slice())?;
-                        next += 1;
-                    }
-                }
+                WriteOp::Append { .. } => {}
                 WriteOp::Checkpoint {
                     consumer,
                     next: position,
@@ -730,13 +799,26 @@ fn commit_group(db: &Database, group: &[WriteOp], mut next: u64) -> Result<u64, 
             for entry in consumers.iter()? {
                 low = low.min(entry?.1.value());
             }
-            records.retain_in(..low, |_, _| false)?;
+            // Values go whole: the one holding `low` stays, and with it
+            // the records before `low` that it packs.
+            let keep_from = match records.range(..=low)?.next_back() {
+                Some(entry) => {
+                    let (key, value) = entry?;
+                    let passed = key.value() + pack::count(value.value())? <= low;
+                    key.value() + u64::from(passed)
+                }
+                None => 0,
+            };
+            records.retain_in(..keep_from, |_, _| false)?;
         }
         txn.open_table(META)?.insert("next", next)?;
-    }
+        next
+    };
     txn.commit()?;
     Ok(next)
 }
+
+
 
 #[async_trait]
 impl Stream for EmbeddedStream {
@@ -922,34 +1004,38 @@ fn read_range(
     from: u64,
     to: u64,
     peek: bool,
-) -> Result<(Vec<StreamRecord>, Option<i64>), redb::Error> {
-    let arrival_of =
-        |value: &[u8]| i64::from_le_bytes(value[..8].try_into().expect("8 bytes of arrival time"));
+) -> Result<(Vec<StreamRecord>, Option<i64>), DbError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(RECORDS)?;
-    let mut out = Vec::with_capacity((to - from) as usize);
-    for entry in table.range(from..to)? {
-        let (key, value) = entry?;
-        let value = value.value();
-        out.push(StreamRecord {
-            shard_id: SHARD_ID.to_owned(),
-            sequence: SequenceNumber::from(key.value()),
-            arrival_ms: arrival_of(value),
-            data: Bytes::copy_from_slice(&value[8..]),
-        });
-    }
-    let next = if peek {
-        table.get(to)?.map(|value| arrival_of(value.value()))
-    } else {
-        None
+    // The value holding `from` starts at or before it.
+    let start = match table.range(..=from)?.next_back() {
+        Some(entry) => entry?.0.value(),
+        None => from,
     };
-    Ok((out, next))
+    let mut out = Vec::with_capacity((to - from) as usize);
+    for entry in table.range(start..)? {
+        let (key, value) = entry?;
+        for (sequence, record) in (key.value()..).zip(pack::unpack(value.value())?) {
+            let (arrival_ms, data) = record?;
+            if sequence >= to {
+                return Ok((out, peek.then_some(arrival_ms)));
+            }
+            if sequence >= from {
+                out.push(StreamRecord {
+                    shard_id: SHARD_ID.to_owned(),
+                    sequence: SequenceNumber::from(sequence),
+                    arrival_ms,
+                    data: Bytes::copy_from_slice(data),
+                });
+            }
+        }
+    }
+    Ok((out, None))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableTableMetadata as _;
     use std::sync::atomic::AtomicU32;
 
     /// Faults injected into the writer.
@@ -1059,6 +1145,97 @@ mod tests {
 
     const WAIT: Duration = Duration::from_millis(200);
 
+    /// Records kept in the database.
+    fn stored(stream: &EmbeddedStream) -> u64 {
+        let txn = stream.inner.shared.db().unwrap().begin_read().unwrap();
+        let table = txn.open_table(RECORDS).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|entry| pack::count(entry.unwrap().1.value()).unwrap())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn records_committed_together_are_read_from_any_position_and_trimmed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(dir.path()).unwrap();
+        let mut reader = stream.subscribe("reader").await.unwrap();
+        // Large enough to span several packed values, in one commit.
+        let big = "x".repeat(100 << 10);
+        let mut batch: Vec<PutRecord> = (0..10).map(|i| put(&format!("{i}{big}"))).collect();
+        batch.push(put("last"));
+        stream.put_records(batch).await.unwrap();
+        stream.put_records(vec![put("later")]).await.unwrap();
+        let mut read = Vec::new();
+        // Polls of 3 start inside a packed value and end inside another.
+        for _ in 0..5 {
+            read.extend(reader.poll(3, WAIT).await.unwrap());
+        }
+        let firsts: Vec<u8> = read.iter().map(|r| r.data[0]).collect();
+        assert_eq!(firsts, b"0123456789ll");
+        assert_eq!(&read[10].data[..], b"last");
+        assert_eq!(&read[11].data[..], b"later");
+        let sequences: Vec<u64> = read.iter().map(|r| r.sequence.to_u64().unwrap()).collect();
+        assert_eq!(sequences, (0..12).collect::<Vec<_>>());
+        assert!(reader.poll(3, Duration::ZERO).await.unwrap().is_empty());
+
+        // A checkpoint inside the first commit keeps the value holding it.
+        reader.checkpoint(SHARD_ID, &read[4].sequence).await.unwrap();
+        let kept = stored(&stream);
+        assert!((7..12).contains(&kept), "kept {kept} of 12");
+        let mut late = stream.subscribe("late").await.unwrap();
+        let first = late.poll(1, WAIT).await.unwrap();
+        assert!(first[0].sequence.to_u64().unwrap() <= 5, "record 5 was trimmed");
+        late.checkpoint(SHARD_ID, &read[11].sequence).await.unwrap();
+        reader.checkpoint(SHARD_ID, &read[11].sequence).await.unwrap();
+        assert_eq!(stored(&stream), 0, "records every consumer passed are dropped");
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_unpacked_layout_is_read_on_and_packed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            // What an earlier version left: records 7..10 (0..7 trimmed),
+            // and a consumer that has processed up to 8.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut records = txn.open_table(UNPACKED_RECORDS).unwrap();
+                for sequence in 7..10u64 {
+                    let mut value = (1_000 + sequence as i64).to_le_bytes().to_vec();
+                    value.extend_from_slice(format!("record {sequence}").as_bytes());
+                    records.insert(sequence, value.as_slice()).unwrap();
+                }
+                txn.open_table(CONSUMERS).unwrap().insert("old", 8).unwrap();
+                txn.open_table(META).unwrap().insert("next", 10).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let stream = EmbeddedStream::open(dir.path()).unwrap();
+        let mut old = stream.subscribe("old").await.unwrap();
+        let read = old.poll(10, WAIT).await.unwrap();
+        let seen: Vec<(u64, i64, &[u8])> = read
+            .iter()
+            .map(|r| (r.sequence.to_u64().unwrap(), r.arrival_ms, r.data.as_ref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [(8, 1_008, &b"record 8"[..]), (9, 1_009, &b"record 9"[..])]
+        );
+        stream.put_records(vec![put("new")]).await.unwrap();
+        let new = old.poll(10, WAIT).await.unwrap();
+        assert_eq!(new[0].sequence.to_u64(), Some(10), "sequences go on");
+        let txn = stream.inner.shared.db().unwrap().begin_read().unwrap();
+        let tables: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_owned()).collect();
+        assert!(!tables.contains(&"records".to_owned()), "{tables:?}");
+        drop(txn);
+        // A new consumer starts at the oldest record kept: 7.
+        let mut late = stream.subscribe("late").await.unwrap();
+        assert_eq!(late.poll(1, WAIT).await.unwrap()[0].sequence.to_u64(), Some(7));
+    }
+
     #[tokio::test]
     async fn consumers_read_in_order_and_resume_from_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
@@ -1150,18 +1327,15 @@ mod tests {
         let stream = EmbeddedStream::open(dir.path()).unwrap();
         let mut fast = stream.subscribe("fast").await.unwrap();
         let mut slow = stream.subscribe("slow").await.unwrap();
-        stream
-            .put_records((0..5).map(|i| put(&i.to_string())).collect())
-            .await
-            .unwrap();
+        // One commit each, so that each can be trimmed on its own.
+        for i in 0..5 {
+            stream.put_records(vec![put(&i.to_string())]).await.unwrap();
+        }
         let all = fast.poll(10, WAIT).await.unwrap();
         fast.checkpoint(SHARD_ID, &all[4].sequence).await.unwrap();
         // "slow" has checkpointed nothing: every record must still be there.
         assert_eq!(slow.poll(10, WAIT).await.unwrap().len(), 5);
-        let count = || {
-            let txn = stream.inner.shared.db().unwrap().begin_read().unwrap();
-            txn.open_table(RECORDS).unwrap().len().unwrap()
-        };
+        let count = || stored(&stream);
         assert_eq!(count(), 5);
         slow.checkpoint(SHARD_ID, &all[2].sequence).await.unwrap();
         assert_eq!(count(), 2, "records both consumers passed are dropped");
