@@ -38,7 +38,9 @@ use super::{
 use crate::freshness::Freshness;
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, TableHandle as _};
+use redb::{
+    Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, TableHandle as _,
+};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -454,7 +456,10 @@ fn pack_unpacked_records(
     txn: &redb::WriteTransaction,
     records: &mut redb::Table<u64, &[u8]>,
 ) -> Result<(), OpenError> {
-    if !txn.list_tables()?.any(|t| t.name() == UNPACKED_RECORDS.name()) {
+    if !txn
+        .list_tables()?
+        .any(|t| t.name() == UNPACKED_RECORDS.name())
+    {
         return Ok(());
     }
     {
@@ -468,7 +473,8 @@ fn pack_unpacked_records(
             if let Some(&(first, ..)) = run.first() {
                 pack::pack(
                     first,
-                    run.iter().map(|(_, arrival, data)| (*arrival, data.as_slice())),
+                    run.iter()
+                        .map(|(_, arrival, data)| (*arrival, data.as_slice())),
                     |key, value| records.insert(key, value).map(drop),
                 )?;
             }
@@ -478,7 +484,9 @@ fn pack_unpacked_records(
         for entry in unpacked.iter()? {
             let (key, value) = entry?;
             let (sequence, value) = (key.value(), value.value());
-            let (arrival, data) = value.split_at_checked(8).ok_or(OpenError::Unpacked(sequence))?;
+            let (arrival, data) = value
+                .split_at_checked(8)
+                .ok_or(OpenError::Unpacked(sequence))?;
             let arrival = i64::from_le_bytes(arrival.try_into().expect("8 bytes"));
             if run.last().is_some_and(|(last, ..)| last + 1 != sequence)
                 || run_bytes >= pack::PACK_BYTES
@@ -817,8 +825,6 @@ fn commit_group(db: &Database, group: &[WriteOp], next: u64) -> Result<u64, DbEr
     txn.commit()?;
     Ok(next)
 }
-
-
 
 #[async_trait]
 impl Stream for EmbeddedStream {
@@ -1181,15 +1187,28 @@ mod tests {
         assert!(reader.poll(3, Duration::ZERO).await.unwrap().is_empty());
 
         // A checkpoint inside the first commit keeps the value holding it.
-        reader.checkpoint(SHARD_ID, &read[4].sequence).await.unwrap();
+        reader
+            .checkpoint(SHARD_ID, &read[4].sequence)
+            .await
+            .unwrap();
         let kept = stored(&stream);
         assert!((7..12).contains(&kept), "kept {kept} of 12");
         let mut late = stream.subscribe("late").await.unwrap();
         let first = late.poll(1, WAIT).await.unwrap();
-        assert!(first[0].sequence.to_u64().unwrap() <= 5, "record 5 was trimmed");
+        assert!(
+            first[0].sequence.to_u64().unwrap() <= 5,
+            "record 5 was trimmed"
+        );
         late.checkpoint(SHARD_ID, &read[11].sequence).await.unwrap();
-        reader.checkpoint(SHARD_ID, &read[11].sequence).await.unwrap();
-        assert_eq!(stored(&stream), 0, "records every consumer passed are dropped");
+        reader
+            .checkpoint(SHARD_ID, &read[11].sequence)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored(&stream),
+            0,
+            "records every consumer passed are dropped"
+        );
     }
 
     #[tokio::test]
@@ -1228,12 +1247,19 @@ mod tests {
         let new = old.poll(10, WAIT).await.unwrap();
         assert_eq!(new[0].sequence.to_u64(), Some(10), "sequences go on");
         let txn = stream.inner.shared.db().unwrap().begin_read().unwrap();
-        let tables: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_owned()).collect();
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
         assert!(!tables.contains(&"records".to_owned()), "{tables:?}");
         drop(txn);
         // A new consumer starts at the oldest record kept: 7.
         let mut late = stream.subscribe("late").await.unwrap();
-        assert_eq!(late.poll(1, WAIT).await.unwrap()[0].sequence.to_u64(), Some(7));
+        assert_eq!(
+            late.poll(1, WAIT).await.unwrap()[0].sequence.to_u64(),
+            Some(7)
+        );
     }
 
     #[tokio::test]

@@ -86,7 +86,8 @@ impl<'a> Iterator for Unpacked<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
-            return (!self.rest.is_empty()).then_some(Err(Malformed("bytes after its last record")));
+            return (!self.rest.is_empty())
+                .then_some(Err(Malformed("bytes after its last record")));
         }
         self.left -= 1;
         let Some((header, rest)) = self.rest.split_at_checked(ENTRY_HEADER) else {
@@ -156,9 +157,17 @@ mod tests {
     fn records_fill_values_up_to_the_cap_and_a_larger_one_stands_alone() {
         let small = vec![7u8; 100 << 10];
         let huge = vec![9u8; PACK_BYTES * 2];
-        let records = [(1, small.clone()), (2, small.clone()), (3, small), (4, huge)];
+        let records = [
+            (1, small.clone()),
+            (2, small.clone()),
+            (3, small),
+            (4, huge),
+        ];
         let (_, values) = packed(10, &records);
-        let counts: Vec<(u64, u64)> = values.iter().map(|(k, v)| (*k, count(v).unwrap())).collect();
+        let counts: Vec<(u64, u64)> = values
+            .iter()
+            .map(|(k, v)| (*k, count(v).unwrap()))
+            .collect();
         assert_eq!(counts, [(10, 2), (12, 1), (13, 1)]);
     }
 
@@ -175,6 +184,9 @@ mod tests {
         }
         let mut longer = value.clone();
         longer.push(0);
-        assert!(unpack(&longer).unwrap().any(|e| e.is_err()), "trailing bytes were accepted");
+        assert!(
+            unpack(&longer).unwrap().any(|e| e.is_err()),
+            "trailing bytes were accepted"
+        );
     }
 }
