@@ -247,12 +247,12 @@ async fn main() {
     );
     let deadline = Instant::now() + PATIENCE;
     let mut published = Published::default();
-    // Every record is a distinct (class, second, racer) of an empty
-    // history: all are in once the files hold as many bests.
     // When each count of bests was first seen: the last step up is, in
     // a run this size, the transformer's final partial buffer, which waits
     // out `ALLEYCAT_BUFFER_INTERVAL_MS` as nothing more arrives to fill it.
     let mut seen: Vec<(usize, Duration)> = Vec::new();
+    // Every record is a distinct (class, second, racer) of an empty
+    // history: all are in once the files hold as many bests.
     while published.len() < records {
         assert!(Instant::now() < deadline, "history incomplete");
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -91,14 +91,14 @@ impl<'a> Iterator for Unpacked<'a> {
         }
         self.left -= 1;
         let Some((header, rest)) = self.rest.split_at_checked(ENTRY_HEADER) else {
-            self.left = 0;
+            // One error, then the end (not a second error for the rest).
+            (self.left, self.rest) = (0, &[]);
             return Some(Err(Malformed("a record header cut short")));
         };
         let arrival_ms = i64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
         let Some((data, rest)) = rest.split_at_checked(len) else {
-            self.left = 0;
-            self.rest = &[];
+            (self.left, self.rest) = (0, &[]);
             return Some(Err(Malformed("a record cut short")));
         };
         self.rest = rest;
@@ -181,6 +181,13 @@ mod tests {
                 Err(e) => Err(e),
             };
             assert!(result.is_err(), "cut at {cut} was accepted");
+        }
+        for cut in [10, value.len() - 1] {
+            let errors = unpack(&value[..cut])
+                .unwrap()
+                .filter(Result::is_err)
+                .count();
+            assert_eq!(errors, 1, "cut at {cut}: one error, then the end");
         }
         let mut longer = value.clone();
         longer.push(0);
