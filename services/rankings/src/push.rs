@@ -3,8 +3,9 @@
 //! neighbours).
 //!
 //! Entries are serialized at most once per push (and only those some viewer
-//! needs) and spliced into each viewer's message, so a thousand viewers cost
-//! a thousand string joins, not a thousand serializations.
+//! needs), and the top N's lists are joined once: each viewer's message is
+//! those lists copied with its neighbourhood spliced in, so a thousand
+//! viewers cost a thousand copies, not a thousand serializations or joins.
 
 use crate::all_time::{AllTime, AllTimeRank};
 use crate::race::{Race, Standing};
@@ -12,6 +13,7 @@ use alleycat_core::{RacerId, Second};
 use serde::Serialize;
 use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::ops::Range;
 
 /// Neighbours shown on each side of a viewer's own racer.
 pub const NEIGHBOURS: usize = 2;
@@ -56,8 +58,15 @@ pub struct Snapshot<'a> {
     here_now: Vec<OnceCell<String>>,
     all_time: Vec<OnceCell<String>>,
     top: usize,
+    /// The top N's entries of `hereNow` and of `allTime`, joined.
+    top_here_now: String,
+    top_all_time: String,
     shared: String,
 }
+
+/// Room left in a viewer's message for its `ghost` and `following`, so
+/// that adding them seldom grows it again.
+const PERSONAL_ROOM: usize = 512;
 
 impl<'a> Snapshot<'a> {
     /// The standings of `race` at its latest second, ranked against `all_time`.
@@ -98,9 +107,14 @@ impl<'a> Snapshot<'a> {
             rows,
             all_time_index: all_time,
             top,
+            top_here_now: String::new(),
+            top_all_time: String::new(),
             shared: String::new(),
         };
-        snapshot.shared = snapshot.message((0..top).collect());
+        snapshot.top_here_now = snapshot.join(0..top, Self::here_now_entry);
+        snapshot.top_all_time = snapshot.join(0..top, Self::all_time_entry);
+        snapshot.shared = snapshot.message(top..top);
+        snapshot.shared.shrink_to_fit();
         snapshot
     }
 
@@ -125,6 +139,13 @@ impl<'a> Snapshot<'a> {
         self.racer_rows(racer).map(|rows| self.message(rows))
     }
 
+    /// The shared message, with room to add to it.
+    fn shared_to_extend(&self) -> String {
+        let mut message = String::with_capacity(self.shared.len() + PERSONAL_ROOM);
+        message.push_str(&self.shared);
+        message
+    }
+
     /// The message for a viewer with its own racer and a follow list, or
     /// `None` when the shared message is all it needs. Its own racer adds
     /// `ghost` (once it has reported a second): the racer against its own
@@ -136,10 +157,10 @@ impl<'a> Snapshot<'a> {
         if follow.is_none() && ghost.is_none() {
             return racer.and_then(|r| self.for_racer(r));
         }
-        let rows = racer
-            .and_then(|r| self.racer_rows(r))
-            .unwrap_or_else(|| (0..self.top).collect());
-        let mut message = self.message(rows);
+        let mut message = match racer.and_then(|r| self.racer_rows(r)) {
+            Some(rows) => self.message(rows),
+            None => self.shared_to_extend(),
+        };
         message.pop(); // the closing brace
         if let Some(ghost) = ghost {
             message.push_str(r#","ghost":"#);
@@ -173,17 +194,17 @@ impl<'a> Snapshot<'a> {
         Some(message)
     }
 
-    /// The rows a viewer of `racer` sees: the top N, then `racer` and its
-    /// neighbours; `None` if it is not racing at this second or the top N
-    /// shows them already.
-    fn racer_rows(&self, racer: RacerId) -> Option<Vec<usize>> {
+    /// The rows a viewer of `racer` sees after the top N: `racer` and its
+    /// neighbours below them; `None` if it is not racing at this second or
+    /// the top N shows them already.
+    fn racer_rows(&self, racer: RacerId) -> Option<Range<usize>> {
         let at = *self.rows.get(&racer)?;
         let from = at.saturating_sub(NEIGHBOURS);
         let to = (at + NEIGHBOURS + 1).min(self.standings.len());
         if to <= self.top {
             return None; // the shared message already shows them
         }
-        Some((0..self.top).chain(from.max(self.top)..to).collect())
+        Some(from.max(self.top)..to)
     }
 
     fn here_now_entry(&self, row: usize) -> &str {
@@ -206,18 +227,35 @@ impl<'a> Snapshot<'a> {
         })
     }
 
-    fn message(&self, rows: Vec<usize>) -> String {
-        format!(
-            r#"{},"hereNow":[{}],"allTime":[{}]}}"#,
-            self.header,
-            self.join(&rows, Self::here_now_entry),
-            self.join(&rows, Self::all_time_entry)
-        )
+    /// The message of the top N followed by the rows `below` them.
+    fn message(&self, below: Range<usize>) -> String {
+        let here_now = self.join(below.clone(), Self::here_now_entry);
+        let all_time = self.join(below, Self::all_time_entry);
+        let lists = [
+            (r#","hereNow":["#, &self.top_here_now, here_now),
+            (r#"],"allTime":["#, &self.top_all_time, all_time),
+        ];
+        let length = lists
+            .iter()
+            .map(|(key, top, below)| key.len() + top.len() + 1 + below.len())
+            .sum::<usize>();
+        let mut out = String::with_capacity(self.header.len() + length + 2 + PERSONAL_ROOM);
+        out.push_str(&self.header);
+        for (key, top, below) in lists {
+            out.push_str(key);
+            out.push_str(top);
+            if !top.is_empty() && !below.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&below);
+        }
+        out.push_str("]}");
+        out
     }
 
-    fn join(&self, rows: &[usize], entry: fn(&Self, usize) -> &str) -> String {
+    fn join(&self, rows: Range<usize>, entry: fn(&Self, usize) -> &str) -> String {
         let mut out = String::with_capacity(rows.len() * 96);
-        for (n, &row) in rows.iter().enumerate() {
+        for (n, row) in rows.enumerate() {
             if n > 0 {
                 out.push(',');
             }
@@ -284,6 +322,45 @@ mod tests {
         assert_eq!(ids(snapshot.shared(), "allTime"), [1, 2, 3]);
         assert_eq!(v["hereNow"][0]["rank"], 1);
         assert_eq!(v["hereNow"][0]["name"], "R1");
+    }
+
+    #[test]
+    fn every_viewer_gets_the_top_n_then_its_neighbourhood_whatever_the_sizes() {
+        for racers in [1u64, 4, 9] {
+            let race = race(racers);
+            for top in [0, 1, 3, 9, 20] {
+                let snapshot = Snapshot::new(&race, None, top, 1);
+                let shown = top.min(racers as usize);
+                let top_ids: Vec<u64> = (1..=shown as u64).collect();
+                assert_eq!(ids(snapshot.shared(), "hereNow"), top_ids);
+                assert_eq!(ids(snapshot.shared(), "allTime"), top_ids);
+                for racer in 1..=racers {
+                    let at = racer as usize - 1;
+                    let neighbourhood =
+                        at.saturating_sub(NEIGHBOURS)..(at + NEIGHBOURS + 1).min(racers as usize);
+                    let expected: Vec<u64> = top_ids
+                        .iter()
+                        .copied()
+                        .chain(
+                            neighbourhood
+                                .filter(|&row| row >= shown)
+                                .map(|row| row as u64 + 1),
+                        )
+                        .collect();
+                    let message = snapshot.for_racer(RacerId(racer));
+                    let message = message.as_deref().unwrap_or(snapshot.shared());
+                    let what = format!("{racers} racers, top {top}, racer {racer}");
+                    assert_eq!(ids(message, "hereNow"), expected, "{what}");
+                    assert_eq!(ids(message, "allTime"), expected, "{what}");
+                    // Following itself turns the shared case personal too.
+                    let followed = snapshot
+                        .for_viewer(Some(RacerId(racer)), Some(&[RacerId(racer)]))
+                        .unwrap();
+                    assert_eq!(ids(&followed, "hereNow"), expected, "{what}");
+                    assert_eq!(ids(&followed, "following"), [racer], "{what}");
+                }
+            }
+        }
     }
 
     #[test]
