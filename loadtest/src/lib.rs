@@ -3,6 +3,7 @@
 //! binary is `alleycat-loadtest`.
 
 pub mod freshness;
+pub mod push;
 pub mod racers;
 pub mod report;
 pub mod schedule;

@@ -1,32 +1,14 @@
 //! Simulated ranking viewers: each follows a racer of its class, and every
 //! push it receives shows when records first became visible in rankings.
 
+use crate::push::Push;
 use crate::schedule::Schedule;
 use crate::stats::Stats;
 use futures_util::StreamExt as _;
-use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message as Frame;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Push {
-    race_id: u64,
-    second: u16,
-    here_now: Vec<Entry>,
-    /// The followed racers' standings (with `follow=`).
-    following: Option<serde::de::IgnoredAny>,
-    /// The followed racer against its own best (with `racerId=`).
-    ghost: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Entry {
-    racer_id: u64,
-}
 
 /// One viewer of `class`, following `racer` (and the racers of `follow`,
 /// if any), until sending ends.
@@ -69,21 +51,21 @@ pub async fn viewer(
                 stats
                     .push_bytes
                     .fetch_add(text.len() as u64, Ordering::Relaxed);
-                let Ok(push) = serde_json::from_str::<Push>(&text) else {
+                let Some((push, racers)) =
+                    Push::read(&text).and_then(|p| p.here_now_racers().map(|r| (p, r)))
+                else {
                     stats.error("viewer_bad_push");
                     continue;
                 };
-                if push.ghost.is_some() {
+                if push.ghost {
                     stats.ghost_pushes.fetch_add(1, Ordering::Relaxed);
                 }
-                if push.following.is_some() {
+                if push.following {
                     stats.following_pushes.fetch_add(1, Ordering::Relaxed);
                 }
-                for entry in push.here_now {
+                for racer in racers {
                     if let Some((_, sent)) =
-                        stats
-                            .unseen
-                            .remove(&(push.race_id, push.second, entry.racer_id))
+                        stats.unseen.remove(&(push.race_id, push.second, racer))
                     {
                         stats.ranked(received.duration_since(sent).as_micros() as u64);
                     }
