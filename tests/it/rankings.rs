@@ -421,8 +421,21 @@ async fn a_stalled_or_vanished_viewer_never_delays_the_others() {
         "a push came {worst:?} after its data"
     );
 
-    // The stalled viewer was cut off: after what its socket buffered, a close
-    // frame saying why.
+    // The stalled viewer is cut off once its pushes have waited
+    // STALLED_AFTER (5 s) untaken, at the next push: races go on until then.
+    let still_racing = {
+        let (client, base) = (client.clone(), server.base.clone());
+        let seconds = race(2000, 4, 90_000, 5, 300);
+        tokio::spawn(async move {
+            for second in &seconds {
+                let body = Value::Array(second.iter().map(Sample::json).collect());
+                assert_eq!(post_json(&client, &base, &body).await.0, 202);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // After what its socket buffered, a close frame saying why.
     let close = tokio::time::timeout(PATIENCE, async {
         while let Some(Ok(message)) = stalled.next().await {
             if let Message::Close(frame) = message {
@@ -433,7 +446,9 @@ async fn a_stalled_or_vanished_viewer_never_delays_the_others() {
     })
     .await
     .expect("the stalled viewer's socket ends");
-    assert_eq!(close.map(|f| u16::from(f.code)), Some(1008));
+    assert_eq!(close.as_ref().map(|f| u16::from(f.code)), Some(1008));
+    assert!(close.unwrap().reason.contains("too slow"));
+    still_racing.abort();
     server.stop().await;
 }
 

@@ -661,7 +661,7 @@ mod tests {
     }
 
     fn next_message(viewer: &mut Viewer) -> Option<Value> {
-        let text = viewer.messages.try_recv().ok()?;
+        let text = viewer.messages.try_recv()?;
         Some(serde_json::from_str(&text).unwrap())
     }
 

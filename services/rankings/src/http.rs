@@ -10,7 +10,7 @@ use crate::extract::{
 use crate::period::{Board, Clock, Period, today};
 use crate::results::{RankedEntry, RankedResult, around, page};
 use crate::store::ResultsStore;
-use crate::viewers::{Filter, Viewers};
+use crate::viewers::{Filter, STALLED_AFTER, Viewers};
 use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::telemetry::CLASS_COUNT;
 use alleycat_core::{ClassId, RaceId, RacerId};
@@ -209,7 +209,7 @@ async fn viewer(
 async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
     let _connected = crate::metrics::METRICS.viewer_connected();
     let class_id = filter.class_id;
-    let mut subscription = state.viewers.add(filter);
+    let subscription = state.viewers.add(filter);
     // Viewers only listen: a ping every half idle timeout asks them to
     // answer (browsers do by themselves), and one that answers nothing for
     // the whole timeout is gone.
@@ -239,8 +239,9 @@ async fn watch(mut socket: WebSocket, state: AppState, filter: Filter) {
                     }
                 }
                 None => {
-                    // Dropped for falling behind: say why, then go.
-                    websocket::close(&mut socket, close_code::POLICY, "too slow: the viewer's queue was full").await;
+                    // Dropped as stalled: say why, then go.
+                    let reason = format!("too slow: the socket took no push for {} s", STALLED_AFTER.as_secs());
+                    websocket::close(&mut socket, close_code::POLICY, &reason).await;
                     return;
                 }
             },

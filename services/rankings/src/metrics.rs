@@ -13,13 +13,15 @@ pub(crate) static METRICS: LazyLock<RankingsMetrics> = LazyLock::new(RankingsMet
 pub(crate) struct RankingsMetrics {
     /// Viewer WebSockets open.
     pub(crate) viewers: Gauge,
-    /// Viewers dropped because their queue was full.
+    /// Viewers dropped because their socket took no push for a while.
     pub(crate) viewers_dropped: Counter,
     /// Per push, from the arrival on the stream of the oldest record it is
     /// the first to show to the push, in seconds.
     pub(crate) push_latency: Histogram,
     /// Messages queued to viewers.
     pub(crate) messages: Counter,
+    /// Messages that replaced one still waiting for its viewer.
+    pub(crate) messages_replaced: Counter,
     /// Records on the stream skipped as breaking the rules.
     pub(crate) records_skipped: Counter,
     /// Live races held.
@@ -40,7 +42,7 @@ impl RankingsMetrics {
         );
         metrics::describe_counter!(
             "alleycat_rankings_viewers_dropped_total",
-            "Viewers dropped (closed 1008) because they did not read their pushes fast enough"
+            "Viewers dropped (closed 1008) because their socket took no push for 5 s"
         );
         metrics::describe_histogram!(
             "alleycat_rankings_push_latency_seconds",
@@ -50,6 +52,10 @@ impl RankingsMetrics {
         metrics::describe_counter!(
             "alleycat_rankings_messages_queued_total",
             "Push messages queued to viewers"
+        );
+        metrics::describe_counter!(
+            "alleycat_rankings_messages_replaced_total",
+            "Push messages that replaced one of the same race still waiting for its viewer"
         );
         metrics::describe_counter!(
             "alleycat_rankings_records_skipped_total",
@@ -69,6 +75,7 @@ impl RankingsMetrics {
             viewers_dropped: metrics::counter!("alleycat_rankings_viewers_dropped_total"),
             push_latency: metrics::histogram!("alleycat_rankings_push_latency_seconds"),
             messages: metrics::counter!("alleycat_rankings_messages_queued_total"),
+            messages_replaced: metrics::counter!("alleycat_rankings_messages_replaced_total"),
             records_skipped: metrics::counter!("alleycat_rankings_records_skipped_total"),
             live_races: metrics::gauge!("alleycat_rankings_live_races"),
             races_evicted: metrics::counter!("alleycat_rankings_races_evicted_total"),
