@@ -166,53 +166,50 @@ impl<'a> Scan<'a> {
         self.text.get(start..self.at)
     }
 
+    /// Steps over `close` if it comes next; whether it did.
+    fn closes(&mut self, close: u8) -> Option<bool> {
+        self.skip_space();
+        let closes = self.peek()? == close;
+        if closes {
+            self.at += 1;
+        }
+        Some(closes)
+    }
+
+    /// After a member or an element: steps over `,` (more follow) or
+    /// `close` (none do).
+    fn more(&mut self, close: u8) -> Option<bool> {
+        if self.closes(close)? {
+            return Some(false);
+        }
+        self.expect(b',')?;
+        Some(true)
+    }
+
     /// Calls `each` with the key and raw value of every member of the
     /// object at the cursor.
     fn object(&mut self, mut each: impl FnMut(&'a str, &'a str) -> Option<()>) -> Option<()> {
         self.expect(b'{')?;
-        self.skip_space();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
+        let mut more = !self.closes(b'}')?;
+        while more {
             let key = self.string()?;
             self.expect(b':')?;
             each(key, self.value()?)?;
-            self.skip_space();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-            self.skip_space();
+            more = self.more(b'}')?;
         }
+        Some(())
     }
 
     /// Calls `each` with the raw text of every element of the array at
     /// the cursor.
     fn array(&mut self, mut each: impl FnMut(&'a str) -> Option<()>) -> Option<()> {
         self.expect(b'[')?;
-        self.skip_space();
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
+        let mut more = !self.closes(b']')?;
+        while more {
             each(self.value()?)?;
-            self.skip_space();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+            more = self.more(b']')?;
         }
+        Some(())
     }
 }
 
