@@ -171,6 +171,11 @@ async fn counters_move_and_freshness_rises_until_publication() {
     assert_eq!(delta(DELIVERY_OBJECTS), 1.0);
     assert_eq!(delta("alleycat_transformer_delivery_records_total"), 60.0);
     assert_eq!(delta("alleycat_stream_records_put_total"), 60.0);
+    // One duration per commit (the scrapes come after the acks).
+    let commits = delta("alleycat_stream_commits_total");
+    assert!(commits >= 1.0, "{commits} commits");
+    assert_eq!(delta("alleycat_stream_commit_seconds_count"), commits);
+    assert!(delta("alleycat_stream_commit_seconds_sum") > 0.0);
     let compressed = delta("alleycat_transformer_delivery_compressed_bytes_total");
     let uncompressed = delta("alleycat_transformer_delivery_uncompressed_bytes_total");
     assert!(

@@ -289,6 +289,7 @@ impl EmbeddedStream {
             next,
             open_file: Some(open_file),
             commits: metrics::counter!("alleycat_stream_commits_total"),
+            commit_seconds: metrics::histogram!("alleycat_stream_commit_seconds"),
             linger,
         };
         let writer_thread = std::thread::Builder::new()
@@ -516,6 +517,10 @@ struct Writer {
     open_file: Option<OpenFile>,
     /// Transactions committed.
     commits: metrics::Counter,
+    /// How long each committed transaction took, fsync included: every
+    /// acknowledgement of its group waited that long, so a slow disk shows
+    /// here before it shows as ingest latency.
+    commit_seconds: metrics::Histogram,
     /// How long a group gathers writes before its commit.
     linger: Duration,
 }
@@ -579,6 +584,7 @@ impl Writer {
             let group_fails = self.shared.faults.fail_commit();
             #[cfg(not(test))]
             let group_fails = false;
+            let commit_started = Instant::now();
             let committed = self
                 .shared
                 .db()
@@ -593,6 +599,7 @@ impl Writer {
                 .and_then(|db| commit_group(&db, &group, self.next).map_err(|e| e.to_string()));
             match committed {
                 Ok(new_next) => {
+                    self.commit_seconds.record(commit_started.elapsed());
                     self.commits.increment(1);
                     #[cfg(test)]
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
