@@ -66,6 +66,7 @@ async fn post_race(base: &str, samples: &[Sample]) {
 }
 
 const DELIVERY_OBJECTS: &str = "alleycat_transformer_delivery_objects_total";
+const QUIET_FLUSHES: &str = "alleycat_transformer_quiet_flushes_total";
 const PIPELINE_FRESHNESS: &str = "alleycat_pipeline_freshness_seconds";
 const HISTORY_FRESHNESS: &str = "alleycat_history_freshness_seconds";
 const TRANSFORMER_FRESHNESS: &str = "alleycat_transformer_freshness_seconds";
@@ -255,6 +256,7 @@ async fn the_transformer_freshness_is_the_age_of_its_oldest_buffered_record() {
         &env(&[
             ("ALLEYCAT_DATA_DIR", dir.path().to_str().unwrap()),
             ("ALLEYCAT_BUFFER_INTERVAL_MS", "3000"),
+            ("ALLEYCAT_BUFFER_IDLE_MS", "0"),
         ]),
     )
     .await;
@@ -290,6 +292,36 @@ async fn the_transformer_freshness_is_the_age_of_its_oldest_buffered_record() {
         fetch_class(base, 4).await.filter(|c| c.len() == 2)
     })
     .await;
+    server.terminate().await;
+}
+
+/// The last records of a race go once the stream is quiet, not an
+/// interval after the first: counted as a quiet flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_delivers_its_open_buffer_before_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_alleycat(
+        &[],
+        &env(&[
+            ("ALLEYCAT_DATA_DIR", dir.path().to_str().unwrap()),
+            ("ALLEYCAT_BUFFER_INTERVAL_MS", "3600000"),
+            ("ALLEYCAT_BUFFER_IDLE_MS", "300"),
+        ]),
+    )
+    .await;
+    let base = server.base.as_str();
+    let before = Scrape::of(base).await;
+    assert_eq!(before.find(QUIET_FLUSHES, &[]), Some(0.0));
+    let samples: Vec<Sample> = race(32, 4, 1, 5, 2).into_iter().flatten().collect();
+    post_race(base, &samples).await;
+    eventually("publication", || async {
+        fetch_class(base, 4).await.filter(|c| c.len() == 2)
+    })
+    .await;
+    let after = Scrape::of(base).await;
+    assert!(after.get(QUIET_FLUSHES, &[]) >= 1.0);
+    let latency = after.get("alleycat_transformer_flush_latency_seconds_sum", &[]);
+    assert!(latency < 60.0, "flush latency {latency} s");
     server.terminate().await;
 }
 

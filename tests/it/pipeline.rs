@@ -260,6 +260,7 @@ async fn shutdown_delivers_what_the_transformer_holds() {
     let mut config = test_config(dir.path());
     // Nothing would be delivered for an hour, but for the shutdown flush.
     config.transformer.buffer_interval = std::time::Duration::from_secs(3600);
+    config.transformer.buffer_idle = std::time::Duration::ZERO;
     let server = Server::start_with(config.clone()).await;
     let samples = race(1, 1, 1, 3, 3);
     let body = Value::Array(samples.iter().flatten().map(Sample::json).collect());

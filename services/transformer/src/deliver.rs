@@ -95,6 +95,8 @@ pub(crate) struct Metrics {
     write_failures: Counter,
     /// Age of a batch's oldest record when its objects are durable.
     flush_latency: Histogram,
+    /// Buffers delivered before their size or interval, the stream quiet.
+    pub(crate) quiet_flushes: Counter,
 }
 
 /// The reason code of records that break the validation rules.
@@ -118,6 +120,7 @@ impl Metrics {
             ),
             write_failures: metrics::counter!("alleycat_transformer_write_failures_total"),
             flush_latency: metrics::histogram!("alleycat_transformer_flush_latency_seconds"),
+            quiet_flushes: metrics::counter!("alleycat_transformer_quiet_flushes_total"),
         }
     }
 

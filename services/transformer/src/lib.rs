@@ -13,7 +13,7 @@ mod deliver;
 mod pipeline;
 
 use crate::batcher::BatchLimits;
-use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_positive_millis};
+use alleycat_runtime::{Context, Service, ServiceArgs, Task, parse_millis, parse_positive_millis};
 use alleycat_storage::StorageArgs;
 use axum::Router;
 use std::num::NonZeroUsize;
@@ -37,6 +37,12 @@ pub struct TransformerArgs {
     /// in milliseconds.
     #[arg(long = "buffer-interval-ms", env = "ALLEYCAT_BUFFER_INTERVAL_MS", default_value = "5000", value_parser = parse_positive_millis)]
     pub buffer_interval: Duration,
+
+    /// Deliver every open buffer once the stream has brought nothing new
+    /// for this long, in milliseconds (a race ended: its last records need
+    /// not wait out the interval); 0 delivers by size and interval only.
+    #[arg(long = "buffer-idle-ms", env = "ALLEYCAT_BUFFER_IDLE_MS", default_value = "500", value_parser = parse_millis)]
+    pub buffer_idle: Duration,
 }
 
 impl TransformerArgs {
@@ -45,6 +51,11 @@ impl TransformerArgs {
             max_bytes: self.buffer_bytes,
             max_age: self.buffer_interval,
         }
+    }
+
+    /// How long the stream must stay quiet for open buffers to go early.
+    pub(crate) fn quiet(&self) -> Option<Duration> {
+        (!self.buffer_idle.is_zero()).then_some(self.buffer_idle)
     }
 }
 

@@ -70,6 +70,7 @@ pub async fn run_pipeline_reporting(
         store,
         subscription,
         limits: args.limits(),
+        quiet: args.quiet(),
         sensor_limits: limits,
         shards: HashMap::new(),
         control: Control {
@@ -86,15 +87,18 @@ pub async fn run_pipeline_reporting(
     tracing::info!(
         buffer_bytes = pipeline.limits.max_bytes,
         buffer_interval = ?pipeline.limits.max_age,
+        buffer_idle = ?pipeline.quiet,
         max_cadence = limits.max_cadence(),
         max_resistance = limits.max_resistance(),
         "transformer started"
     );
     loop {
+        let wait = pipeline.wait();
+        let polled_at = Instant::now();
         let polled = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            polled = pipeline.subscription.poll(POLL_RECORDS, pipeline.wait()) => polled,
+            polled = pipeline.subscription.poll(POLL_RECORDS, wait) => polled,
         };
         match polled {
             Ok(records) => {
@@ -102,7 +106,9 @@ pub async fn run_pipeline_reporting(
                 // Deliveries retry until they succeed, so a poll comes only
                 // after every earlier step succeeded.
                 pipeline.control.working();
-                if !records.is_empty() {
+                if records.is_empty() {
+                    pipeline.flush_if_quiet(polled_at.elapsed()).await;
+                } else {
                     // Held from now on, though not buffered yet (taking the
                     // first record of a shard settles its past first).
                     pipeline.polled = records.iter().map(|r| r.arrival_ms).min();
@@ -143,6 +149,10 @@ struct Pipeline {
     store: Arc<dyn ObjectStore>,
     subscription: Box<dyn Subscription>,
     limits: BatchLimits,
+    /// Open buffers are delivered once the stream brings nothing for this
+    /// long: waiting out the interval would only delay the last records of
+    /// a race, as no more are coming to fill them.
+    quiet: Option<Duration>,
     /// How high a record's sensors may read.
     sensor_limits: SensorLimits,
     shards: HashMap<String, Shard>,
@@ -167,7 +177,8 @@ struct Shard {
 }
 
 impl Pipeline {
-    /// How long the next poll may wait: until the earliest batch is due.
+    /// How long the next poll may wait: until the earliest batch is due,
+    /// and, while any is open, no longer than the stream may stay quiet.
     fn wait(&self) -> Duration {
         let next_due = self
             .shards
@@ -175,8 +186,30 @@ impl Pipeline {
             .filter_map(|s| s.batcher.deadline())
             .min();
         next_due.map_or(IDLE_POLL, |due| {
-            due.saturating_duration_since(Instant::now()).min(IDLE_POLL)
+            let until_due = due.saturating_duration_since(Instant::now());
+            until_due
+                .min(IDLE_POLL)
+                .min(self.quiet.unwrap_or(IDLE_POLL))
         })
+    }
+
+    /// After a poll that brought nothing in `waited`: if the stream was
+    /// quiet that long, delivers every open buffer now. A stream that keeps
+    /// bringing records (a steady race, or a backlog being read) never
+    /// waits this long, so its buffers still fill by size or interval.
+    async fn flush_if_quiet(&mut self, waited: Duration) {
+        if self.quiet.is_none_or(|quiet| waited < quiet) {
+            return;
+        }
+        let open = self
+            .shards
+            .values()
+            .filter(|s| !s.batcher.is_empty())
+            .count();
+        if open > 0 {
+            self.metrics.quiet_flushes.increment(open as u64);
+            self.flush_all().await;
+        }
     }
 
     /// Reports the arrival of the oldest record held: buffered, in the
@@ -314,6 +347,7 @@ mod tests {
         TransformerArgs {
             buffer_bytes: NonZeroUsize::new(buffer_bytes).unwrap(),
             buffer_interval,
+            buffer_idle: Duration::ZERO,
         }
     }
 
@@ -530,6 +564,7 @@ mod tests {
             store: Arc::new(store.clone()),
             subscription: stream.subscribe(CONSUMER).await.unwrap(),
             limits: args.limits(),
+            quiet: args.quiet(),
             sensor_limits: SensorLimits::DEFAULT,
             shards: HashMap::new(),
             control: Control::default(),
@@ -630,6 +665,109 @@ mod tests {
         assert_eq!(objects.len(), 1);
         assert_eq!(racers(&objects), [0, 1, 2]);
         assert_eq!(pipeline.wait(), IDLE_POLL, "the buffer is empty again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_buffers_go_once_the_stream_is_quiet_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let quiet = Duration::from_millis(300);
+        let args = TransformerArgs {
+            buffer_idle: quiet,
+            ..args(1 << 20, Duration::from_secs(3600))
+        };
+        let mut pipeline = pipeline(&stream, &store, &args).await;
+        pipeline.flush_if_quiet(quiet).await;
+        assert_eq!(
+            pipeline.wait(),
+            IDLE_POLL,
+            "nothing buffered, nothing to hurry"
+        );
+
+        stream
+            .put_records((0..3).map(record).collect())
+            .await
+            .unwrap();
+        take_all(&mut pipeline).await;
+        assert_eq!(
+            pipeline.wait(),
+            quiet,
+            "an open buffer polls no longer than that"
+        );
+        pipeline
+            .flush_if_quiet(quiet - Duration::from_millis(1))
+            .await;
+        assert!(delivered(&store).await.is_empty(), "not quiet long enough");
+
+        pipeline.flush_if_quiet(quiet).await;
+        let objects = delivered(&store).await;
+        assert_eq!(racers(&objects), [0, 1, 2]);
+        assert_eq!(pipeline.wait(), IDLE_POLL, "the buffer is empty again");
+        // Delivered and checkpointed: a new reader starts after them.
+        let mut next = stream.subscribe(CONSUMER).await.unwrap();
+        assert!(next.poll(10, Duration::ZERO).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_idle_setting_only_size_and_interval_deliver() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let interval = Duration::from_secs(60);
+        let mut pipeline = pipeline(&stream, &store, &args(1 << 20, interval)).await;
+        stream
+            .put_records((0..3).map(record).collect())
+            .await
+            .unwrap();
+        take_all(&mut pipeline).await;
+        assert_eq!(pipeline.wait(), IDLE_POLL.min(interval));
+        pipeline.flush_if_quiet(Duration::from_secs(30)).await;
+        assert!(delivered(&store).await.is_empty());
+    }
+
+    /// Through the whole loop and a real stream: records arriving every
+    /// 10 ms keep the buffer open (no object per poll), and the buffer
+    /// goes a quiet second after the last, not an hour after the first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_steady_stream_keeps_filling_the_buffer_a_quiet_one_delivers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream: Arc<dyn Stream> =
+            Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let args = TransformerArgs {
+            buffer_idle: Duration::from_secs(1),
+            ..args(1 << 20, Duration::from_secs(3600))
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_pipeline(
+            stream.clone(),
+            Arc::new(store.clone()),
+            args,
+            SensorLimits::DEFAULT,
+            stop.clone(),
+        ));
+        for i in 0..100 {
+            stream.put_records(vec![record(i)]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            delivered(&store).await.is_empty(),
+            "delivered while records kept coming"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while delivered(&store).await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the quiet stream's buffer stayed open"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let objects = delivered(&store).await;
+        assert_eq!(objects.len(), 1, "one object for the whole burst");
+        assert_eq!(racers(&objects), (0..100).collect::<Vec<_>>());
+        stop.cancel();
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]
