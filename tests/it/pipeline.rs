@@ -253,6 +253,32 @@ async fn history_survives_a_restart_and_merges_new_records() {
     server.stop().await;
 }
 
+/// In one process, history hears of each delivery object as it is
+/// written: with an hour between its polls, a race is still published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_checks_as_soon_as_the_transformer_in_its_process_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut config = test_config(dir.path());
+    config.history.poll_interval = std::time::Duration::from_secs(3600);
+    let server = Server::start_with(config).await;
+    // The first check, at start, finds nothing; the next poll is an hour off.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Two races one after the other: each is published by a wake of its own.
+    let mut posted: Vec<Sample> = Vec::new();
+    for race_id in [1, 2] {
+        let samples: Vec<Sample> = race(race_id, 2, race_id * 100, 3, 4)
+            .into_iter()
+            .flatten()
+            .collect();
+        let body = Value::Array(samples.iter().map(Sample::json).collect());
+        assert_eq!(post_json(&client, &server.base, &body).await.0, 202);
+        posted.extend(samples);
+        wait_for_bests(&server.base, &bests(&posted)).await;
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_delivers_what_the_transformer_holds() {
     let dir = tempfile::tempdir().unwrap();

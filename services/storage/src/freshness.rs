@@ -48,6 +48,9 @@ const MAX_DELIVERED: usize = 100_000;
 /// What the stages of one process hold, as instants; the ages follow.
 pub struct Freshness {
     ledger: Mutex<Ledger>,
+    /// Each delivery object written wakes history in this process, which
+    /// then checks at once instead of at its next poll.
+    delivery_written: tokio::sync::Notify,
 }
 
 impl Default for Freshness {
@@ -61,6 +64,7 @@ impl Default for Freshness {
                 delivered: VecDeque::new(),
                 pipeline: None,
             }),
+            delivery_written: tokio::sync::Notify::new(),
         }
     }
 }
@@ -321,6 +325,16 @@ impl Freshness {
         let mut ledger = self.ledger();
         ledger.delivered.push_back(Delivered { written, oldest });
         ledger.prune();
+        drop(ledger);
+        self.delivery_written.notify_one();
+    }
+
+    /// Returns once this process's transformer has written a delivery
+    /// object since the last return (at once if it did meanwhile, so none
+    /// is missed while history checks). History in another process never
+    /// hears of them and finds them at its next poll.
+    pub async fn delivery_written(&self) {
+        self.delivery_written.notified().await;
     }
 
     /// The transformer stopped: its gauge is 0 and no end-to-end age is
@@ -503,6 +517,23 @@ mod tests {
         let ledger = freshness.ledger();
         assert_eq!(ledger.delivered.len(), MAX_DELIVERED);
         assert_eq!(ledger.delivered.front().unwrap().written, T0 + 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_written_wakes_its_waiter_even_one_not_waiting_yet() {
+        let freshness = Freshness::default();
+        let wait = Duration::from_secs(3600);
+        let woken = tokio::time::timeout(wait, freshness.delivery_written()).await;
+        assert!(woken.is_err(), "nothing written, nothing to wake for");
+        // Written while history was busy checking: its next wait returns
+        // at once, once, however many were written.
+        freshness.delivered(T0, T0);
+        freshness.delivered(T0 + 1, T0);
+        tokio::time::timeout(Duration::ZERO, freshness.delivery_written())
+            .await
+            .expect("woken by the objects written meanwhile");
+        let again = tokio::time::timeout(wait, freshness.delivery_written()).await;
+        assert!(again.is_err(), "one wake for what one check picks up");
     }
 
     #[tokio::test]
