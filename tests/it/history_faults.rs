@@ -115,20 +115,6 @@ async fn records_whose_publication_failed_are_published_once_writes_work_again()
     server.stop().await;
 }
 
-/// Makes every write of the history store fail: its `.tmp` directory
-/// becomes a file (the reproduction). Reads still work.
-fn break_history_writes(data: &Path) {
-    let tmp = data.join("history/.tmp");
-    std::fs::rename(&tmp, data.join("history/.tmp.bak")).unwrap();
-    std::fs::write(&tmp, b"").unwrap();
-}
-
-fn repair_history_writes(data: &Path) {
-    let tmp = data.join("history/.tmp");
-    std::fs::remove_file(&tmp).unwrap();
-    std::fs::rename(data.join("history/.tmp.bak"), &tmp).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_whose_publication_failed_until_shutdown_are_published_after_a_restart() {
     // The real binary: its process ends, whatever is still retrying.

@@ -455,3 +455,18 @@ fn drain_log(name: &str, stderr: tokio::process::ChildStderr) -> Arc<std::sync::
     });
     kept
 }
+
+/// Makes every write of the history store fail: its `.tmp` directory
+/// becomes a file (the reproduction). Reads still work.
+pub fn break_history_writes(data: &std::path::Path) {
+    let tmp = data.join("history/.tmp");
+    std::fs::rename(&tmp, data.join("history/.tmp.bak")).unwrap();
+    std::fs::write(&tmp, b"").unwrap();
+}
+
+/// Undoes [`break_history_writes`].
+pub fn repair_history_writes(data: &std::path::Path) {
+    let tmp = data.join("history/.tmp");
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::rename(data.join("history/.tmp.bak"), &tmp).unwrap();
+}
