@@ -16,7 +16,7 @@ use alleycat_core::backoff::Backoff;
 use alleycat_runtime::{
     Context, Readiness, Service, ServiceArgs, Task, parse_millis, parse_positive_millis,
 };
-use alleycat_storage::{Freshness, ObjectStore, StorageArgs};
+use alleycat_storage::{ObjectStore, StorageArgs};
 use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,14 +98,7 @@ impl ServiceArgs for HistoryArgs {
                             let merger = merger
                                 .with_disqualifications(list)
                                 .with_freshness(Arc::clone(&freshness));
-                            run_merger(
-                                merger,
-                                args.poll_interval,
-                                Arc::clone(&freshness),
-                                stop,
-                                readiness,
-                            )
-                            .await
+                            run_merger(merger, args.poll_interval, stop, readiness).await
                         }
                         None => Ok(()),
                     };
@@ -159,14 +152,13 @@ async fn load_merger(
 }
 
 /// Merges new delivery objects every `interval`, and as soon as this
-/// process's transformer wrote one (`deliveries`: in the all-in-one, a
-/// record need not wait for the next poll), until `stop` is cancelled,
+/// process's transformer wrote one (in the all-in-one, a record need not
+/// wait for the next poll), until `stop` is cancelled,
 /// then merges once more (to pick up the transformer's final delivery).
 /// Reports to `readiness` (part `history`) whether the last check worked.
 pub async fn run_merger(
     mut merger: Merger,
     interval: Duration,
-    deliveries: Arc<Freshness>,
     stop: CancellationToken,
     readiness: Readiness,
 ) -> anyhow::Result<()> {
@@ -176,7 +168,7 @@ pub async fn run_merger(
         let stopping = tokio::select! {
             () = stop.cancelled() => true,
             _ = ticker.tick() => false,
-            () = deliveries.delivery_written() => {
+            () = merger.delivery_written() => {
                 ticker.reset();
                 false
             }

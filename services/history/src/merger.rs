@@ -250,6 +250,16 @@ impl Merger {
         self
     }
 
+    /// Returns once this process's transformer wrote a delivery object
+    /// (see [`Freshness::delivery_written`]); never without a freshness
+    /// ledger to hear it from.
+    pub async fn delivery_written(&self) {
+        match &self.freshness {
+            Some(freshness) => freshness.delivery_written().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Follows `list`: records it disqualifies are not merged, and when it
     /// changes, the bests of the racers it names are recomputed.
     #[must_use]

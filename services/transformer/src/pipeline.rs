@@ -198,17 +198,9 @@ impl Pipeline {
     /// bringing records (a steady race, or a backlog being read) never
     /// waits this long, so its buffers still fill by size or interval.
     async fn flush_if_quiet(&mut self, waited: Duration) {
-        if self.quiet.is_none_or(|quiet| waited < quiet) {
-            return;
-        }
-        let open = self
-            .shards
-            .values()
-            .filter(|s| !s.batcher.is_empty())
-            .count();
-        if open > 0 {
-            self.metrics.quiet_flushes.increment(open as u64);
-            self.flush_all().await;
+        if self.quiet.is_some_and(|quiet| waited >= quiet) {
+            let flushed = self.flush_all().await;
+            self.metrics.quiet_flushes.increment(flushed as u64);
         }
     }
 
@@ -271,16 +263,19 @@ impl Pipeline {
         }
     }
 
-    async fn flush_all(&mut self) {
+    /// Delivers every open buffer; returns how many there were.
+    async fn flush_all(&mut self) -> usize {
         let open: Vec<(String, Vec<Processed>)> = self
             .shards
             .iter_mut()
             .filter(|(_, shard)| !shard.batcher.is_empty())
             .map(|(id, shard)| (id.clone(), shard.batcher.take()))
             .collect();
+        let flushed = open.len();
         for (shard, batch) in open {
             self.deliver(&shard, batch).await;
         }
+        flushed
     }
 
     async fn deliver(&mut self, shard: &str, batch: Vec<Processed>) {
