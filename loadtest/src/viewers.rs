@@ -51,9 +51,7 @@ pub async fn viewer(
                 stats
                     .push_bytes
                     .fetch_add(text.len() as u64, Ordering::Relaxed);
-                let Some((push, racers)) =
-                    Push::read(&text).and_then(|p| p.here_now_racers().map(|r| (p, r)))
-                else {
+                let Some(push) = Push::read(&text) else {
                     stats.error("viewer_bad_push");
                     continue;
                 };
@@ -63,7 +61,7 @@ pub async fn viewer(
                 if push.following {
                     stats.following_pushes.fetch_add(1, Ordering::Relaxed);
                 }
-                for racer in racers {
+                for racer in push.here_now {
                     if let Some((_, sent)) =
                         stats.unseen.remove(&(push.race_id, push.second, racer))
                     {
