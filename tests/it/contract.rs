@@ -245,6 +245,7 @@ async fn records_that_fail_processing_go_to_processing_failed_in_the_contract_sh
         store,
         alleycat_transformer::TransformerArgs {
             buffer_bytes: std::num::NonZeroUsize::new(1 << 20).unwrap(),
+            buffer_catch_up_bytes: std::num::NonZeroUsize::new(1 << 20).unwrap(),
             buffer_interval: Duration::from_millis(100),
             buffer_idle: Duration::ZERO,
         },

@@ -16,6 +16,9 @@ pub(crate) struct BatchLimits {
     /// Flush once the items' sizes add up to this many bytes; a batch never
     /// exceeds it unless one item alone does.
     pub(crate) max_bytes: NonZeroUsize,
+    /// ...or this many, while catching up ([`Batcher::catch_up`]); at least
+    /// `max_bytes`.
+    pub(crate) catch_up_bytes: NonZeroUsize,
     /// Flush once the oldest item has waited this long.
     pub(crate) max_age: Duration,
 }
@@ -27,6 +30,7 @@ pub(crate) struct Batcher<T> {
     items: Vec<T>,
     bytes: usize,
     opened_at: Option<Instant>,
+    catching_up: bool,
 }
 
 impl<T> Batcher<T> {
@@ -38,6 +42,24 @@ impl<T> Batcher<T> {
             items: Vec::new(),
             bytes: 0,
             opened_at: None,
+            catching_up: false,
+        }
+    }
+
+    /// Whether the items come from a backlog: while they do, a batch fills
+    /// at `catch_up_bytes`. Records already late gain nothing from small
+    /// objects, and each object costs a write and a checkpoint in turn, so
+    /// fewer, larger ones catch up faster (as Firehose raises its buffer
+    /// size when delivery falls behind).
+    pub(crate) fn catch_up(&mut self, catching_up: bool) {
+        self.catching_up = catching_up;
+    }
+
+    fn max_bytes(&self) -> usize {
+        if self.catching_up {
+            self.limits.catch_up_bytes.max(self.limits.max_bytes).get()
+        } else {
+            self.limits.max_bytes.get()
         }
     }
 
@@ -45,7 +67,7 @@ impl<T> Batcher<T> {
     /// previous items when this one would not fit beside them (it then opens
     /// the next batch), or every item when this one filled the buffer.
     pub(crate) fn push(&mut self, item: T, size: usize) -> Option<Vec<T>> {
-        let max = self.limits.max_bytes.get();
+        let max = self.max_bytes();
         let flushed = if !self.items.is_empty() && self.bytes + size > max {
             Some(self.take())
         } else {
@@ -104,6 +126,7 @@ mod tests {
     fn limits(bytes: usize, ms: u64) -> BatchLimits {
         BatchLimits {
             max_bytes: NonZeroUsize::new(bytes).unwrap(),
+            catch_up_bytes: NonZeroUsize::new(bytes * 4).unwrap(),
             max_age: Duration::from_millis(ms),
         }
     }
@@ -128,6 +151,24 @@ mod tests {
         assert_eq!(b.take(), Vec::<&str>::new());
         // An oversized item alone is flushed at once rather than held.
         assert_eq!(b.push("huge", 50), Some(vec!["huge"]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn catching_up_fills_larger_batches_until_it_stops() {
+        let mut b = Batcher::new(limits(10, 5000));
+        b.catch_up(true);
+        for item in 0..7 {
+            assert_eq!(b.push(item, 5), None, "item {item}");
+        }
+        assert_eq!(b.push(7, 5), Some((0..8).collect()));
+        // Caught up: a batch past the usual size goes with the next item,
+        // and batches fill at the usual size again.
+        for item in 0..3 {
+            assert_eq!(b.push(item, 5), None);
+        }
+        b.catch_up(false);
+        assert_eq!(b.push(3, 5), Some(vec![0, 1, 2]));
+        assert_eq!(b.push(4, 5), Some(vec![3, 4]));
     }
 
     #[tokio::test(start_paused = true)]

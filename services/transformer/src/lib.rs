@@ -33,6 +33,18 @@ pub struct TransformerArgs {
     #[arg(long, env = "ALLEYCAT_BUFFER_BYTES", default_value = "1048576")]
     pub buffer_bytes: NonZeroUsize,
 
+    /// While the transformer reads a backlog (the newest record of a poll
+    /// arrived more than a second before), deliver a shard's buffer at this
+    /// many bytes instead (the larger of this and `ALLEYCAT_BUFFER_BYTES`):
+    /// fewer, larger objects catch up faster. Set it to
+    /// `ALLEYCAT_BUFFER_BYTES` to keep one size.
+    #[arg(
+        long,
+        env = "ALLEYCAT_BUFFER_CATCH_UP_BYTES",
+        default_value = "8388608"
+    )]
+    pub buffer_catch_up_bytes: NonZeroUsize,
+
     /// Deliver a shard's buffer once its oldest record has waited this long,
     /// in milliseconds.
     #[arg(long = "buffer-interval-ms", env = "ALLEYCAT_BUFFER_INTERVAL_MS", default_value = "5000", value_parser = parse_positive_millis)]
@@ -49,6 +61,7 @@ impl TransformerArgs {
     pub(crate) fn limits(&self) -> BatchLimits {
         BatchLimits {
             max_bytes: self.buffer_bytes,
+            catch_up_bytes: self.buffer_catch_up_bytes,
             max_age: self.buffer_interval,
         }
     }

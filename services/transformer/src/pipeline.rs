@@ -19,8 +19,20 @@ use tokio_util::sync::CancellationToken;
 /// Gauge: the age of the oldest record read and not yet durably delivered.
 const FRESHNESS: &str = "alleycat_transformer_freshness_seconds";
 
-/// Most records taken from the stream per poll.
-const POLL_RECORDS: usize = 10_000;
+/// Most records taken from the stream per poll. A loop that falls behind
+/// catches up only as fast as this many records per turn: in the stretch
+/// run (100,000 records/s, the cores shared with 10,000 viewers' pushes) a
+/// turn took long enough that 10,000 held the reader to about 9,000
+/// records/s, and its lag grew past 30 s. On Kinesis a poll joins what the
+/// shard readers fetched, each GetRecords call at most 10,000 records.
+const POLL_RECORDS: usize = 100_000;
+/// How long before a poll its newest record must have arrived for the
+/// transformer to count as behind, and fill buffers at
+/// `ALLEYCAT_BUFFER_CATCH_UP_BYTES`. A transformer that keeps up reads
+/// records milliseconds after they arrive. (Arrival is the stream's clock:
+/// on Kinesis, a local clock ahead by more than this only makes objects
+/// larger.)
+const BEHIND_AFTER_MS: i64 = 1000;
 /// Longest a poll waits when no batch is due sooner.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -82,6 +94,7 @@ pub async fn run_pipeline_reporting(
         freshness,
         delivering: None,
         polled: None,
+        catching_up: false,
     };
     let mut backoff = Backoff::default();
     tracing::info!(
@@ -113,6 +126,8 @@ pub async fn run_pipeline_reporting(
                     // first record of a shard settles its past first).
                     pipeline.polled = records.iter().map(|r| r.arrival_ms).min();
                     pipeline.report_held();
+                    let newest = records.iter().map(|r| r.arrival_ms).max();
+                    pipeline.catch_up(newest, chrono::Utc::now().timestamp_millis());
                     for record in records {
                         pipeline.take(record).await;
                     }
@@ -167,6 +182,8 @@ struct Pipeline {
     delivering: Option<i64>,
     /// ...and of the records polled and not all taken into buffers yet.
     polled: Option<i64>,
+    /// The last poll was of a backlog: buffers fill at the catch-up size.
+    catching_up: bool,
 }
 
 struct Shard {
@@ -247,8 +264,26 @@ impl Pipeline {
         let shard_id = record.shard_id.clone();
         let processed = Processed::from_record(record, self.sensor_limits);
         let size = processed.size();
+        shard.batcher.catch_up(self.catching_up);
         if let Some(batch) = shard.batcher.push(processed, size) {
             self.deliver(&shard_id, batch).await;
+        }
+    }
+
+    /// Notes whether a poll whose newest record arrived at `newest` (ms
+    /// since the epoch; `now` on the same clock) was of a backlog.
+    fn catch_up(&mut self, newest: Option<i64>, now: i64) {
+        let behind = newest.is_some_and(|at| now.saturating_sub(at) > BEHIND_AFTER_MS);
+        if behind != self.catching_up {
+            if behind {
+                tracing::info!(
+                    bytes = self.limits.catch_up_bytes,
+                    "transformer behind the stream: delivering larger objects until it catches up"
+                );
+            } else {
+                tracing::info!("transformer caught up with the stream");
+            }
+            self.catching_up = behind;
         }
     }
 
@@ -341,6 +376,7 @@ mod tests {
     fn args(buffer_bytes: usize, buffer_interval: Duration) -> TransformerArgs {
         TransformerArgs {
             buffer_bytes: NonZeroUsize::new(buffer_bytes).unwrap(),
+            buffer_catch_up_bytes: NonZeroUsize::new(buffer_bytes).unwrap(),
             buffer_interval,
             buffer_idle: Duration::ZERO,
         }
@@ -369,6 +405,107 @@ mod tests {
             .collect();
         racers.sort_unstable();
         racers
+    }
+
+    /// Uncompressed sizes of the objects whose keys are not in `before`.
+    async fn new_object_sizes(store: &FsStore, before: &[(String, Vec<u8>)]) -> Vec<usize> {
+        delivered(store)
+            .await
+            .into_iter()
+            .filter(|(key, _)| !before.iter().any(|(seen, _)| seen == key))
+            .map(|(_, body)| body.len())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_is_delivered_in_larger_objects_until_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let args = TransformerArgs {
+            buffer_catch_up_bytes: NonZeroUsize::new(64 * 1024).unwrap(),
+            ..args(16 * 1024, Duration::from_secs(3600))
+        };
+        let mut pipeline = pipeline(&stream, &store, &args).await;
+        for phase in 0..2u32 {
+            stream
+                .put_records((phase * 1000..(phase + 1) * 1000).map(record).collect())
+                .await
+                .unwrap();
+            let before = delivered(&store).await;
+            let records = pipeline.subscription.poll(1000, WAIT).await.unwrap();
+            let newest = records.iter().map(|r| r.arrival_ms).max().unwrap();
+            // The first poll is read 1.5 s after its newest record arrived
+            // (a backlog), the second 10 ms after (caught up).
+            let late = if phase == 0 { 1500 } else { 10 };
+            pipeline.catch_up(Some(newest), newest + late);
+            for record in records {
+                pipeline.take(record).await;
+            }
+            if phase == 1 {
+                pipeline.flush_all().await;
+            }
+            let sizes = new_object_sizes(&store, &before).await;
+            if phase == 0 {
+                assert!(
+                    sizes.len() >= 2 && sizes.iter().all(|&b| b > 16 * 1024 && b <= 64 * 1024),
+                    "a backlog fills objects at the catch-up size: {sizes:?}"
+                );
+            } else {
+                // What the backlog left in the buffer goes first, whole;
+                // then objects are of the usual size again.
+                let larger = sizes.iter().filter(|&&b| b > 16 * 1024).count();
+                assert!(
+                    sizes.len() > 5 && larger <= 1 && sizes.iter().all(|&b| b <= 64 * 1024),
+                    "caught up, objects fill at the usual size: {sizes:?}"
+                );
+            }
+        }
+        assert_eq!(
+            racers(&delivered(&store).await),
+            (0..2000).collect::<Vec<_>>(),
+            "every record exactly once"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_read_late_fill_objects_at_the_catch_up_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream: Arc<dyn Stream> =
+            Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        stream
+            .put_records((0..2000).map(record).collect())
+            .await
+            .unwrap();
+        // The transformer starts after the records have waited past
+        // BEHIND_AFTER_MS: it reads a backlog.
+        tokio::time::sleep(Duration::from_millis(BEHIND_AFTER_MS as u64 + 200)).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_pipeline(
+            stream.clone(),
+            Arc::new(store.clone()),
+            TransformerArgs {
+                buffer_catch_up_bytes: NonZeroUsize::new(64 * 1024).unwrap(),
+                ..args(16 * 1024, Duration::from_secs(3600))
+            },
+            SensorLimits::DEFAULT,
+            stop.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while delivered(&store).await.len() < 2 {
+            assert!(Instant::now() < deadline, "no size flush happened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        let objects = delivered(&store).await;
+        assert!(
+            objects.iter().any(|(_, body)| body.len() > 16 * 1024),
+            "{:?}",
+            objects.iter().map(|(_, b)| b.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(racers(&objects), (0..2000).collect::<Vec<_>>());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,6 +705,7 @@ mod tests {
             freshness: Arc::new(Freshness::default()),
             delivering: None,
             polled: None,
+            catching_up: false,
         }
     }
 
