@@ -48,9 +48,6 @@ fn server_push(racers: u64) -> String {
 
 fn read_push(c: &mut Criterion) {
     let text = server_push(16_667);
-    if std::env::var_os("DUMP").is_some() {
-        eprintln!("{text}");
-    }
     // The top 50, then the viewer's racer and its neighbours.
     assert_eq!(Push::read(&text).map(|p| p.here_now.len()), Some(55));
     let mut group = c.benchmark_group("read_push");

@@ -20,6 +20,11 @@ pub const OBJECT_PREFIX: &str = "alleycat-delivery-";
 /// Key prefix of objects holding records that failed processing.
 pub const FAILED_PREFIX: &str = "processing-failed/";
 
+/// Largest delivery object, decompressed, that history reads: the
+/// transformer's buffer settings may not exceed it, or history would refuse
+/// the objects it wrote.
+pub const MAX_OBJECT_BYTES: usize = 256 << 20;
+
 const HOUR_FORMAT: &str = "%Y/%m/%d/%H/";
 const STAMP_FORMAT: &str = "%Y-%m-%d-%H-%M-%S";
 

@@ -14,10 +14,11 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BatchLimits {
     /// Flush once the items' sizes add up to this many bytes; a batch never
-    /// exceeds it unless one item alone does.
+    /// exceeds it unless one item alone does, or it filled while catching up.
     pub(crate) max_bytes: NonZeroUsize,
-    /// ...or this many, while catching up ([`Batcher::catch_up`]); at least
-    /// `max_bytes`.
+    /// ...or this many, for items pushed while catching up; at least
+    /// `max_bytes`. A batch that grew past `max_bytes` so goes with the
+    /// next item pushed after catching up (or at its deadline).
     pub(crate) catch_up_bytes: NonZeroUsize,
     /// Flush once the oldest item has waited this long.
     pub(crate) max_age: Duration,
@@ -30,7 +31,6 @@ pub(crate) struct Batcher<T> {
     items: Vec<T>,
     bytes: usize,
     opened_at: Option<Instant>,
-    catching_up: bool,
 }
 
 impl<T> Batcher<T> {
@@ -42,32 +42,24 @@ impl<T> Batcher<T> {
             items: Vec::new(),
             bytes: 0,
             opened_at: None,
-            catching_up: false,
-        }
-    }
-
-    /// Whether the items come from a backlog: while they do, a batch fills
-    /// at `catch_up_bytes`. Records already late gain nothing from small
-    /// objects, and each object costs a write and a checkpoint in turn, so
-    /// fewer, larger ones catch up faster (as Firehose raises its buffer
-    /// size when delivery falls behind).
-    pub(crate) fn catch_up(&mut self, catching_up: bool) {
-        self.catching_up = catching_up;
-    }
-
-    fn max_bytes(&self) -> usize {
-        if self.catching_up {
-            self.limits.catch_up_bytes.max(self.limits.max_bytes).get()
-        } else {
-            self.limits.max_bytes.get()
         }
     }
 
     /// Adds an item of `size` bytes. Returns a batch to flush now: the
     /// previous items when this one would not fit beside them (it then opens
     /// the next batch), or every item when this one filled the buffer.
-    pub(crate) fn push(&mut self, item: T, size: usize) -> Option<Vec<T>> {
-        let max = self.max_bytes();
+    ///
+    /// `catching_up`: the item comes from a backlog, and batches fill at
+    /// `catch_up_bytes`. Records already late gain nothing from small
+    /// objects, and each object costs a write and a checkpoint in turn, so
+    /// fewer, larger ones catch up faster (as Firehose raises its buffer
+    /// size when delivery falls behind).
+    pub(crate) fn push(&mut self, item: T, size: usize, catching_up: bool) -> Option<Vec<T>> {
+        let max = if catching_up {
+            self.limits.catch_up_bytes.max(self.limits.max_bytes).get()
+        } else {
+            self.limits.max_bytes.get()
+        };
         let flushed = if !self.items.is_empty() && self.bytes + size > max {
             Some(self.take())
         } else {
@@ -134,9 +126,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn flushes_when_size_is_reached() {
         let mut b = Batcher::new(limits(10, 5000));
-        assert_eq!(b.push("a", 4), None);
-        assert_eq!(b.push("b", 4), None);
-        assert_eq!(b.push("c", 2), Some(vec!["a", "b", "c"]));
+        assert_eq!(b.push("a", 4, false), None);
+        assert_eq!(b.push("b", 4, false), None);
+        assert_eq!(b.push("c", 2, false), Some(vec!["a", "b", "c"]));
         assert!(b.is_empty());
         assert_eq!(b.deadline(), None);
     }
@@ -144,42 +136,40 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_item_that_does_not_fit_starts_the_next_batch() {
         let mut b = Batcher::new(limits(10, 5000));
-        assert_eq!(b.push("a", 6), None);
-        assert_eq!(b.push("b", 6), Some(vec!["a"]));
+        assert_eq!(b.push("a", 6, false), None);
+        assert_eq!(b.push("b", 6, false), Some(vec!["a"]));
         // "b" opened the next batch: 4 more bytes fill it.
-        assert_eq!(b.push("c", 4), Some(vec!["b", "c"]));
+        assert_eq!(b.push("c", 4, false), Some(vec!["b", "c"]));
         assert_eq!(b.take(), Vec::<&str>::new());
         // An oversized item alone is flushed at once rather than held.
-        assert_eq!(b.push("huge", 50), Some(vec!["huge"]));
+        assert_eq!(b.push("huge", 50, false), Some(vec!["huge"]));
     }
 
     #[tokio::test(start_paused = true)]
     async fn catching_up_fills_larger_batches_until_it_stops() {
         let mut b = Batcher::new(limits(10, 5000));
-        b.catch_up(true);
         for item in 0..7 {
-            assert_eq!(b.push(item, 5), None, "item {item}");
+            assert_eq!(b.push(item, 5, true), None, "item {item}");
         }
-        assert_eq!(b.push(7, 5), Some((0..8).collect()));
+        assert_eq!(b.push(7, 5, true), Some((0..8).collect()));
         // Caught up: a batch past the usual size goes with the next item,
         // and batches fill at the usual size again.
         for item in 0..3 {
-            assert_eq!(b.push(item, 5), None);
+            assert_eq!(b.push(item, 5, true), None);
         }
-        b.catch_up(false);
-        assert_eq!(b.push(3, 5), Some(vec![0, 1, 2]));
-        assert_eq!(b.push(4, 5), Some(vec![3, 4]));
+        assert_eq!(b.push(3, 5, false), Some(vec![0, 1, 2]));
+        assert_eq!(b.push(4, 5, false), Some(vec![3, 4]));
     }
 
     #[tokio::test(start_paused = true)]
     async fn flushes_when_the_oldest_item_is_due() {
         let mut b = Batcher::new(limits(1_000_000, 5000));
         assert_eq!(b.take_if_due(), None);
-        b.push(1, 10);
+        b.push(1, 10, false);
         let opened = Instant::now();
         assert_eq!(b.deadline(), Some(opened + Duration::from_secs(5)));
         tokio::time::advance(Duration::from_millis(3000)).await;
-        b.push(2, 10);
+        b.push(2, 10, false);
         // The deadline follows the oldest item, not the newest.
         assert_eq!(b.deadline(), Some(opened + Duration::from_secs(5)));
         tokio::time::advance(Duration::from_millis(1999)).await;
@@ -192,7 +182,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn sleeping_until_the_deadline_flushes_it() {
         let mut b = Batcher::new(limits(1_000_000, 250));
-        b.push("x", 1);
+        b.push("x", 1, false);
         tokio::time::sleep_until(b.deadline().unwrap()).await;
         assert_eq!(b.take_if_due(), Some(vec!["x"]));
     }

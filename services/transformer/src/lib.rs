@@ -29,20 +29,17 @@ pub const CONSUMER: &str = "transformer";
 /// Buffering settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TransformerArgs {
-    /// Deliver a shard's buffer once it holds this many bytes of NDJSON.
-    #[arg(long, env = "ALLEYCAT_BUFFER_BYTES", default_value = "1048576")]
+    /// Deliver a shard's buffer once it holds this many bytes of NDJSON
+    /// (at most 256 MiB, the largest object history reads).
+    #[arg(long, env = "ALLEYCAT_BUFFER_BYTES", default_value = "1048576", value_parser = parse_buffer_bytes)]
     pub buffer_bytes: NonZeroUsize,
 
-    /// While the transformer reads a backlog (the newest record of a poll
-    /// arrived more than a second before), deliver a shard's buffer at this
-    /// many bytes instead (the larger of this and `ALLEYCAT_BUFFER_BYTES`):
-    /// fewer, larger objects catch up faster. Set it to
-    /// `ALLEYCAT_BUFFER_BYTES` to keep one size.
-    #[arg(
-        long,
-        env = "ALLEYCAT_BUFFER_CATCH_UP_BYTES",
-        default_value = "8388608"
-    )]
+    /// While the transformer reads a backlog (records it takes arrived
+    /// more than `BEHIND_AFTER_MS` before it polled them), deliver a
+    /// shard's buffer at this many bytes instead (the larger of this and
+    /// `ALLEYCAT_BUFFER_BYTES`; at most 256 MiB): fewer, larger objects
+    /// catch up faster. Set it to `ALLEYCAT_BUFFER_BYTES` to keep one size.
+    #[arg(long, env = "ALLEYCAT_BUFFER_CATCH_UP_BYTES", default_value = "8388608", value_parser = parse_buffer_bytes)]
     pub buffer_catch_up_bytes: NonZeroUsize,
 
     /// Deliver a shard's buffer once its oldest record has waited this long,
@@ -61,7 +58,7 @@ impl TransformerArgs {
     pub(crate) fn limits(&self) -> BatchLimits {
         BatchLimits {
             max_bytes: self.buffer_bytes,
-            catch_up_bytes: self.buffer_catch_up_bytes,
+            catch_up_bytes: self.buffer_catch_up_bytes.max(self.buffer_bytes),
             max_age: self.buffer_interval,
         }
     }
@@ -69,6 +66,19 @@ impl TransformerArgs {
     /// How long the stream must stay quiet for open buffers to go early.
     pub(crate) fn quiet(&self) -> Option<Duration> {
         (!self.buffer_idle.is_zero()).then_some(self.buffer_idle)
+    }
+}
+
+/// Parses a buffer size: a number of bytes from 1 to
+/// [`MAX_OBJECT_BYTES`](alleycat_core::delivery::MAX_OBJECT_BYTES).
+fn parse_buffer_bytes(text: &str) -> Result<NonZeroUsize, String> {
+    let max = alleycat_core::delivery::MAX_OBJECT_BYTES;
+    match text.parse::<NonZeroUsize>() {
+        Ok(bytes) if bytes.get() <= max => Ok(bytes),
+        Ok(_) => Err(format!(
+            "{text} bytes is more than {max}, the largest delivery object history reads"
+        )),
+        Err(_) => Err(format!("{text:?} is not a number of bytes from 1 to {max}")),
     }
 }
 
@@ -90,5 +100,20 @@ impl ServiceArgs for TransformerArgs {
         );
         let pipeline = Task::spawn("transformer flush", stop, pipeline);
         Ok(Service::new("transformer", Router::new()).with_task(pipeline))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_sizes_are_bounded_by_what_history_reads() {
+        assert_eq!(parse_buffer_bytes("1048576").unwrap().get(), 1 << 20);
+        assert_eq!(parse_buffer_bytes("268435456").unwrap().get(), 256 << 20);
+        for bad in ["0", "-1", "1MiB", "", "268435457"] {
+            let error = parse_buffer_bytes(bad).unwrap_err();
+            assert!(error.contains("bytes"), "{bad}: {error}");
+        }
     }
 }

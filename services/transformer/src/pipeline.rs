@@ -26,13 +26,14 @@ const FRESHNESS: &str = "alleycat_transformer_freshness_seconds";
 /// records/s, and its lag grew past 30 s. On Kinesis a poll joins what the
 /// shard readers fetched, each GetRecords call at most 10,000 records.
 const POLL_RECORDS: usize = 100_000;
-/// How long before a poll its newest record must have arrived for the
-/// transformer to count as behind, and fill buffers at
-/// `ALLEYCAT_BUFFER_CATCH_UP_BYTES`. A transformer that keeps up reads
-/// records milliseconds after they arrive. (Arrival is the stream's clock:
-/// on Kinesis, a local clock ahead by more than this only makes objects
-/// larger.)
-const BEHIND_AFTER_MS: i64 = 1000;
+/// How long before the poll that brought it a record must have arrived
+/// for its shard's buffer to fill at `ALLEYCAT_BUFFER_CATCH_UP_BYTES`: the
+/// transformer is reading a backlog. One that keeps up reads a record
+/// milliseconds after it arrives on the embedded stream, and within about
+/// a second on Kinesis (its readers call GetRecords every 200 ms, and
+/// arrival is Kinesis's clock). A local clock off by more than the margin
+/// left only changes object sizes: ahead, larger; behind, the usual size.
+const BEHIND_AFTER_MS: i64 = 2000;
 /// Longest a poll waits when no batch is due sooner.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -94,11 +95,12 @@ pub async fn run_pipeline_reporting(
         freshness,
         delivering: None,
         polled: None,
-        catching_up: false,
+        polled_at_ms: None,
     };
     let mut backoff = Backoff::default();
     tracing::info!(
         buffer_bytes = pipeline.limits.max_bytes,
+        buffer_catch_up_bytes = pipeline.limits.catch_up_bytes,
         buffer_interval = ?pipeline.limits.max_age,
         buffer_idle = ?pipeline.quiet,
         max_cadence = limits.max_cadence(),
@@ -126,8 +128,7 @@ pub async fn run_pipeline_reporting(
                     // first record of a shard settles its past first).
                     pipeline.polled = records.iter().map(|r| r.arrival_ms).min();
                     pipeline.report_held();
-                    let newest = records.iter().map(|r| r.arrival_ms).max();
-                    pipeline.catch_up(newest, chrono::Utc::now().timestamp_millis());
+                    pipeline.polled_at_ms = Some(chrono::Utc::now().timestamp_millis());
                     for record in records {
                         pipeline.take(record).await;
                     }
@@ -182,12 +183,15 @@ struct Pipeline {
     delivering: Option<i64>,
     /// ...and of the records polled and not all taken into buffers yet.
     polled: Option<i64>,
-    /// The last poll was of a backlog: buffers fill at the catch-up size.
-    catching_up: bool,
+    /// When the last poll returned (ms since the epoch), to tell the age
+    /// of the records it brought.
+    polled_at_ms: Option<i64>,
 }
 
 struct Shard {
     batcher: Batcher<Processed>,
+    /// Its last record came from a backlog.
+    catching_up: bool,
     /// Records up to here were delivered by a previous reader whose
     /// checkpoint did not land; they are skipped, not delivered again.
     delivered_through: Option<SequenceNumber>,
@@ -247,6 +251,7 @@ impl Pipeline {
             .await;
             let shard = Shard {
                 batcher: Batcher::new(self.limits),
+                catching_up: false,
                 delivered_through,
             };
             self.shards.insert(record.shard_id.clone(), shard);
@@ -264,26 +269,23 @@ impl Pipeline {
         let shard_id = record.shard_id.clone();
         let processed = Processed::from_record(record, self.sensor_limits);
         let size = processed.size();
-        shard.batcher.catch_up(self.catching_up);
-        if let Some(batch) = shard.batcher.push(processed, size) {
-            self.deliver(&shard_id, batch).await;
-        }
-    }
-
-    /// Notes whether a poll whose newest record arrived at `newest` (ms
-    /// since the epoch; `now` on the same clock) was of a backlog.
-    fn catch_up(&mut self, newest: Option<i64>, now: i64) {
-        let behind = newest.is_some_and(|at| now.saturating_sub(at) > BEHIND_AFTER_MS);
-        if behind != self.catching_up {
+        let behind = self
+            .polled_at_ms
+            .is_some_and(|at| at.saturating_sub(processed.arrival_ms()) > BEHIND_AFTER_MS);
+        if behind != shard.catching_up {
+            shard.catching_up = behind;
             if behind {
                 tracing::info!(
+                    shard = shard_id,
                     bytes = self.limits.catch_up_bytes,
                     "transformer behind the stream: delivering larger objects until it catches up"
                 );
             } else {
-                tracing::info!("transformer caught up with the stream");
+                tracing::info!(shard = shard_id, "transformer caught up with the stream");
             }
-            self.catching_up = behind;
+        }
+        if let Some(batch) = shard.batcher.push(processed, size, behind) {
+            self.deliver(&shard_id, batch).await;
         }
     }
 
@@ -435,10 +437,14 @@ mod tests {
             let before = delivered(&store).await;
             let records = pipeline.subscription.poll(1000, WAIT).await.unwrap();
             let newest = records.iter().map(|r| r.arrival_ms).max().unwrap();
-            // The first poll is read 1.5 s after its newest record arrived
-            // (a backlog), the second 10 ms after (caught up).
-            let late = if phase == 0 { 1500 } else { 10 };
-            pipeline.catch_up(Some(newest), newest + late);
+            // The first poll comes well after its records arrived (a
+            // backlog), the second 10 ms after (caught up).
+            let late = if phase == 0 {
+                BEHIND_AFTER_MS + 500
+            } else {
+                10
+            };
+            pipeline.polled_at_ms = Some(newest + late);
             for record in records {
                 pipeline.take(record).await;
             }
@@ -705,7 +711,7 @@ mod tests {
             freshness: Arc::new(Freshness::default()),
             delivering: None,
             polled: None,
-            catching_up: false,
+            polled_at_ms: None,
         }
     }
 

@@ -7,9 +7,9 @@ use alleycat_storage::ObjectStore;
 use anyhow::Context as _;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-/// Largest decompressed delivery object accepted (the transformer writes at
-/// most its buffer size, 1 MiB by default).
-const MAX_DELIVERY_BYTES: u64 = 256 << 20;
+/// Largest decompressed delivery object accepted (the transformer's buffer
+/// settings are bounded by the same constant).
+const MAX_DELIVERY_BYTES: u64 = delivery::MAX_OBJECT_BYTES as u64;
 
 /// Every delivery key written since `since` (or ever, when `None`), oldest
 /// first.
