@@ -17,7 +17,7 @@ pub(crate) struct BatchLimits {
     /// exceeds it unless one item alone does, or it filled while catching up.
     pub(crate) max_bytes: NonZeroUsize,
     /// ...or this many, for items pushed while catching up; at least
-    /// `max_bytes`. A batch that grew past `max_bytes` so goes with the
+    /// `max_bytes` (`TransformerArgs::limits` makes it so). A batch that grew past `max_bytes` so goes with the
     /// next item pushed after catching up (or at its deadline).
     pub(crate) catch_up_bytes: NonZeroUsize,
     /// Flush once the oldest item has waited this long.
@@ -56,10 +56,11 @@ impl<T> Batcher<T> {
     /// size when delivery falls behind).
     pub(crate) fn push(&mut self, item: T, size: usize, catching_up: bool) -> Option<Vec<T>> {
         let max = if catching_up {
-            self.limits.catch_up_bytes.max(self.limits.max_bytes).get()
+            self.limits.catch_up_bytes
         } else {
-            self.limits.max_bytes.get()
-        };
+            self.limits.max_bytes
+        }
+        .get();
         let flushed = if !self.items.is_empty() && self.bytes + size > max {
             Some(self.take())
         } else {

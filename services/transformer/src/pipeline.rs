@@ -375,6 +375,35 @@ mod tests {
         }
     }
 
+    /// An embedded stream and a delivery store in a fresh directory, which
+    /// lives as long as the `TempDir` returned.
+    fn stores() -> (tempfile::TempDir, EmbeddedStream, FsStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
+        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        (dir, stream, store)
+    }
+
+    /// The pipeline running from `stream` into `store`, and what stops it.
+    fn spawn_pipeline(
+        stream: Arc<dyn Stream>,
+        store: &FsStore,
+        args: TransformerArgs,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_pipeline(
+            stream,
+            Arc::new(store.clone()),
+            args,
+            SensorLimits::DEFAULT,
+            stop.clone(),
+        ));
+        (stop, task)
+    }
+
     fn args(buffer_bytes: usize, buffer_interval: Duration) -> TransformerArgs {
         TransformerArgs {
             buffer_bytes: NonZeroUsize::new(buffer_bytes).unwrap(),
@@ -421,9 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_backlog_is_delivered_in_larger_objects_until_caught_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, stream, store) = stores();
         let args = TransformerArgs {
             buffer_catch_up_bytes: NonZeroUsize::new(64 * 1024).unwrap(),
             ..args(16 * 1024, Duration::from_secs(3600))
@@ -476,10 +503,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_read_late_fill_objects_at_the_catch_up_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let stream: Arc<dyn Stream> =
-            Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, stream, store) = stores();
+        let stream: Arc<dyn Stream> = Arc::new(stream);
         stream
             .put_records((0..2000).map(record).collect())
             .await
@@ -487,17 +512,14 @@ mod tests {
         // The transformer starts after the records have waited past
         // BEHIND_AFTER_MS: it reads a backlog.
         tokio::time::sleep(Duration::from_millis(BEHIND_AFTER_MS as u64 + 200)).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run_pipeline(
+        let (stop, task) = spawn_pipeline(
             stream.clone(),
-            Arc::new(store.clone()),
+            &store,
             TransformerArgs {
                 buffer_catch_up_bytes: NonZeroUsize::new(64 * 1024).unwrap(),
                 ..args(16 * 1024, Duration::from_secs(3600))
             },
-            SensorLimits::DEFAULT,
-            stop.clone(),
-        ));
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         while delivered(&store).await.len() < 2 {
             assert!(Instant::now() < deadline, "no size flush happened");
@@ -516,23 +538,18 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn objects_respect_the_buffer_size_and_hold_every_record_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let stream: Arc<dyn Stream> =
-            Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, stream, store) = stores();
+        let stream: Arc<dyn Stream> = Arc::new(stream);
         stream
             .put_records((0..2000).map(record).collect())
             .await
             .unwrap();
 
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run_pipeline(
+        let (stop, task) = spawn_pipeline(
             stream.clone(),
-            Arc::new(store.clone()),
+            &store,
             args(16 * 1024, Duration::from_secs(3600)),
-            SensorLimits::DEFAULT,
-            stop.clone(),
-        ));
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         // Size flushes alone deliver all but the last partial buffer.
         let lines = |objects: Vec<(String, Vec<u8>)>| {
@@ -568,14 +585,8 @@ mod tests {
         );
 
         // Everything was checkpointed: a restarted transformer delivers nothing new.
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run_pipeline(
-            stream,
-            Arc::new(store.clone()),
-            args(16 * 1024, Duration::from_millis(10)),
-            SensorLimits::DEFAULT,
-            stop.clone(),
-        ));
+        let (stop, task) =
+            spawn_pipeline(stream, &store, args(16 * 1024, Duration::from_millis(10)));
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.cancel();
         task.await.unwrap().unwrap();
@@ -663,14 +674,7 @@ mod tests {
             .put_records((10..20).map(record).collect())
             .await
             .unwrap();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run_pipeline(
-            stream,
-            Arc::new(store.clone()),
-            args,
-            SensorLimits::DEFAULT,
-            stop.clone(),
-        ));
+        let (stop, task) = spawn_pipeline(stream, &store, args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while delivered(&store).await.len() < 2 {
             assert!(
@@ -726,9 +730,7 @@ mod tests {
     /// delivery of the first five, and wrote it if `written`, but crashed
     /// before its checkpoint.
     async fn after_a_crash(written: bool) -> (tempfile::TempDir, EmbeddedStream, FsStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (dir, stream, store) = stores();
         stream
             .put_records((0..10).map(record).collect())
             .await
@@ -780,9 +782,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_is_delivered_once_its_oldest_record_is_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, stream, store) = stores();
         let interval = Duration::from_millis(500);
         let mut pipeline = pipeline(&stream, &store, &args(1 << 20, interval)).await;
         assert_eq!(pipeline.wait(), IDLE_POLL, "nothing buffered");
@@ -808,9 +808,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn open_buffers_go_once_the_stream_is_quiet_and_not_before() {
-        let dir = tempfile::tempdir().unwrap();
-        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, stream, store) = stores();
         let quiet = Duration::from_millis(300);
         let args = TransformerArgs {
             buffer_idle: quiet,
@@ -850,9 +848,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn with_no_idle_setting_only_size_and_interval_deliver() {
-        let dir = tempfile::tempdir().unwrap();
-        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, stream, store) = stores();
         let interval = Duration::from_secs(60);
         let mut pipeline = pipeline(&stream, &store, &args(1 << 20, interval)).await;
         stream
@@ -870,22 +866,13 @@ mod tests {
     /// goes a quiet second after the last, not an hour after the first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_steady_stream_keeps_filling_the_buffer_a_quiet_one_delivers_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let stream: Arc<dyn Stream> =
-            Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, stream, store) = stores();
+        let stream: Arc<dyn Stream> = Arc::new(stream);
         let args = TransformerArgs {
             buffer_idle: Duration::from_secs(1),
             ..args(1 << 20, Duration::from_secs(3600))
         };
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run_pipeline(
-            stream.clone(),
-            Arc::new(store.clone()),
-            args,
-            SensorLimits::DEFAULT,
-            stop.clone(),
-        ));
+        let (stop, task) = spawn_pipeline(stream.clone(), &store, args);
         for i in 0..100 {
             stream.put_records(vec![record(i)]).await.unwrap();
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -911,9 +898,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_oldest_record_held_and_each_delivery_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, stream, store) = stores();
         let mut pipeline =
             pipeline(&stream, &store, &args(1 << 20, Duration::from_secs(3600))).await;
         let freshness = Arc::clone(&pipeline.freshness);
@@ -1014,9 +999,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stopping_delivers_and_checkpoints_what_is_buffered() {
-        let dir = tempfile::tempdir().unwrap();
-        let embedded = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, embedded, store) = stores();
         let read = Arc::new(Notify::new());
         let stream = Arc::new(Watched {
             inner: embedded.clone(),
@@ -1026,14 +1009,7 @@ mod tests {
             .put_records((0..10).map(record).collect())
             .await
             .unwrap();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run_pipeline(
-            stream,
-            Arc::new(store.clone()),
-            args(1 << 20, Duration::from_secs(3600)),
-            SensorLimits::DEFAULT,
-            stop.clone(),
-        ));
+        let (stop, task) = spawn_pipeline(stream, &store, args(1 << 20, Duration::from_secs(3600)));
         tokio::time::timeout(Duration::from_secs(30), read.notified())
             .await
             .unwrap();
@@ -1125,9 +1101,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn not_ready_while_deliveries_fail_ready_again_once_they_succeed() {
-        let dir = tempfile::tempdir().unwrap();
-        let embedded = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, embedded, store) = stores();
         let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let stream = Arc::new(BreakableStream {
             inner: embedded.clone(),
@@ -1172,9 +1146,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stopping_does_not_wait_for_a_broken_stream_and_checkpoints_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let embedded = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
-        let store = FsStore::open(&dir.path().join("delivery")).unwrap();
+        let (_dir, embedded, store) = stores();
         let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let stream = Arc::new(BreakableStream {
             inner: embedded.clone(),
