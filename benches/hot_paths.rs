@@ -149,8 +149,8 @@ fn history(c: &mut Criterion) {
 }
 
 fn rankings(c: &mut Criterion) {
-    let all_time = AllTime::from_history(&class_history(1000));
-    let mut race = Race::new(ClassId(1), RaceId(1));
+    let all_time = std::sync::Arc::new(AllTime::from_history(&class_history(1000)));
+    let mut race = Race::new(ClassId(1), RaceId(1), std::sync::Arc::clone(&all_time));
     for second in 1..=99u16 {
         for racer in 0..1000u64 {
             race.apply(&telemetry(racer, second), u64::from(second) * 1000 + racer);
@@ -178,7 +178,7 @@ fn rankings(c: &mut Criterion) {
     // One push of a race at the 10,000-racer load (1,667 racers a class) to
     // its 167 viewers, each following a racer: what the engine does every
     // push interval for every race.
-    let mut race = Race::new(ClassId(1), RaceId(1));
+    let mut race = Race::new(ClassId(1), RaceId(1), std::sync::Arc::clone(&all_time));
     for second in 1..=100u16 {
         for racer in 0..1667u64 {
             race.apply(&telemetry(racer, second), u64::from(second) * 2000 + racer);
@@ -190,6 +190,33 @@ fn rankings(c: &mut Criterion) {
             let snapshot = Snapshot::new(&race, Some(&all_time), 50, 0);
             (0..167u64)
                 .map(|v| snapshot.for_racer(RacerId(v * 10)).map_or(0, |m| m.len()))
+                .sum::<usize>()
+                + snapshot.shared().len()
+        })
+    });
+
+    // The same at the stretch run's load (100,000 racers, 10,000 viewers:
+    // 16,667 racers and 1,667 viewers a class), each viewer riding in the
+    // race, so its push carries its ghost, 150 seconds in.
+    let mut race = Race::new(ClassId(1), RaceId(1), std::sync::Arc::clone(&all_time));
+    for second in 1..=150u16 {
+        for racer in 0..16_667u64 {
+            race.apply(
+                &telemetry(racer, second),
+                u64::from(second) * 20_000 + racer,
+            );
+        }
+    }
+    group.throughput(Throughput::Elements(1667));
+    group.bench_function("push_one_race_of_16667_racers_to_1667_riders", |b| {
+        b.iter(|| {
+            let snapshot = Snapshot::new(&race, Some(&all_time), 50, 0);
+            (0..1667u64)
+                .map(|v| {
+                    snapshot
+                        .for_viewer(Some(RacerId(v * 10)), None)
+                        .map_or(0, |m| m.len())
+                })
                 .sum::<usize>()
                 + snapshot.shared().len()
         })

@@ -10,6 +10,7 @@ use alleycat_rankings::all_time::AllTime;
 use alleycat_rankings::push::Snapshot;
 use alleycat_rankings::race::Race;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::sync::Arc;
 
 fn telemetry(racer: u64, second: u16) -> Telemetry {
     Telemetry {
@@ -31,16 +32,23 @@ fn telemetry(racer: u64, second: u16) -> Telemetry {
 /// defaults.
 fn server_push(racers: u64) -> String {
     let mut history = ClassHistory::default();
-    let mut race = Race::new(ClassId(1), RaceId(1));
     for second in 1..=30u16 {
         for racer in 0..racers {
             let t = telemetry(racer, second);
             history.merge(t.second, t.racer_id, t.output() * 0.9);
-            race.apply(&t, u64::from(second) * racers + racer);
         }
     }
-    let bests = AllTime::from_history(&history);
-    let snapshot = Snapshot::new(&race, Some(&bests), 50, 0).with_start_bests(&bests);
+    let bests = Arc::new(AllTime::from_history(&history));
+    let mut race = Race::new(ClassId(1), RaceId(1), Arc::clone(&bests));
+    for second in 1..=30u16 {
+        for racer in 0..racers {
+            race.apply(
+                &telemetry(racer, second),
+                u64::from(second) * racers + racer,
+            );
+        }
+    }
+    let snapshot = Snapshot::new(&race, Some(&bests), 50, 0);
     snapshot
         .for_viewer(Some(RacerId(racers / 2)), None)
         .expect("the racer is riding")

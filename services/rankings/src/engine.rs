@@ -56,9 +56,6 @@ fn millis(duration: Duration) -> i64 {
 
 struct LiveRace {
     race: Race,
-    /// The class's bests when the race started: what its racers race
-    /// against, whatever is published meanwhile.
-    start_bests: Arc<AllTime>,
     /// Records that changed it: a race with more is kept over one with
     /// fewer when live races must be evicted.
     records: u64,
@@ -165,8 +162,11 @@ impl Engine {
             }
             let all_time = &self.all_time;
             let live = self.races.entry(key).or_insert_with(|| LiveRace {
-                race: Race::new(t.class_id, t.race_id),
-                start_bests: all_time.get(&t.class_id).cloned().unwrap_or_default(),
+                race: Race::new(
+                    t.class_id,
+                    t.race_id,
+                    all_time.get(&t.class_id).cloned().unwrap_or_default(),
+                ),
                 records: 0,
                 last_order: 0,
                 dirty: false,
@@ -288,8 +288,7 @@ impl Engine {
                 self.all_time.get(&class).map(Arc::as_ref),
                 self.top,
                 now,
-            )
-            .with_start_bests(&live.start_bests);
+            );
             let shared = Utf8Bytes::from(snapshot.shared().to_owned());
             let sent = self
                 .viewers

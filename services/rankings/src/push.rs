@@ -10,6 +10,7 @@
 use crate::all_time::{AllTime, AllTimeRank};
 use crate::race::{Race, Standing};
 use alleycat_core::{RacerId, Second};
+use foldhash::fast::RandomState;
 use serde::Serialize;
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -46,14 +47,11 @@ struct FollowingEntry<'a> {
 /// field of a large race.
 pub struct Snapshot<'a> {
     race: &'a Race,
-    /// The class's bests when the race started: what a racer races
-    /// against (`ghost`).
-    start_bests: Option<&'a AllTime>,
     header: String,
     second: Second,
     standings: Vec<Standing>,
     /// Racer -> its row in `standings`.
-    rows: HashMap<RacerId, usize>,
+    rows: HashMap<RacerId, usize, RandomState>,
     all_time_index: Option<&'a AllTime>,
     here_now: Vec<OnceCell<String>>,
     all_time: Vec<OnceCell<String>>,
@@ -94,7 +92,6 @@ impl<'a> Snapshot<'a> {
         let top = top.min(standings.len());
         let mut snapshot = Snapshot {
             race,
-            start_bests: None,
             header,
             second,
             here_now: std::iter::repeat_with(OnceCell::new)
@@ -116,14 +113,6 @@ impl<'a> Snapshot<'a> {
         snapshot.shared = snapshot.message(top..top);
         snapshot.shared.shrink_to_fit();
         snapshot
-    }
-
-    /// Ranks racers against `bests` in `ghost`: the class's bests when the
-    /// race started.
-    #[must_use]
-    pub fn with_start_bests(mut self, bests: &'a AllTime) -> Snapshot<'a> {
-        self.start_bests = Some(bests);
-        self
     }
 
     /// The message for viewers who follow no racer.
@@ -153,7 +142,7 @@ impl<'a> Snapshot<'a> {
     /// second, ranked among themselves.
     #[must_use]
     pub fn for_viewer(&self, racer: Option<RacerId>, follow: Option<&[RacerId]>) -> Option<String> {
-        let ghost = racer.and_then(|r| self.race.ghost(r, self.start_bests?));
+        let ghost = racer.and_then(|r| self.race.ghost(r));
         if follow.is_none() && ghost.is_none() {
             return racer.and_then(|r| self.for_racer(r));
         }
@@ -273,7 +262,7 @@ mod tests {
     use serde_json::Value;
 
     fn race(racers: u64) -> Race {
-        let mut race = Race::new(ClassId(2), RaceId(7));
+        let mut race = Race::new(ClassId(2), RaceId(7), std::sync::Arc::default());
         for r in 1..=racers {
             let t = Telemetry {
                 uuid: None,
@@ -419,7 +408,13 @@ mod tests {
         // Nobody followed races: an empty list, still there.
         let none = snapshot.for_viewer(None, Some(&[RacerId(99)])).unwrap();
         assert_eq!(ids(&none, "following"), Vec::<u64>::new());
-        assert_eq!(snapshot.for_viewer(Some(RacerId(1)), None), None);
+        // A racer in the top N with no list: the shared message and its
+        // ghost; a viewer with neither: the shared message as it is.
+        let leader = snapshot.for_viewer(Some(RacerId(1)), None).unwrap();
+        assert_eq!(ids(&leader, "hereNow"), [1, 2, 3]);
+        let v: Value = serde_json::from_str(&leader).unwrap();
+        assert_eq!(v["ghost"]["racerId"], 1);
+        assert_eq!(snapshot.for_viewer(None, None), None);
     }
 
     #[test]

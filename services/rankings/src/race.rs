@@ -4,9 +4,10 @@
 use crate::all_time::AllTime;
 use alleycat_core::dropped::Dropped;
 use alleycat_core::{ClassId, Event, RaceId, RacerId, Second, Telemetry};
+use foldhash::fast::RandomState;
 use serde::Serialize;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// One reading: a racer's output at a second, and when it arrived.
@@ -22,10 +23,46 @@ struct Reading {
 #[derive(Debug, Clone)]
 struct Racer {
     name: Arc<str>,
-    readings: BTreeMap<Second, Reading>,
+    /// Its readings by ascending second. Bikes send their seconds in
+    /// order, so a new reading is pushed at the end and the one a push
+    /// looks up, the race's latest second, is the last.
+    readings: Vec<(Second, Reading)>,
     best: f64,
     sum: f64,
+    /// The sum of its bests when the race started over the seconds it
+    /// reported (a second without one counts 0): the ghost's `pbTotal`,
+    /// kept as readings come so that no push walks a racer's readings.
+    pb_total: f64,
     final_output: Option<f64>,
+}
+
+impl Racer {
+    /// Its reading at `second`, if it reported it.
+    fn at(&self, second: Second) -> Option<&Reading> {
+        match self.readings.last() {
+            Some((last, reading)) if *last == second => Some(reading),
+            Some((last, _)) if *last > second => self
+                .readings
+                .binary_search_by_key(&second, |&(s, _)| s)
+                .ok()
+                .map(|i| &self.readings[i].1),
+            _ => None,
+        }
+    }
+
+    /// Records `reading` at `second`; `false` if it had one there.
+    fn record(&mut self, second: Second, reading: Reading) -> bool {
+        match self.readings.last() {
+            Some((last, _)) if *last >= second => {
+                match self.readings.binary_search_by_key(&second, |&(s, _)| s) {
+                    Ok(_) => return false,
+                    Err(at) => self.readings.insert(at, (second, reading)),
+                }
+            }
+            _ => self.readings.push((second, reading)),
+        }
+        true
+    }
 }
 
 /// A racer's result, set by its `final` message.
@@ -97,18 +134,24 @@ static RACERS_REFUSED: Dropped = Dropped::new("racers of a live race past its bo
 pub struct Race {
     class_id: ClassId,
     race_id: RaceId,
-    racers: HashMap<RacerId, Racer>,
+    /// Seeded per process: racer ids are the clients'.
+    racers: HashMap<RacerId, Racer, RandomState>,
+    /// The class's bests when the race started: what its racers race
+    /// against (`ghost`), whatever is published meanwhile.
+    start_bests: Arc<AllTime>,
     latest: Second,
 }
 
 impl Race {
-    /// An empty race.
+    /// An empty race, its racers racing against `start_bests`: the class's
+    /// bests as the race starts.
     #[must_use]
-    pub fn new(class_id: ClassId, race_id: RaceId) -> Race {
+    pub fn new(class_id: ClassId, race_id: RaceId, start_bests: Arc<AllTime>) -> Race {
         Race {
             class_id,
             race_id,
-            racers: HashMap::new(),
+            racers: HashMap::default(),
+            start_bests,
             latest: Second(1),
         }
     }
@@ -144,17 +187,21 @@ impl Race {
         let output = t.output();
         let racer = self.racers.entry(t.racer_id).or_insert_with(|| Racer {
             name: Arc::from(t.name.as_str()),
-            readings: BTreeMap::new(),
+            readings: Vec::new(),
             best: f64::NEG_INFINITY,
             sum: 0.0,
+            pb_total: 0.0,
             final_output: None,
         });
-        if racer.readings.contains_key(&t.second) {
+        if !racer.record(t.second, Reading { output, order }) {
             return (false, None);
         }
-        racer.readings.insert(t.second, Reading { output, order });
         racer.best = racer.best.max(output);
         racer.sum += output;
+        racer.pb_total += self
+            .start_bests
+            .best_of(t.second, t.racer_id)
+            .unwrap_or(0.0);
         self.latest = self.latest.max(t.second);
         let result = (t.event == Event::Final).then(|| {
             racer.final_output = Some(output);
@@ -170,37 +217,25 @@ impl Race {
         (true, result)
     }
 
-    /// `racer` against its own bests (those of `bests`, the class's bests
-    /// when the race started) at its latest second: `None` if it has not
-    /// reported any second.
+    /// `racer` against its own bests (the class's bests when the race
+    /// started) at its latest second: `None` if it has not reported any
+    /// second.
     #[must_use]
-    pub fn ghost(&self, racer: RacerId, bests: &AllTime) -> Option<Ghost> {
+    pub fn ghost(&self, racer: RacerId) -> Option<Ghost> {
         let riding = self.racers.get(&racer)?;
-        let (&second, reading) = riding.readings.iter().next_back()?;
-        let pb_total: f64 = riding
-            .readings
-            .keys()
-            .filter_map(|s| bests.best_of(*s, racer))
-            .sum();
+        let &(second, reading) = riding.readings.last()?;
         let total = round4(riding.sum);
-        let pb_total = round4(pb_total);
+        let pb_total = round4(riding.pb_total);
         Some(Ghost {
             racer_id: racer,
             second,
             output: reading.output,
-            pb: bests.best_of(second, racer),
-            class_best: bests.class_best(second),
+            pb: self.start_bests.best_of(second, racer),
+            class_best: self.start_bests.class_best(second),
             total,
             pb_total,
             ahead: total >= pb_total,
         })
-    }
-
-    /// Outputs of every racer who reported `second`, by racer.
-    pub fn outputs_at(&self, second: Second) -> impl Iterator<Item = (RacerId, f64)> + '_ {
-        self.racers
-            .iter()
-            .filter_map(move |(id, r)| r.readings.get(&second).map(|reading| (*id, reading.output)))
     }
 
     /// The standings at `second`: every racer who reported it, by output
@@ -210,7 +245,7 @@ impl Race {
         let mut at: Vec<(RacerId, &Racer, Reading)> = self
             .racers
             .iter()
-            .filter_map(|(id, r)| r.readings.get(&second).map(|reading| (*id, r, *reading)))
+            .filter_map(|(id, r)| r.at(second).map(|reading| (*id, r, *reading)))
             .collect();
         at.sort_by(|a, b| by_standing((a.0, a.2), (b.0, b.2)));
         at.into_iter()
@@ -262,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_race_holds_at_most_its_bound_of_racers() {
-        let mut race = Race::new(ClassId(1), RaceId(1));
+        let mut race = Race::new(ClassId(1), RaceId(1), Arc::default());
         let record = |racer: u64| msg(racer, 1, 60.0, false);
         for racer in 0..MAX_RACERS_PER_RACE as u64 {
             race.apply(&record(racer), racer);
@@ -277,7 +312,7 @@ mod tests {
 
     #[test]
     fn ranks_by_output_at_the_second() {
-        let mut race = Race::new(ClassId(1), RaceId(9));
+        let mut race = Race::new(ClassId(1), RaceId(9), Arc::default());
         race.apply(&msg(1, 1, 50.0, false), 1);
         race.apply(&msg(2, 1, 70.0, false), 2);
         race.apply(&msg(3, 1, 60.0, false), 3);
@@ -299,7 +334,7 @@ mod tests {
 
     #[test]
     fn ties_go_to_who_reached_the_output_first_then_the_lower_id() {
-        let mut race = Race::new(ClassId(1), RaceId(9));
+        let mut race = Race::new(ClassId(1), RaceId(9), Arc::default());
         race.apply(&msg(5, 1, 60.0, false), 10);
         race.apply(&msg(3, 1, 60.0, false), 11);
         race.apply(&msg(4, 1, 60.0, false), 10);
@@ -310,7 +345,7 @@ mod tests {
 
     #[test]
     fn a_reread_message_changes_nothing() {
-        let mut race = Race::new(ClassId(1), RaceId(9));
+        let mut race = Race::new(ClassId(1), RaceId(9), Arc::default());
         assert!(race.apply(&msg(1, 1, 50.0, false), 1).0);
         assert!(!race.apply(&msg(1, 1, 99.0, false), 2).0);
         assert_eq!(
@@ -321,7 +356,7 @@ mod tests {
 
     #[test]
     fn the_final_message_yields_the_result() {
-        let mut race = Race::new(ClassId(1), RaceId(9));
+        let mut race = Race::new(ClassId(1), RaceId(9), Arc::default());
         race.apply(&msg(1, 1, 40.0, false), 1);
         race.apply(&msg(1, 2, 80.0, false), 2);
         let (_, result) = race.apply(&msg(1, 3, 60.0, true), 3);
@@ -342,17 +377,20 @@ mod tests {
     #[test]
     fn a_racer_races_its_own_bests_at_its_latest_second() {
         use alleycat_core::history::ClassHistory;
-        let mut race = Race::new(ClassId(1), RaceId(9));
-        for (second, cadence) in [(1, 60.0), (2, 80.0), (3, 70.0)] {
-            race.apply(&msg(5, second, cadence, false), u64::from(second));
-        }
         let out = |second: u16, cadence: f64| msg(5, second, cadence, false).output();
         let mut history = ClassHistory::default();
         history.merge(Second(1), RacerId(5), out(1, 65.0));
         history.merge(Second(3), RacerId(5), out(3, 60.0));
         history.merge(Second(3), RacerId(6), out(3, 90.0));
-        let bests = AllTime::from_history(&history);
-        let ghost = race.ghost(RacerId(5), &bests).unwrap();
+        let bests = Arc::new(AllTime::from_history(&history));
+        let mut race = Race::new(ClassId(1), RaceId(9), Arc::clone(&bests));
+        let mut without = Race::new(ClassId(1), RaceId(9), Arc::default());
+        // Second 2 comes last: a late reading counts as any other.
+        for (second, cadence) in [(1, 60.0), (3, 70.0), (2, 80.0)] {
+            race.apply(&msg(5, second, cadence, false), u64::from(second));
+            without.apply(&msg(5, second, cadence, false), u64::from(second));
+        }
+        let ghost = race.ghost(RacerId(5)).unwrap();
         let total = round4(out(1, 60.0) + out(2, 80.0) + out(3, 70.0));
         let pb_total = round4(out(1, 65.0) + out(3, 60.0));
         assert_eq!(
@@ -369,8 +407,74 @@ mod tests {
             }
         );
         assert!(ghost.ahead, "second 2 had no best: it counts 0");
-        assert_eq!(race.ghost(RacerId(6), &bests), None, "not in this race");
-        let none = race.ghost(RacerId(5), &AllTime::default()).unwrap();
+        assert_eq!(race.ghost(RacerId(6)), None, "not in this race");
+        let none = without.ghost(RacerId(5)).unwrap();
         assert_eq!((none.pb, none.class_best, none.pb_total), (None, None, 0.0));
+    }
+
+    proptest::proptest! {
+        /// Readings in any order, repeated or not, give the standings and
+        /// ghosts of a plain map of every racer's first reading per second.
+        #[test]
+        fn any_order_of_readings_is_one_map_of_them(
+            readings in proptest::collection::vec((0..5u64, 1..12u16, 0..4u8), 0..120),
+            bests in proptest::collection::vec((0..5u64, 1..12u16, 0..4u8), 0..30),
+        ) {
+            use alleycat_core::history::ClassHistory;
+            use std::collections::BTreeMap;
+            let cadence = |c: u8| 40.0 + 10.0 * f64::from(c);
+            let mut history = ClassHistory::default();
+            for &(racer, second, c) in &bests {
+                history.merge(Second(second), RacerId(racer), msg(racer, second, cadence(c), false).output());
+            }
+            let start = Arc::new(AllTime::from_history(&history));
+            let mut race = Race::new(ClassId(1), RaceId(9), Arc::clone(&start));
+            let mut model: BTreeMap<(u64, u16), (f64, u64)> = BTreeMap::new();
+            for (order, &(racer, second, c)) in readings.iter().enumerate() {
+                let t = msg(racer, second, cadence(c), false);
+                let order = order as u64;
+                let (changed, _) = race.apply(&t, order);
+                let new = !model.contains_key(&(racer, second));
+                proptest::prop_assert_eq!(changed, new);
+                model.entry((racer, second)).or_insert((t.output(), order));
+            }
+            for second in 1..12u16 {
+                let mut expected: Vec<(u64, f64, u64)> = model
+                    .iter()
+                    .filter(|((_, s), _)| *s == second)
+                    .map(|(&(racer, _), &(output, order))| (racer, output, order))
+                    .collect();
+                expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+                let got: Vec<(u64, f64)> = race
+                    .standings(Second(second))
+                    .iter()
+                    .map(|s| (s.racer_id.0, s.output))
+                    .collect();
+                let expected: Vec<(u64, f64)> = expected.iter().map(|&(r, o, _)| (r, o)).collect();
+                proptest::prop_assert_eq!(got, expected);
+            }
+            for racer in 0..5u64 {
+                let mine: Vec<(u16, f64)> = model
+                    .iter()
+                    .filter(|((r, _), _)| *r == racer)
+                    .map(|(&(_, s), &(output, _))| (s, output))
+                    .collect();
+                let ghost = race.ghost(RacerId(racer));
+                let Some(&(last, output)) = mine.last() else {
+                    proptest::prop_assert!(ghost.is_none());
+                    continue;
+                };
+                let ghost = ghost.unwrap();
+                let pb_total: f64 = mine
+                    .iter()
+                    .filter_map(|&(s, _)| start.best_of(Second(s), RacerId(racer)))
+                    .sum();
+                let total: f64 = mine.iter().map(|&(_, o)| o).sum();
+                proptest::prop_assert_eq!(ghost.second, Second(last));
+                proptest::prop_assert_eq!(ghost.output, output);
+                proptest::prop_assert!((ghost.pb_total - round4(pb_total)).abs() < 1e-3);
+                proptest::prop_assert!((ghost.total - round4(total)).abs() < 1e-3);
+            }
+        }
     }
 }
