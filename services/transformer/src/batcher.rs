@@ -17,8 +17,9 @@ pub(crate) struct BatchLimits {
     /// exceeds it unless one item alone does, or it filled while catching up.
     pub(crate) max_bytes: NonZeroUsize,
     /// ...or this many, for items pushed while catching up; at least
-    /// `max_bytes` (`TransformerArgs::limits` makes it so). A batch that grew past `max_bytes` so goes with the
-    /// next item pushed after catching up (or at its deadline).
+    /// `max_bytes` (`TransformerArgs::limits` makes it so). A batch that
+    /// grew past `max_bytes` while catching up goes with the next item
+    /// pushed after it (or at its deadline).
     pub(crate) catch_up_bytes: NonZeroUsize,
     /// Flush once the oldest item has waited this long.
     pub(crate) max_age: Duration,
