@@ -377,6 +377,14 @@ mod tests {
 
     /// An embedded stream and a delivery store in a fresh directory, which
     /// lives as long as the `TempDir` returned.
+    /// Puts the records of racers `racers` on `stream`.
+    async fn put(stream: &(impl Stream + ?Sized), racers: std::ops::Range<u32>) {
+        stream
+            .put_records(racers.map(record).collect())
+            .await
+            .unwrap();
+    }
+
     fn stores() -> (tempfile::TempDir, EmbeddedStream, FsStore) {
         let dir = tempfile::tempdir().unwrap();
         let stream = EmbeddedStream::open(&dir.path().join("stream")).unwrap();
@@ -457,10 +465,7 @@ mod tests {
         };
         let mut pipeline = pipeline(&stream, &store, &args).await;
         for phase in 0..2u32 {
-            stream
-                .put_records((phase * 1000..(phase + 1) * 1000).map(record).collect())
-                .await
-                .unwrap();
+            put(&stream, phase * 1000..(phase + 1) * 1000).await;
             let before = delivered(&store).await;
             let records = pipeline.subscription.poll(1000, WAIT).await.unwrap();
             let newest = records.iter().map(|r| r.arrival_ms).max().unwrap();
@@ -505,10 +510,7 @@ mod tests {
     async fn records_read_late_fill_objects_at_the_catch_up_size() {
         let (_dir, stream, store) = stores();
         let stream: Arc<dyn Stream> = Arc::new(stream);
-        stream
-            .put_records((0..2000).map(record).collect())
-            .await
-            .unwrap();
+        put(&*stream, 0..2000).await;
         // The transformer starts after the records have waited past
         // BEHIND_AFTER_MS: it reads a backlog.
         tokio::time::sleep(Duration::from_millis(BEHIND_AFTER_MS as u64 + 200)).await;
@@ -540,10 +542,7 @@ mod tests {
     async fn objects_respect_the_buffer_size_and_hold_every_record_once() {
         let (_dir, stream, store) = stores();
         let stream: Arc<dyn Stream> = Arc::new(stream);
-        stream
-            .put_records((0..2000).map(record).collect())
-            .await
-            .unwrap();
+        put(&*stream, 0..2000).await;
 
         let (stop, task) = spawn_pipeline(
             stream.clone(),
@@ -641,10 +640,7 @@ mod tests {
         {
             let stream: Arc<dyn Stream> =
                 Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
-            stream
-                .put_records((0..10).map(record).collect())
-                .await
-                .unwrap();
+            put(&*stream, 0..10).await;
             let dying = Arc::new(DiesAfterWrite {
                 inner: store.clone(),
                 written: Notify::new(),
@@ -670,10 +666,7 @@ mod tests {
 
         let stream: Arc<dyn Stream> =
             Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
-        stream
-            .put_records((10..20).map(record).collect())
-            .await
-            .unwrap();
+        put(&*stream, 10..20).await;
         let (stop, task) = spawn_pipeline(stream, &store, args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while delivered(&store).await.len() < 2 {
@@ -731,10 +724,7 @@ mod tests {
     /// before its checkpoint.
     async fn after_a_crash(written: bool) -> (tempfile::TempDir, EmbeddedStream, FsStore) {
         let (dir, stream, store) = stores();
-        stream
-            .put_records((0..10).map(record).collect())
-            .await
-            .unwrap();
+        put(&stream, 0..10).await;
         let mut previous = stream.subscribe(CONSUMER).await.unwrap();
         let announced = PendingDelivery {
             key: EARLIER.into(),
@@ -787,10 +777,7 @@ mod tests {
         let mut pipeline = pipeline(&stream, &store, &args(1 << 20, interval)).await;
         assert_eq!(pipeline.wait(), IDLE_POLL, "nothing buffered");
 
-        stream
-            .put_records((0..3).map(record).collect())
-            .await
-            .unwrap();
+        put(&stream, 0..3).await;
         take_all(&mut pipeline).await;
         let wait = pipeline.wait();
         assert!(wait > Duration::ZERO && wait <= interval, "{wait:?}");
@@ -822,10 +809,7 @@ mod tests {
             "nothing buffered, nothing to hurry"
         );
 
-        stream
-            .put_records((0..3).map(record).collect())
-            .await
-            .unwrap();
+        put(&stream, 0..3).await;
         take_all(&mut pipeline).await;
         assert_eq!(
             pipeline.wait(),
@@ -851,10 +835,7 @@ mod tests {
         let (_dir, stream, store) = stores();
         let interval = Duration::from_secs(60);
         let mut pipeline = pipeline(&stream, &store, &args(1 << 20, interval)).await;
-        stream
-            .put_records((0..3).map(record).collect())
-            .await
-            .unwrap();
+        put(&stream, 0..3).await;
         take_all(&mut pipeline).await;
         assert_eq!(pipeline.wait(), IDLE_POLL.min(interval));
         pipeline.flush_if_quiet(Duration::from_secs(30)).await;
@@ -907,10 +888,7 @@ mod tests {
         // History has published everything written before now.
         freshness.published_before(chrono::Utc::now().timestamp_millis());
 
-        stream
-            .put_records((0..3).map(record).collect())
-            .await
-            .unwrap();
+        put(&stream, 0..3).await;
         take_all(&mut pipeline).await;
         pipeline.report_held();
         let arrival = freshness.transformer_oldest().expect("holds records");
@@ -1005,10 +983,7 @@ mod tests {
             inner: embedded.clone(),
             read: Arc::clone(&read),
         });
-        stream
-            .put_records((0..10).map(record).collect())
-            .await
-            .unwrap();
+        put(&*stream, 0..10).await;
         let (stop, task) = spawn_pipeline(stream, &store, args(1 << 20, Duration::from_secs(3600)));
         tokio::time::timeout(Duration::from_secs(30), read.notified())
             .await
@@ -1107,10 +1082,7 @@ mod tests {
             inner: embedded.clone(),
             broken: Arc::clone(&broken),
         });
-        stream
-            .put_records((0..10).map(record).collect())
-            .await
-            .unwrap();
+        put(&*stream, 0..10).await;
         let readiness = Readiness::default();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_pipeline_reporting(
@@ -1152,10 +1124,7 @@ mod tests {
             inner: embedded.clone(),
             broken: Arc::clone(&broken),
         });
-        stream
-            .put_records((0..10).map(record).collect())
-            .await
-            .unwrap();
+        put(&*stream, 0..10).await;
         let readiness = Readiness::default();
         let stop = CancellationToken::new();
         // Batches fall due at once and fail: the retries back off meanwhile.
