@@ -7,9 +7,11 @@
 //!   of JSON): re-encoding it whole (levels 1 and 6) against re-encoding only
 //!   the 5 seconds a batch touched;
 //! - the rankings update: one second of a 1,000-racer race applied, ranked
-//!   and turned into a push; one push of a 1,667-racer race to 167 viewers.
+//!   and turned into a push; one push of a 1,667-racer race to 167 viewers;
+//! - gzipping one delivery object of the size the transformer writes while
+//!   it catches up (8 MiB of delivery lines, at the delivery level).
 
-use alleycat_core::delivery::HistoryPoint;
+use alleycat_core::delivery::{DeliveryRecord, HistoryPoint};
 use alleycat_core::history::{ClassHistory, Histories};
 use alleycat_core::validate::{BodyFormat, parse_batch, parse_record};
 use alleycat_core::{ClassId, Event, RaceId, RacerId, Second, Telemetry};
@@ -224,6 +226,30 @@ fn rankings(c: &mut Criterion) {
     group.finish();
 }
 
+fn transformer(c: &mut Criterion) {
+    // 8 MiB of delivery lines, as the transformer buffers them while it
+    // reads a backlog (`ALLEYCAT_BUFFER_CATCH_UP_BYTES`).
+    let mut lines = Vec::with_capacity(8 << 20);
+    'fill: for second in 1..=300u16 {
+        for racer in 0..100_000u64 {
+            if lines.len() >= 8 << 20 {
+                break 'fill;
+            }
+            let mut t = telemetry(racer, second);
+            t.device_timestamp = 1_700_000_000_000 + u64::from(second) * 1000 + racer % 1000;
+            DeliveryRecord::new(&t).write_line(&mut lines);
+        }
+    }
+    let mut group = c.benchmark_group("transformer");
+    group.throughput(Throughput::Bytes(lines.len() as u64));
+    group.bench_function("gzip_8_mib_delivery_object", |b| {
+        b.iter(|| {
+            alleycat_core::codec::gzip(black_box(&lines), alleycat_core::codec::DELIVERY_LEVEL)
+        })
+    });
+    group.finish();
+}
+
 fn telemetry(racer: u64, second: u16) -> Telemetry {
     Telemetry {
         uuid: None,
@@ -239,5 +265,5 @@ fn telemetry(racer: u64, second: u16) -> Telemetry {
     }
 }
 
-criterion_group!(benches, ingest, history, rankings);
+criterion_group!(benches, ingest, history, rankings, transformer);
 criterion_main!(benches);
