@@ -96,3 +96,47 @@ async fn a_short_http_gateway_run_accounts_for_every_record() {
     assert_eq!(report["records_accepted"], report["records_sent"]);
     assert!(report["achieved_rate"].as_f64().unwrap() > 10.0);
 }
+
+/// `THP_enabled` of a process, as Linux reports it (1 or 0).
+fn thp_enabled(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("Linux reports THP_enabled");
+    line.trim().parse().unwrap()
+}
+
+/// The harness's `THP_enabled` once it is under way: it has connected to a
+/// target that accepts and never answers, so its `main` has run.
+async fn thp_of_harness(allow: Option<&str>) -> u32 {
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat-loadtest"));
+    command
+        .arg("--target")
+        .arg(format!("http://{}", target.local_addr().unwrap()))
+        .args(["--racers", "1", "--viewers", "0", "--duration", "1"])
+        .env_remove("MIMALLOC_ALLOW_THP")
+        .kill_on_drop(true);
+    if let Some(allow) = allow {
+        command.env("MIMALLOC_ALLOW_THP", allow);
+    }
+    let mut harness = command.spawn().unwrap();
+    let (_connection, _) = tokio::time::timeout(Duration::from_secs(30), target.accept())
+        .await
+        .expect("the harness connects to its target")
+        .unwrap();
+    let thp = thp_enabled(harness.id().unwrap());
+    harness.kill().await.unwrap();
+    thp
+}
+
+#[tokio::test]
+async fn the_harness_turns_huge_pages_off_unless_mimalloc_is_told_otherwise() {
+    // A child inherits the setting: allow them here, so that the child's 0
+    // is its own doing whatever the process running the tests chose.
+    nix::sys::prctl::set_thp_disable(false).unwrap();
+    assert_eq!(thp_enabled(std::process::id()), 1);
+    assert_eq!(thp_of_harness(None).await, 0);
+    assert_eq!(thp_of_harness(Some("1")).await, 1);
+}
