@@ -464,9 +464,19 @@ pub fn break_history_writes(data: &std::path::Path) {
     std::fs::write(&tmp, b"").unwrap();
 }
 
-/// Undoes [`break_history_writes`].
+/// Undoes [`break_history_writes`]. The store makes its `.tmp` again by
+/// itself as soon as the file is gone (it recreates what it needs), and a
+/// write may be staged in it before the old directory is put back: then
+/// the old one holds only writes that failed, and goes.
 pub fn repair_history_writes(data: &std::path::Path) {
     let tmp = data.join("history/.tmp");
+    let old = data.join("history/.tmp.bak");
     std::fs::remove_file(&tmp).unwrap();
-    std::fs::rename(data.join("history/.tmp.bak"), &tmp).unwrap();
+    if let Err(e) = std::fs::rename(&old, &tmp) {
+        assert!(
+            tmp.is_dir(),
+            "history/.tmp neither put back nor recreated: {e}"
+        );
+        std::fs::remove_dir_all(&old).unwrap();
+    }
 }
