@@ -42,11 +42,7 @@ impl Target {
     #[must_use]
     pub fn usage(&self) -> Option<Usage> {
         let cpu = cpu_seconds(self.pid)? - self.cpu_at_start;
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let hwm_kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+        let hwm_kib = status_value(self.pid, "VmHWM")? as f64;
         Some(Usage {
             pid: self.pid,
             cpu_seconds: cpu,
@@ -59,10 +55,17 @@ impl Target {
 /// The resident memory of `pid` now (VmRSS), KiB.
 #[must_use]
 pub fn resident_kib(pid: u32) -> Option<u64> {
+    status_value(pid, "VmRSS")
+}
+
+/// The number of `field` in `/proc/<pid>/status` (`VmRSS` in KiB,
+/// `THP_enabled` as 0 or 1, ...), if the process and the field exist.
+#[must_use]
+pub fn status_value(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 

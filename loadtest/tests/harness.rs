@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 
+use alleycat_loadtest::target::status_value;
 use support::quick_config;
 
 async fn run_harness(transport: &str) -> (std::process::ExitStatus, serde_json::Value, String) {
@@ -98,18 +99,13 @@ async fn a_short_http_gateway_run_accounts_for_every_record() {
 }
 
 /// `THP_enabled` of a process, as Linux reports it (1 or 0).
-fn thp_enabled(pid: u32) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .expect("Linux reports THP_enabled");
-    line.trim().parse().unwrap()
+fn thp_enabled(pid: u32) -> u64 {
+    status_value(pid, "THP_enabled").expect("Linux reports THP_enabled")
 }
 
 /// The harness's `THP_enabled` once it is under way: it has connected to a
 /// target that accepts and never answers, so its `main` has run.
-async fn thp_of_harness(allow: Option<&str>) -> u32 {
+async fn thp_of_harness(allow: Option<&str>) -> u64 {
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_alleycat-loadtest"));
     command

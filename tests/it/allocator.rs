@@ -3,18 +3,14 @@
 //! them.
 
 use crate::common::*;
+use alleycat_loadtest::target::status_value;
 
 /// `THP_enabled` of a process, as Linux reports it (1 or 0).
-fn thp_enabled(pid: u32) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .expect("Linux reports THP_enabled");
-    line.trim().parse().unwrap()
+fn thp_enabled(pid: u32) -> u64 {
+    status_value(pid, "THP_enabled").expect("Linux reports THP_enabled")
 }
 
-async fn thp_of_all_in_one(env: &[(&str, &str)]) -> u32 {
+async fn thp_of_all_in_one(env: &[(&str, &str)]) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let server = spawn_all_in_one(dir.path(), env).await;
     let thp = thp_enabled(server.child.id().unwrap());
