@@ -8,6 +8,7 @@
 //!   the 5 seconds a batch touched;
 //! - the rankings update: one second of a 1,000-racer race applied, ranked
 //!   and turned into a push; one push of a 1,667-racer race to 167 viewers;
+//!   loading a stretch-run class file (16,667 racers, 60 s) for "All time";
 //! - gzipping one delivery object of the size the transformer writes while
 //!   it catches up (8 MiB of delivery lines, at the delivery level).
 
@@ -223,6 +224,27 @@ fn rankings(c: &mut Criterion) {
                 + snapshot.shared().len()
         })
     });
+
+    // Loading a class file for "All time", as the engine does every
+    // `ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS` for each class whose file
+    // changed: a stretch-run class (16,667 racers) 60 s in, a million bests.
+    // Read directly, and through a `ClassHistory` as before, in one run.
+    let mut stretch_class = ClassHistory::default();
+    for second in 1..=60u16 {
+        for racer in 0..16_667u64 {
+            stretch_class.merge(Second(second), RacerId(racer), output_of(racer, second));
+        }
+    }
+    let gz = stretch_class.to_gzip(6);
+    group.throughput(Throughput::Elements(stretch_class.len() as u64));
+    group.sample_size(10);
+    group.bench_function("all_time_from_class_file_of_16667_racers/direct", |b| {
+        b.iter(|| AllTime::from_gzip(black_box(&gz)).unwrap())
+    });
+    group.bench_function(
+        "all_time_from_class_file_of_16667_racers/through_class_history",
+        |b| b.iter(|| AllTime::from_history(&ClassHistory::from_gzip(black_box(&gz)).unwrap())),
+    );
     group.finish();
 }
 

@@ -231,6 +231,11 @@ async fn counters_move_and_freshness_rises_until_publication() {
     let delta =
         |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
     assert_eq!(delta("alleycat_history_objects_merged_total", &[]), 1.0);
+    // In one process the transformer hands its points over: not read back.
+    assert_eq!(
+        delta("alleycat_history_objects_handed_over_total", &[]),
+        1.0
+    );
     assert_eq!(delta("alleycat_history_records_merged_total", &[]), 60.0);
     assert_eq!(
         delta("alleycat_history_publications_total", &[("class", "2")]),

@@ -130,24 +130,48 @@ struct PointLine {
 /// re-checking their ranges: the delivery store is an input like any other.
 pub fn parse_point(line: &[u8]) -> Result<HistoryPoint, String> {
     let raw: PointLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    let class_id = ClassId::new(raw.class_id).ok_or("classId out of range")?;
-    let second = Second::new(raw.second).ok_or("second out of range")?;
-    if raw.racer_id > crate::telemetry::MAX_SAFE_INTEGER {
-        return Err("racerId out of range".to_owned());
+    raw.checked()
+}
+
+impl PointLine {
+    fn checked(self) -> Result<HistoryPoint, String> {
+        let class_id = ClassId::new(self.class_id).ok_or("classId out of range")?;
+        let second = Second::new(self.second).ok_or("second out of range")?;
+        if self.racer_id > crate::telemetry::MAX_SAFE_INTEGER {
+            return Err("racerId out of range".to_owned());
+        }
+        if self.race_id > crate::telemetry::MAX_SAFE_INTEGER {
+            return Err("raceId out of range".to_owned());
+        }
+        if !(self.output.is_finite() && self.output >= 0.0) {
+            return Err("output must be a finite, non-negative number".to_owned());
+        }
+        Ok(HistoryPoint {
+            class_id,
+            second,
+            racer_id: RacerId(self.racer_id),
+            race_id: RaceId(self.race_id),
+            // The line writes -0 as `0`, which parses as 0.
+            output: self.output + 0.0,
+        })
     }
-    if raw.race_id > crate::telemetry::MAX_SAFE_INTEGER {
-        return Err("raceId out of range".to_owned());
+}
+
+impl HistoryPoint {
+    /// The point history reads back from `telemetry`'s delivery line
+    /// ([`DeliveryRecord`]), by the same checks as [`parse_point`], without
+    /// writing and parsing the line: for a transformer that hands its
+    /// objects' points to history in the same process.
+    pub fn of(telemetry: &Telemetry) -> Result<HistoryPoint, String> {
+        PointLine {
+            class_id: u64::from(telemetry.class_id.0),
+            second: u64::from(telemetry.second.0),
+            racer_id: telemetry.racer_id.0,
+            race_id: telemetry.race_id.0,
+            output: telemetry.output(),
+        }
+        .checked()
     }
-    if !(raw.output.is_finite() && raw.output >= 0.0) {
-        return Err("output must be a finite, non-negative number".to_owned());
-    }
-    Ok(HistoryPoint {
-        class_id,
-        second,
-        racer_id: RacerId(raw.racer_id),
-        race_id: RaceId(raw.race_id),
-        output: raw.output,
-    })
 }
 
 /// Parses every non-blank line of a (decompressed) delivery object; lines
@@ -261,6 +285,7 @@ mod tests {
     use super::*;
     use crate::telemetry::{Event, RaceId};
     use chrono::TimeZone;
+    use proptest::strategy::Strategy as _;
 
     fn telemetry() -> Telemetry {
         Telemetry {
@@ -315,6 +340,40 @@ mod tests {
                 output: 165.3838
             }
         );
+    }
+
+    proptest::proptest! {
+        /// What a transformer hands to history in memory is what history
+        /// would read back from the line it wrote, for any record,
+        /// within the limits or not, whole or fractional, zero included.
+        #[test]
+        fn a_handed_over_point_is_the_point_its_line_reads_back_as(
+            class in 0u8..=8,
+            second in 0u16..=400,
+            racer in 0u64..=(crate::telemetry::MAX_SAFE_INTEGER + 1),
+            race in proptest::prop_oneof![0u64..1_000_000, proptest::num::u64::ANY],
+            cadence in proptest::prop_oneof![0.0..200.0f64, proptest::strategy::Just(0.0), proptest::strategy::Just(-0.0)],
+            resistance in proptest::prop_oneof![0.0..200.0f64, (0u32..200).prop_map(f64::from)],
+        ) {
+            let t = Telemetry {
+                second: Second(second),
+                race_id: RaceId(race),
+                racer_id: RacerId(racer),
+                class_id: ClassId(class),
+                cadence,
+                resistance,
+                ..telemetry()
+            };
+            let mut line = Vec::new();
+            DeliveryRecord::new(&t).write_line(&mut line);
+            let read = parse_point(&line[..line.len() - 1]);
+            let handed = HistoryPoint::of(&t);
+            proptest::prop_assert_eq!(&handed, &read);
+            if let (Ok(handed), Ok(read)) = (handed, read) {
+                // Equal as numbers, and as bits: -0 is not handed over as -0.
+                proptest::prop_assert_eq!(handed.output.to_bits(), read.output.to_bits());
+            }
+        }
     }
 
     #[test]

@@ -39,9 +39,9 @@ pub struct HistoryArgs {
     #[arg(long = "history-gzip-level", env = "ALLEYCAT_HISTORY_GZIP_LEVEL", default_value = "6", value_parser = clap::value_parser!(u32).range(0..=9))]
     pub gzip_level: u32,
 
-    /// Pacing of publications: after re-encoding and writing class files
-    /// took `t`, the next publication waits until this many times `t` has
-    /// passed, so that publishing takes at most 1/(1+N) of the time however
+    /// Pacing of publications: after re-encoding class files took `t` of
+    /// CPU, the next publication waits until this many times `t` has
+    /// passed, so that publishing takes at most 1/(1+N) of a core however
     /// large the files (records merged meanwhile wait in memory, their
     /// delivery objects pending). 0: publish after every check.
     #[arg(
@@ -83,6 +83,7 @@ impl ServiceArgs for HistoryArgs {
         // Counts from now until the first check completes.
         let freshness = storage.freshness();
         freshness.history_started(metrics::gauge!(merger::FRESHNESS));
+        let handoff = storage.handoff();
         let merging = {
             let (args, history, readiness, stop, list) = (
                 self.clone(),
@@ -97,12 +98,14 @@ impl ServiceArgs for HistoryArgs {
                         Some(merger) => {
                             let merger = merger
                                 .with_disqualifications(list)
-                                .with_freshness(Arc::clone(&freshness));
+                                .with_freshness(Arc::clone(&freshness))
+                                .with_handoff(Arc::clone(&handoff));
                             run_merger(merger, args.poll_interval, stop, readiness).await
                         }
                         None => Ok(()),
                     };
                 freshness.history_stopped();
+                handoff.close();
                 merged
             }
         };

@@ -55,7 +55,7 @@ use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::history::ClassHistory;
 use alleycat_core::{ClassId, RacerId};
 use alleycat_runtime::Readiness;
-use alleycat_storage::{DisqualificationList, Freshness, ObjectStore};
+use alleycat_storage::{DisqualificationList, Freshness, Handoff, ObjectStore};
 use chrono::{DateTime, Utc};
 use class_state::{Class, Merged, PublishError};
 use instruments::Instruments;
@@ -87,6 +87,9 @@ pub struct MergeReport {
     pub published: Vec<ClassId>,
     /// Delivery objects read again for the classes they were pending for.
     pub reread: usize,
+    /// Of `objects`, those whose points the transformer in this process
+    /// handed over, not read from the store.
+    pub handed_over: usize,
     /// Per class, records not merged because their racer is new and the
     /// class already holds the most racers it may.
     pub too_many_racers: BTreeMap<ClassId, usize>,
@@ -132,6 +135,8 @@ pub struct Merger {
     instruments: Instruments,
     /// Where the time before which everything is published is reported.
     freshness: Option<Arc<Freshness>>,
+    /// Where the transformer in this process leaves its objects' points.
+    handoff: Option<Arc<Handoff>>,
     /// Start of the last check that completed: every object written before
     /// it is in its class files, unless pending. `None` before the first.
     complete_before: Option<DateTime<Utc>>,
@@ -236,6 +241,7 @@ impl Merger {
             too_many_racers: 0,
             instruments,
             freshness: None,
+            handoff: None,
             complete_before: None,
             pacer: Pacer::new(args.publish_pace),
             publication_failed: false,
@@ -247,6 +253,16 @@ impl Merger {
     #[must_use]
     pub fn with_freshness(mut self, freshness: Arc<Freshness>) -> Merger {
         self.freshness = Some(freshness);
+        self
+    }
+
+    /// Takes the points of the delivery objects the transformer in this
+    /// process writes from `handoff` instead of reading the objects back
+    /// (see [`alleycat_storage::handoff`]); opens it, so that it keeps them.
+    #[must_use]
+    pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Merger {
+        handoff.open();
+        self.handoff = Some(handoff);
         self
     }
 
@@ -358,7 +374,13 @@ impl Merger {
             let mut read = Vec::with_capacity(chunk.len());
             let mut read_error = None;
             for key in chunk {
-                match discovery::read_points(self.delivery.as_ref(), key).await {
+                let handed_over = self.handoff.as_ref().and_then(|h| h.take(key));
+                report.handed_over += usize::from(handed_over.is_some());
+                let points = match handed_over {
+                    Some(points) => Ok((points, 0)),
+                    None => discovery::read_points(self.delivery.as_ref(), key).await,
+                };
+                match points {
                     Ok((points, rejected)) => {
                         report.rejected += rejected;
                         report.objects += 1;
@@ -639,13 +661,13 @@ impl Merger {
             // Deferred: what is unpublished stays pending, to the next check.
             return;
         }
-        let started = Instant::now();
         let published = report.published.len();
-        self.publish_classes(report, failed).await;
+        let mut cpu = Duration::ZERO;
+        self.publish_classes(report, failed, &mut cpu).await;
         // `failed` holds this check's failures so far.
         self.publication_failed = !failed.is_empty();
         if report.published.len() > published {
-            self.pacer.spent(started);
+            self.pacer.spent(cpu);
         }
     }
 
@@ -654,6 +676,7 @@ impl Merger {
         &mut self,
         report: &mut MergeReport,
         failed: &mut BTreeMap<ClassId, String>,
+        cpu: &mut Duration,
     ) {
         for (&class, slot) in &mut self.classes {
             let Class::Ready(state) = slot else { continue };
@@ -679,6 +702,7 @@ impl Merger {
                     self.gzip_level,
                     &self.applied,
                     instruments,
+                    cpu,
                 )
                 .instrument(span)
                 .await

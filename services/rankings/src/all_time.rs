@@ -5,9 +5,11 @@
 //! each lookup is a binary search: O(log n) per racer per push, never a sort
 //! of the whole class.
 
-use alleycat_core::history::ClassHistory;
+use alleycat_core::codec;
+use alleycat_core::history::{ClassHistory, HistoryError, MAX_CLASS_FILE_BYTES};
 use alleycat_core::{ClassId, RacerId, Second};
-use serde::Serialize;
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -37,16 +39,51 @@ impl ClassFiles {
 }
 
 /// A class's all-time bests, by second, ready for ranking.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct AllTime {
     seconds: HashMap<Second, SecondBests>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct SecondBests {
     /// Every racer's best at this second, highest first.
     descending: Vec<f64>,
-    by_racer: HashMap<RacerId, f64>,
+    /// Every racer's best at this second, by racer id: a binary search
+    /// finds one (a class file lists them in this order already).
+    by_racer: Vec<(RacerId, f64)>,
+}
+
+impl SecondBests {
+    /// From one second's bests in any order; where a racer is listed
+    /// twice, the later entry stands (as a map built from them would have).
+    fn new(mut by_racer: Vec<(RacerId, f64)>) -> SecondBests {
+        if !by_racer.is_sorted_by(|a, b| a.0 < b.0) {
+            // Stable, so the later of two entries of a racer stays later.
+            by_racer.sort_by_key(|&(racer, _)| racer);
+            let mut kept: Vec<(RacerId, f64)> = Vec::with_capacity(by_racer.len());
+            for entry in by_racer {
+                match kept.last_mut() {
+                    Some(last) if last.0 == entry.0 => *last = entry,
+                    _ => kept.push(entry),
+                }
+            }
+            by_racer = kept;
+        }
+        let mut descending: Vec<f64> = by_racer.iter().map(|&(_, best)| best).collect();
+        descending.sort_unstable_by(|a, b| b.total_cmp(a));
+        SecondBests {
+            descending,
+            by_racer,
+        }
+    }
+
+    fn best_of(&self, racer: RacerId) -> Option<f64> {
+        let at = self
+            .by_racer
+            .binary_search_by_key(&racer, |&(r, _)| r)
+            .ok()?;
+        Some(self.by_racer[at].1)
+    }
 }
 
 /// Where a live output stands among the all-time bests.
@@ -68,35 +105,42 @@ impl AllTime {
     /// Indexes a class history.
     #[must_use]
     pub fn from_history(history: &ClassHistory) -> AllTime {
-        let mut seconds: HashMap<Second, SecondBests> = HashMap::new();
-        for (second, racers) in history.iter() {
-            let mut descending: Vec<f64> = racers.values().copied().collect();
-            descending.sort_unstable_by(|a, b| b.total_cmp(a));
-            let by_racer = racers.iter().map(|(r, o)| (*r, *o)).collect();
-            seconds.insert(
-                second,
-                SecondBests {
-                    descending,
-                    by_racer,
-                },
-            );
-        }
+        let seconds = history
+            .iter()
+            .map(|(second, racers)| {
+                let by_racer = racers.iter().map(|(r, o)| (*r, *o)).collect();
+                (second, SecondBests::new(by_racer))
+            })
+            .collect();
         AllTime { seconds }
     }
 
+    /// Indexes a published class file (`class-N.gz`) as it is read, by the
+    /// checks of [`ClassHistory::from_gzip`], without building the
+    /// [`ClassHistory`] first: its maps of maps cost more than the parse
+    /// (in the stretch run, loading the class files every 10 s was 7% of
+    /// the server's CPU, most of it building maps).
+    pub fn from_gzip(bytes: &[u8]) -> Result<AllTime, HistoryError> {
+        let json = codec::gunzip(bytes, MAX_CLASS_FILE_BYTES)?;
+        let file: ClassFile =
+            serde_json::from_slice(&json).map_err(|e| HistoryError::Format(e.to_string()))?;
+        Ok(AllTime {
+            seconds: file.0.into_iter().collect(),
+        })
+    }
     /// `racer`'s best at every second it has one, in order.
     #[must_use]
     pub fn bests_of(&self, racer: RacerId) -> BTreeMap<Second, f64> {
         self.seconds
             .iter()
-            .filter_map(|(second, bests)| Some((*second, *bests.by_racer.get(&racer)?)))
+            .filter_map(|(second, bests)| Some((*second, bests.best_of(racer)?)))
             .collect()
     }
 
     /// `racer`'s best at `second`, if it has one.
     #[must_use]
     pub fn best_of(&self, second: Second, racer: RacerId) -> Option<f64> {
-        self.seconds.get(&second)?.by_racer.get(&racer).copied()
+        self.seconds.get(&second)?.best_of(racer)
     }
 
     /// The class's best at `second`, if anyone has one.
@@ -117,7 +161,7 @@ impl AllTime {
             };
         };
         let higher = bests.descending.partition_point(|&best| best > output);
-        let personal_best = bests.by_racer.get(&racer).copied();
+        let personal_best = bests.best_of(racer);
         // The racer's own stored best is not a rival.
         let own_above = usize::from(personal_best.is_some_and(|b| b > output));
         let of = bests.descending.len() + usize::from(personal_best.is_none());
@@ -127,6 +171,76 @@ impl AllTime {
             personal_best,
             new_record: personal_best.is_none_or(|b| output > b),
         }
+    }
+}
+
+/// A class file's seconds as they are parsed: `{"1": {"101": 152.34, ...}, ...}`.
+/// A second listed twice keeps its later bests, as a map would; a second
+/// with none is left out, as [`ClassHistory::from_json`] leaves it.
+struct ClassFile(HashMap<Second, SecondBests>);
+
+impl<'de> Deserialize<'de> for ClassFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ClassFileVisitor)
+    }
+}
+
+struct ClassFileVisitor;
+
+impl<'de> Visitor<'de> for ClassFileVisitor {
+    type Value = ClassFile;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map of seconds to each racer's best")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ClassFile, A::Error> {
+        let mut seconds = HashMap::new();
+        while let Some(second) = map.next_key::<u64>()? {
+            let second = Second::new(second)
+                .ok_or_else(|| de::Error::custom(format!("second {second} out of range")))?;
+            let bests = map.next_value_seed(SecondVisitor(second))?;
+            if bests.is_empty() {
+                seconds.remove(&second);
+            } else {
+                seconds.insert(second, SecondBests::new(bests));
+            }
+        }
+        Ok(ClassFile(seconds))
+    }
+}
+
+/// One second's bests, in the file's order; the second is named in errors.
+struct SecondVisitor(Second);
+
+impl<'de> DeserializeSeed<'de> for SecondVisitor {
+    type Value = Vec<(RacerId, f64)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SecondVisitor {
+    type Value = Vec<(RacerId, f64)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "a map of racers to their best at second {}", self.0)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut bests = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some(racer) = map.next_key::<u64>()? {
+            let output: f64 = map.next_value()?;
+            if !(output.is_finite() && output >= 0.0) {
+                return Err(de::Error::custom(format!(
+                    "output {output} of racer {racer} at second {} is not a valid output",
+                    self.0
+                )));
+            }
+            bests.push((RacerId(racer), output));
+        }
+        Ok(bests)
     }
 }
 
@@ -194,7 +308,62 @@ mod tests {
         assert_eq!(all.rank(Second(9), RacerId(7), 1.0).rank, 1);
     }
 
+    /// What a class file's JSON indexes as, read directly and through a
+    /// [`ClassHistory`]; both, or the error of each.
+    fn both_ways(json: &str) -> (Result<AllTime, String>, Result<AllTime, String>) {
+        let gz = alleycat_core::codec::gzip(json.as_bytes(), 1);
+        (
+            AllTime::from_gzip(&gz).map_err(|e| e.to_string()),
+            ClassHistory::from_gzip(&gz)
+                .map(|h| AllTime::from_history(&h))
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    #[test]
+    fn a_class_file_read_directly_indexes_as_its_history_does() {
+        for json in [
+            r#"{}"#,
+            r#"{"3": {"101": 150.5, "7": 151.25, "101": 149}}"#,
+            r#"{"3": {"1": 1}, "2": {"9": 0, "8": 2.5}, "3": {"5": 5}}"#,
+            r#"{"4": {}, "5": {"1": 1}, "5": {}}"#,
+            r#"{"300": {"18446744073709551615": 1e300, "0": 0}}"#,
+        ] {
+            let (direct, through) = both_ways(json);
+            assert_eq!(direct.unwrap(), through.unwrap(), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_class_file_either_way_refuses_what_is_not_a_class_history() {
+        for json in [
+            r#"{"0": {"1": 1}}"#,
+            r#"{"65536": {"1": 1}}"#,
+            r#"{"1": {"1": -1}}"#,
+            r#"{"1": {"x": 1}}"#,
+            r#"{"01": {"1": 1}}"#,
+            r#"{"1": [1]}"#,
+            r#"[]"#,
+            r#"{"1": {"1": 1}"#,
+        ] {
+            let (direct, through) = both_ways(json);
+            assert!(
+                direct.is_err() && through.is_err(),
+                "{json}: {direct:?} / {through:?}"
+            );
+        }
+        assert!(AllTime::from_gzip(b"not gzip").is_err());
+    }
+
     proptest! {
+        #[test]
+        fn a_published_class_file_indexes_as_the_history_it_was_made_from(
+            bests in prop::collection::vec((1u16..=300, 0u64..50, 0u32..100_000), 0..200),
+        ) {
+            let h = history(&bests.iter().map(|&(s, r, o)| (s, r, f64::from(o) / 100.0)).collect::<Vec<_>>());
+            prop_assert_eq!(AllTime::from_gzip(&h.to_gzip(1)).unwrap(), AllTime::from_history(&h));
+        }
+
         #[test]
         fn binary_search_rank_equals_brute_force(
             bests in prop::collection::vec((0u64..30, 0u32..1000), 0..60),

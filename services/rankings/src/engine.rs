@@ -15,7 +15,7 @@ use crate::race::Race;
 use crate::store::{Final, Finals, ResultsStore};
 use crate::viewers::Viewers;
 use alleycat_core::backoff::Backoff;
-use alleycat_core::history::{ClassHistory, class_file_key};
+use alleycat_core::history::class_file_key;
 use alleycat_core::validate::{FieldError, SensorLimits, describe};
 use alleycat_core::{ClassId, RaceId};
 use alleycat_runtime::Readiness;
@@ -382,10 +382,9 @@ impl AllTimeLoader {
             let Some(object) = self.store.get(&key).await? else {
                 continue;
             };
-            let all_time = tokio::task::spawn_blocking(move || {
-                ClassHistory::from_gzip(&object.body).map(|h| Arc::new(AllTime::from_history(&h)))
-            })
-            .await?;
+            let all_time =
+                tokio::task::spawn_blocking(move || AllTime::from_gzip(&object.body).map(Arc::new))
+                    .await?;
             // Remembered either way: a file that is not a class file is
             // skipped (logged once per version), not read again and again.
             self.versions.insert(class, version);
@@ -582,6 +581,7 @@ mod tests {
     use super::*;
     use crate::race::RaceResult;
     use crate::viewers::{Filter, Subscription as Viewer};
+    use alleycat_core::history::ClassHistory;
     use alleycat_core::{Event, RacerId, Second, Telemetry};
     use alleycat_storage::object_store::fs::FsStore;
     use alleycat_storage::stream::embedded::EmbeddedStream;

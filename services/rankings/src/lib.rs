@@ -57,8 +57,9 @@ pub struct RankingsArgs {
     pub replay: Duration,
 
     /// How often the class files are checked for new versions, in
-    /// milliseconds. All-time bests move slowly, and decoding a large class
-    /// file costs about 0.1 s of CPU, so not every new version is needed.
+    /// milliseconds. All-time bests move slowly, and indexing a class file
+    /// costs about 0.1 s of CPU a million bests, so not every new version
+    /// is needed.
     #[arg(long = "rankings-history-reload-ms", env = "ALLEYCAT_RANKINGS_HISTORY_RELOAD_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub history_reload: Duration,
 

@@ -8,6 +8,7 @@
 
 use crate::disqualifications::DisqualificationList;
 use crate::freshness::Freshness;
+use crate::handoff::Handoff;
 use crate::object_store::{ObjectStore, fs::FsStore, s3::S3Store};
 use crate::stream::kinesis::{KinesisSettings, KinesisStream};
 use crate::stream::{Stream, embedded::EmbeddedStream};
@@ -135,6 +136,7 @@ struct Opened {
     history: OnceCell<Arc<dyn ObjectStore>>,
     disqualifications: OnceCell<Arc<DisqualificationList>>,
     freshness: std::sync::OnceLock<Arc<Freshness>>,
+    handoff: std::sync::OnceLock<Arc<Handoff>>,
 }
 
 impl std::fmt::Debug for Opened {
@@ -162,6 +164,13 @@ impl StorageArgs {
     /// [`crate::freshness`]): one per process, shared by its services.
     pub fn freshness(&self) -> Arc<Freshness> {
         Arc::clone(self.opened.freshness.get_or_init(Freshness::refreshed))
+    }
+
+    /// Where this process's transformer leaves the points of the delivery
+    /// objects it writes for history beside it (see [`crate::handoff`]):
+    /// one per process, shared by its services.
+    pub fn handoff(&self) -> Arc<Handoff> {
+        Arc::clone(self.opened.handoff.get_or_init(Arc::default))
     }
 
     async fn connect_stream(&self) -> anyhow::Result<Arc<dyn Stream>> {

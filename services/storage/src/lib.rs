@@ -7,12 +7,14 @@
 pub mod config;
 pub mod disqualifications;
 pub mod freshness;
+pub mod handoff;
 pub mod object_store;
 pub mod stream;
 
 pub use config::{StorageArgs, load_aws_config};
 pub use disqualifications::DisqualificationList;
 pub use freshness::Freshness;
+pub use handoff::Handoff;
 pub use object_store::{ETag, Object, ObjectStore, Precondition, StoreError};
 pub use stream::{
     PendingDelivery, PutRecord, SequenceNumber, Stream, StreamError, StreamRecord, Subscription,

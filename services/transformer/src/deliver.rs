@@ -7,12 +7,12 @@
 
 use alleycat_core::backoff::{Attempt, Backoff, GaveUp, retry};
 use alleycat_core::codec;
-use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord};
+use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord, HistoryPoint};
 use alleycat_core::validate::{SensorLimits, describe};
 use alleycat_runtime::Readiness;
 use alleycat_storage::freshness;
 use alleycat_storage::{
-    Freshness, ObjectStore, PendingDelivery, SequenceNumber, StreamError, StreamRecord,
+    Freshness, Handoff, ObjectStore, PendingDelivery, SequenceNumber, StreamError, StreamRecord,
     Subscription,
 };
 use bytes::Bytes;
@@ -34,7 +34,16 @@ pub struct Processed {
     sequence: SequenceNumber,
     /// When the stream accepted it, ms since the epoch.
     arrival_ms: i64,
-    outcome: Result<Vec<u8>, FailedRecord>,
+    outcome: Result<Line, FailedRecord>,
+}
+
+/// A valid record's delivery line, and what history reads back from it
+/// (`None` if history would refuse the line: it is then read back from
+/// the store, where history counts it).
+#[derive(Debug)]
+struct Line {
+    text: Vec<u8>,
+    point: Option<HistoryPoint>,
 }
 
 impl Processed {
@@ -46,9 +55,12 @@ impl Processed {
     pub fn from_record(record: StreamRecord, limits: SensorLimits) -> Processed {
         let outcome = match limits.parse_record(&record.data) {
             Ok(telemetry) => {
-                let mut line = Vec::with_capacity(record.data.len() + 24);
-                DeliveryRecord::new(&telemetry).write_line(&mut line);
-                Ok(line)
+                let mut text = Vec::with_capacity(record.data.len() + 24);
+                DeliveryRecord::new(&telemetry).write_line(&mut text);
+                Ok(Line {
+                    text,
+                    point: HistoryPoint::of(&telemetry).ok(),
+                })
             }
             Err(errors) => Err(FailedRecord::invalid(
                 &record.data,
@@ -75,7 +87,7 @@ impl Processed {
     #[must_use]
     pub fn size(&self) -> usize {
         match &self.outcome {
-            Ok(line) => line.len(),
+            Ok(line) => line.text.len(),
             Err(failed) => failed.raw_data.len() + failed.error_message.len() + 128,
         }
     }
@@ -140,6 +152,7 @@ impl Metrics {
 pub(crate) struct Reporting<'a> {
     pub(crate) metrics: &'a Metrics,
     pub(crate) freshness: &'a Freshness,
+    pub(crate) handoff: &'a Handoff,
 }
 
 /// How a delivery ended.
@@ -293,13 +306,24 @@ pub(crate) async fn deliver(
     let mut lines = Vec::with_capacity(batch.iter().map(Processed::size).sum());
     let mut failed = Vec::new();
     let mut records = 0usize;
+    // What history beside this transformer will merge, if one takes it;
+    // `None` once a line has no point (history then reads the object).
+    let mut points = report
+        .handoff
+        .is_open()
+        .then(|| Vec::with_capacity(batch.len()));
     // Per reason code, records going to `processing-failed/`.
     let mut reasons = std::collections::BTreeMap::<&str, u64>::new();
     for item in &batch {
         match &item.outcome {
             Ok(line) => {
-                lines.extend_from_slice(line);
+                lines.extend_from_slice(&line.text);
                 records += 1;
+                match (&mut points, line.point) {
+                    (Some(points), Some(point)) => points.push(point),
+                    (Some(_), None) => points = None,
+                    (None, _) => {}
+                }
                 oldest_valid =
                     Some(oldest_valid.map_or(item.arrival_ms, |o| o.min(item.arrival_ms)));
             }
@@ -333,6 +357,7 @@ pub(crate) async fn deliver(
                 kind,
                 records,
                 announce: false,
+                points: None,
             })
         })
         .collect();
@@ -341,7 +366,10 @@ pub(crate) async fn deliver(
     if let Some(last) = objects.last_mut() {
         last.announce = true;
     }
-    for object in &objects {
+    if let Some(delivery) = objects.iter_mut().find(|o| o.kind == Kind::Delivery) {
+        delivery.points = points;
+    }
+    for object in &mut objects {
         let span = tracing::info_span!(
             "delivery_object",
             shard,
@@ -352,7 +380,7 @@ pub(crate) async fn deliver(
         );
         let written = write_object(
             control,
-            report.metrics,
+            report,
             store,
             &mut *subscription,
             &range,
@@ -432,6 +460,8 @@ struct BatchObject {
     records: usize,
     /// Whether it is announced before it is written (the batch's last).
     announce: bool,
+    /// What history reads back from it, for history in this process.
+    points: Option<Vec<HistoryPoint>>,
 }
 
 /// The two objects a batch may be written as.
@@ -462,13 +492,17 @@ impl Kind {
 
 /// Writes one object of a batch (announced first if it says so),
 /// retrying until it is durable; `Err` says how the delivery ends instead.
+///
+/// The object's points are left for history under the key before the
+/// object is written, so that history, which finds the object by listing
+/// the store, finds them too; an attempt that fails takes them back.
 async fn write_object(
     control: &Control,
-    metrics: &Metrics,
+    report: &Reporting<'_>,
     store: &dyn ObjectStore,
     subscription: &mut dyn Subscription,
     range: &Range<'_>,
-    object: &BatchObject,
+    object: &mut BatchObject,
     backoff: &mut Backoff,
 ) -> Result<(), Outcome> {
     let BatchObject {
@@ -476,6 +510,7 @@ async fn write_object(
         kind,
         records,
         announce,
+        points,
     } = object;
     let shard = range.shard;
     let mut written_at = Utc::now();
@@ -504,6 +539,7 @@ async fn write_object(
                 Err(GaveUp::Stopped) => return Err(Outcome::Abandoned),
             }
         }
+        let left = points.take().map(|p| report.handoff.delivered(&key, p));
         match store.put(&key, body.clone(), "application/gzip").await {
             Ok(_) => {
                 tracing::Span::current().record("key", key.as_str());
@@ -511,7 +547,10 @@ async fn write_object(
                 return Ok(());
             }
             Err(e) => {
-                metrics.write_failures.increment(1);
+                if left.is_some() {
+                    *points = report.handoff.take(&key);
+                }
+                report.metrics.write_failures.increment(1);
                 control.failing("writing a delivery object", &e);
                 if control.stop.is_cancelled() {
                     tracing::warn!(%key, error = %e, "writing a delivery object failed while stopping; left on the stream for the next start");

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::Processed;
-pub use pipeline::{run_pipeline, run_pipeline_reporting};
+pub use pipeline::{InProcess, run_pipeline, run_pipeline_reporting};
 
 /// The transformer's consumer name on the stream.
 pub const CONSUMER: &str = "transformer";
@@ -96,7 +96,10 @@ impl ServiceArgs for TransformerArgs {
             context.sensor_limits,
             stop.clone(),
             context.readiness.clone(),
-            storage.freshness(),
+            InProcess {
+                freshness: storage.freshness(),
+                handoff: storage.handoff(),
+            },
         );
         let pipeline = Task::spawn("transformer flush", stop, pipeline);
         Ok(Service::new("transformer", Router::new()).with_task(pipeline))

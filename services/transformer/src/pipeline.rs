@@ -8,7 +8,7 @@ use alleycat_core::backoff::Backoff;
 use alleycat_core::validate::SensorLimits;
 use alleycat_runtime::Readiness;
 use alleycat_storage::{
-    Freshness, ObjectStore, SequenceNumber, Stream, StreamRecord, Subscription,
+    Freshness, Handoff, ObjectStore, SequenceNumber, Stream, StreamRecord, Subscription,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,7 +48,6 @@ pub async fn run_pipeline(
     limits: SensorLimits,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let freshness = Arc::new(Freshness::default());
     run_pipeline_reporting(
         stream,
         store,
@@ -56,9 +55,18 @@ pub async fn run_pipeline(
         limits,
         stop,
         Readiness::default(),
-        freshness,
+        InProcess::default(),
     )
     .await
+}
+
+/// What the transformer tells the services beside it in its process.
+#[derive(Clone, Default)]
+pub struct InProcess {
+    /// The arrival of the oldest record it holds, and each object written.
+    pub freshness: Arc<Freshness>,
+    /// The points of each delivery object written, for history beside it.
+    pub handoff: Arc<Handoff>,
 }
 
 /// [`run_pipeline`], reporting to `readiness` (part `transformer`): not
@@ -66,8 +74,10 @@ pub async fn run_pipeline(
 /// shutdown a failing step is not retried: what is not delivered stays on
 /// the stream, so stopping never waits for a backend that is down.
 ///
-/// Reports to `freshness` the arrival of the oldest record it holds and
-/// each delivery object it writes (`alleycat_transformer_freshness_seconds`).
+/// Reports to `beside.freshness` the arrival of the oldest record it holds
+/// and each delivery object it writes (`alleycat_transformer_freshness_seconds`),
+/// and leaves each object's points in `beside.handoff` while history there
+/// takes them.
 pub async fn run_pipeline_reporting(
     stream: Arc<dyn Stream>,
     store: Arc<dyn ObjectStore>,
@@ -75,8 +85,9 @@ pub async fn run_pipeline_reporting(
     limits: SensorLimits,
     stop: CancellationToken,
     readiness: Readiness,
-    freshness: Arc<Freshness>,
+    beside: InProcess,
 ) -> anyhow::Result<()> {
+    let InProcess { freshness, handoff } = beside;
     let subscription = stream.subscribe(CONSUMER).await?;
     freshness.transformer_started(CONSUMER, metrics::gauge!(FRESHNESS));
     let mut pipeline = Pipeline {
@@ -93,6 +104,7 @@ pub async fn run_pipeline_reporting(
         abandoned: false,
         metrics: Metrics::new(),
         freshness,
+        handoff,
         delivering: None,
         polled: None,
         polled_at_ms: None,
@@ -179,6 +191,8 @@ struct Pipeline {
     metrics: Metrics,
     /// Where the oldest record held and the objects written are reported.
     freshness: Arc<Freshness>,
+    /// Where each object's points are left for history in this process.
+    handoff: Arc<Handoff>,
     /// The arrival of the oldest record of the batch being delivered...
     delivering: Option<i64>,
     /// ...and of the records polled and not all taken into buffers yet.
@@ -324,6 +338,7 @@ impl Pipeline {
         let report = deliver::Reporting {
             metrics: &self.metrics,
             freshness: &self.freshness,
+            handoff: &self.handoff,
         };
         let outcome = deliver::deliver(
             &self.control,
@@ -632,6 +647,144 @@ mod tests {
         }
     }
 
+    /// A store whose first `failures` writes fail (a full disk, an S3 error).
+    struct FailsFirstWrites {
+        inner: FsStore,
+        failures: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ObjectStore for FailsFirstWrites {
+        async fn put_if(
+            &self,
+            key: &str,
+            body: Bytes,
+            content_type: &'static str,
+            condition: Precondition,
+        ) -> Result<ETag, StoreError> {
+            let failing = self
+                .failures
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+            if failing {
+                return Err(StoreError::Io {
+                    operation: "put",
+                    key: key.to_owned(),
+                    source: "No space left on device".into(),
+                });
+            }
+            self.inner.put_if(key, body, content_type, condition).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
+            self.inner.head(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            start_after: Option<&str>,
+        ) -> Result<Vec<String>, StoreError> {
+            self.inner.list(prefix, start_after).await
+        }
+    }
+
+    /// With history beside it, each delivery object's points are left
+    /// under its key: exactly what history reads back from the object, a
+    /// failed write's included once, however many attempts it took.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_object_written_leaves_the_points_history_would_read_back_from_it() {
+        for (history_beside, failures) in [(true, 0), (true, 2), (false, 0)] {
+            let (_dir, stream, store) = stores();
+            put(&stream, 0..50).await;
+            let handoff = Arc::new(Handoff::default());
+            if history_beside {
+                handoff.open();
+            }
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(run_pipeline_reporting(
+                Arc::new(stream),
+                Arc::new(FailsFirstWrites {
+                    inner: store.clone(),
+                    failures: failures.into(),
+                }),
+                args(1 << 20, Duration::from_millis(20)),
+                SensorLimits::DEFAULT,
+                stop.clone(),
+                Readiness::default(),
+                InProcess {
+                    freshness: Arc::default(),
+                    handoff: Arc::clone(&handoff),
+                },
+            ));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while racers(&delivered(&store).await).len() < 50 {
+                assert!(Instant::now() < deadline, "not delivered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.cancel();
+            task.await.unwrap().unwrap();
+            let objects = delivered(&store).await;
+            if !history_beside {
+                assert_eq!(handoff.points(), 0, "no history here: nothing kept");
+                continue;
+            }
+            assert_eq!(handoff.points(), 50, "{failures} failed writes");
+            for (key, body) in objects {
+                let (read_back, bad) = alleycat_core::delivery::parse_points(&body);
+                assert!(bad.is_empty());
+                assert_eq!(handoff.take(&key), Some(read_back), "{key}");
+            }
+            assert_eq!(handoff.points(), 0, "nothing left under other keys");
+        }
+    }
+
+    /// An object never written leaves no points: history must not merge
+    /// records that are not durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_not_written_leaves_no_points() {
+        let (_dir, stream, store) = stores();
+        put(&stream, 0..50).await;
+        let handoff = Arc::new(Handoff::default());
+        handoff.open();
+        let readiness = Readiness::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_pipeline_reporting(
+            Arc::new(stream),
+            Arc::new(FailsFirstWrites {
+                inner: store.clone(),
+                failures: usize::MAX.into(),
+            }),
+            args(1 << 20, Duration::from_millis(20)),
+            SensorLimits::DEFAULT,
+            stop.clone(),
+            readiness.clone(),
+            InProcess {
+                freshness: Arc::default(),
+                handoff: Arc::clone(&handoff),
+            },
+        ));
+        until("a failing write", || {
+            readiness
+                .problems()
+                .get(deliver::PART)
+                .is_some_and(|p| p.contains("No space"))
+        })
+        .await;
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        assert!(delivered(&store).await.is_empty());
+        assert_eq!(handoff.points(), 0, "taken back after each failed write");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_delivery_completed_before_a_crash_is_not_delivered_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -706,6 +859,7 @@ mod tests {
             abandoned: false,
             metrics: Metrics::new(),
             freshness: Arc::new(Freshness::default()),
+            handoff: Arc::default(),
             delivering: None,
             polled: None,
             polled_at_ms: None,
@@ -1092,7 +1246,7 @@ mod tests {
             SensorLimits::DEFAULT,
             stop.clone(),
             readiness.clone(),
-            Arc::new(Freshness::default()),
+            InProcess::default(),
         ));
         until("the transformer to say it cannot deliver", || {
             readiness
@@ -1135,7 +1289,7 @@ mod tests {
             SensorLimits::DEFAULT,
             stop.clone(),
             readiness.clone(),
-            Arc::new(Freshness::default()),
+            InProcess::default(),
         ));
         until("a failing delivery", || {
             readiness.problems().contains_key(deliver::PART)

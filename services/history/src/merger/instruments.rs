@@ -17,6 +17,7 @@ pub(super) struct Instruments {
     checks_failed: Counter,
     check_duration: Histogram,
     objects: Counter,
+    handed_over: Counter,
     reread: Counter,
     records: Counter,
     invalid: Counter,
@@ -65,6 +66,7 @@ impl Instruments {
             checks_failed: metrics::counter!(CHECKS, "outcome" => "failed"),
             check_duration: metrics::histogram!("alleycat_history_check_duration_seconds"),
             objects: metrics::counter!("alleycat_history_objects_merged_total"),
+            handed_over: metrics::counter!("alleycat_history_objects_handed_over_total"),
             reread: metrics::counter!("alleycat_history_objects_reread_total"),
             records: metrics::counter!("alleycat_history_records_merged_total"),
             invalid: metrics::counter!(NOT_MERGED, "reason" => "invalid"),
@@ -99,6 +101,7 @@ impl Instruments {
         }
         self.check_duration.record(took);
         self.objects.increment(report.objects as u64);
+        self.handed_over.increment(report.handed_over as u64);
         self.reread.increment(report.reread as u64);
         let too_many: usize = report.too_many_racers.values().sum();
         let not_merged = report.disqualified + too_many;
