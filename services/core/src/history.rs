@@ -11,7 +11,9 @@ use crate::delivery::HistoryPoint;
 use crate::telemetry::{ClassId, RacerId, Second};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod class_file_json;
 mod original;
+pub use class_file_json::read_seconds;
 pub use original::{DropReason, DropReport};
 
 /// Largest decompressed class file accepted when loading (a 10,000-racer
@@ -169,23 +171,19 @@ impl ClassHistory {
         out
     }
 
-    /// Parses class-file JSON, checking every second, racer and output.
+    /// Parses class-file JSON, checking every second, racer and output
+    /// ([`read_seconds`]).
     pub fn from_json(json: &[u8]) -> Result<Self, HistoryError> {
-        let raw: BTreeMap<u64, BTreeMap<u64, f64>> =
-            serde_json::from_slice(json).map_err(|e| HistoryError::Format(e.to_string()))?;
         let mut history = ClassHistory::default();
-        for (second, racers) in raw {
-            let second = Second::new(second)
-                .ok_or_else(|| HistoryError::Format(format!("second {second} out of range")))?;
-            for (racer, output) in racers {
-                if !(output.is_finite() && output >= 0.0) {
-                    return Err(HistoryError::Format(format!(
-                        "output {output} of racer {racer} at second {second} is not a valid output"
-                    )));
-                }
-                history.merge(second, RacerId(racer), output);
+        read_seconds(json, |second, bests| {
+            if bests.is_empty() {
+                history.seconds.remove(&second);
+            } else {
+                // Built from its pairs, in order: the later of a racer's two
+                // entries stands, as it would in a map parsed from the file.
+                history.seconds.insert(second, bests.into_iter().collect());
             }
-        }
+        })?;
         Ok(history)
     }
 
@@ -349,6 +347,29 @@ mod tests {
             assert!(ClassHistory::from_json(bad.as_bytes()).is_err(), "{bad}");
         }
         assert!(ClassHistory::from_json(b"{}").unwrap().is_empty());
+        for bad in [
+            r#"{"3601":{"1":1}}"#,
+            r#"{"1":{"1":1}} {"2":{"1":1}}"#,
+            r#"{"1":{"1":"1"}}"#,
+            r#"{"1":{"1":1e999}}"#,
+        ] {
+            assert!(ClassHistory::from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_class_file_reads_as_a_map_of_maps_would() {
+        // Racers out of order; a racer, and a second, listed twice: the
+        // later stands; a second with no bests is no second.
+        let h = ClassHistory::from_json(
+            br#"{"2":{"9":1.5,"3":2,"9":0.5},"1":{"1":7},"1":{"4":8},"5":{},"6":{"1":1},"6":{}}"#,
+        )
+        .unwrap();
+        let read: Vec<(u16, Vec<(u64, f64)>)> = h
+            .iter()
+            .map(|(s, bests)| (s.0, bests.iter().map(|(r, o)| (r.0, *o)).collect()))
+            .collect();
+        assert_eq!(read, [(1, vec![(4, 8.0)]), (2, vec![(3, 2.0), (9, 0.5)])]);
     }
 
     #[test]

@@ -154,9 +154,11 @@ async fn load_merger(
     }
 }
 
-/// Merges new delivery objects every `interval`, and as soon as this
+/// Merges new delivery objects every `interval`, as soon as this
 /// process's transformer wrote one (in the all-in-one, a record need not
-/// wait for the next poll), until `stop` is cancelled,
+/// wait for the next poll), and as soon as the pacer lets a deferred
+/// publication go (its records need not wait for the next poll either),
+/// until `stop` is cancelled,
 /// then merges once more (to pick up the transformer's final delivery).
 /// Reports to `readiness` (part `history`) whether the last check worked.
 pub async fn run_merger(
@@ -172,6 +174,10 @@ pub async fn run_merger(
             () = stop.cancelled() => true,
             _ = ticker.tick() => false,
             () = merger.delivery_written() => {
+                ticker.reset();
+                false
+            }
+            () = merger.deferred_publication() => {
                 ticker.reset();
                 false
             }

@@ -284,6 +284,15 @@ impl Merger {
         self
     }
 
+    /// Returns when the pacer lets a publication it deferred go; never
+    /// while every class is published.
+    pub async fn deferred_publication(&self) {
+        match self.pacer.not_before() {
+            Some(at) if !self.all_published() => tokio::time::sleep_until(at.into()).await,
+            _ => std::future::pending().await,
+        }
+    }
+
     /// From now on publishes after every check (the process is stopping).
     pub fn stop_pacing(&mut self) {
         self.pacer.lift();

@@ -6,10 +6,9 @@
 //! of the whole class.
 
 use alleycat_core::codec;
-use alleycat_core::history::{ClassHistory, HistoryError, MAX_CLASS_FILE_BYTES};
+use alleycat_core::history::{ClassHistory, HistoryError, MAX_CLASS_FILE_BYTES, read_seconds};
 use alleycat_core::{ClassId, RacerId, Second};
-use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -122,12 +121,17 @@ impl AllTime {
     /// the server's CPU, most of it building maps).
     pub fn from_gzip(bytes: &[u8]) -> Result<AllTime, HistoryError> {
         let json = codec::gunzip(bytes, MAX_CLASS_FILE_BYTES)?;
-        let file: ClassFile =
-            serde_json::from_slice(&json).map_err(|e| HistoryError::Format(e.to_string()))?;
-        Ok(AllTime {
-            seconds: file.0.into_iter().collect(),
-        })
+        let mut seconds = HashMap::new();
+        read_seconds(&json, |second, bests| {
+            if bests.is_empty() {
+                seconds.remove(&second);
+            } else {
+                seconds.insert(second, SecondBests::new(bests));
+            }
+        })?;
+        Ok(AllTime { seconds })
     }
+
     /// `racer`'s best at every second it has one, in order.
     #[must_use]
     pub fn bests_of(&self, racer: RacerId) -> BTreeMap<Second, f64> {
@@ -171,76 +175,6 @@ impl AllTime {
             personal_best,
             new_record: personal_best.is_none_or(|b| output > b),
         }
-    }
-}
-
-/// A class file's seconds as they are parsed: `{"1": {"101": 152.34, ...}, ...}`.
-/// A second listed twice keeps its later bests, as a map would; a second
-/// with none is left out, as [`ClassHistory::from_json`] leaves it.
-struct ClassFile(HashMap<Second, SecondBests>);
-
-impl<'de> Deserialize<'de> for ClassFile {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(ClassFileVisitor)
-    }
-}
-
-struct ClassFileVisitor;
-
-impl<'de> Visitor<'de> for ClassFileVisitor {
-    type Value = ClassFile;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a map of seconds to each racer's best")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ClassFile, A::Error> {
-        let mut seconds = HashMap::new();
-        while let Some(second) = map.next_key::<u64>()? {
-            let second = Second::new(second)
-                .ok_or_else(|| de::Error::custom(format!("second {second} out of range")))?;
-            let bests = map.next_value_seed(SecondVisitor(second))?;
-            if bests.is_empty() {
-                seconds.remove(&second);
-            } else {
-                seconds.insert(second, SecondBests::new(bests));
-            }
-        }
-        Ok(ClassFile(seconds))
-    }
-}
-
-/// One second's bests, in the file's order; the second is named in errors.
-struct SecondVisitor(Second);
-
-impl<'de> DeserializeSeed<'de> for SecondVisitor {
-    type Value = Vec<(RacerId, f64)>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for SecondVisitor {
-    type Value = Vec<(RacerId, f64)>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "a map of racers to their best at second {}", self.0)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut bests = Vec::with_capacity(map.size_hint().unwrap_or(0));
-        while let Some(racer) = map.next_key::<u64>()? {
-            let output: f64 = map.next_value()?;
-            if !(output.is_finite() && output >= 0.0) {
-                return Err(de::Error::custom(format!(
-                    "output {output} of racer {racer} at second {} is not a valid output",
-                    self.0
-                )));
-            }
-            bests.push((RacerId(racer), output));
-        }
-        Ok(bests)
     }
 }
 

@@ -41,6 +41,11 @@ impl Pacer {
         }
     }
 
+    /// When the next round may start, if it must wait.
+    pub(super) fn not_before(&self) -> Option<Instant> {
+        self.not_before.filter(|at| *at > Instant::now())
+    }
+
     /// Whether a round may start now.
     pub(super) fn ready(&self) -> bool {
         self.not_before.is_none_or(|at| Instant::now() >= at)

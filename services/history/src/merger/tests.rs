@@ -1270,6 +1270,44 @@ async fn a_paced_publication_waits_with_its_objects_pending_until_caught_up() {
 }
 
 #[tokio::test]
+async fn a_deferred_publication_goes_when_the_pacer_lets_it_not_at_the_next_poll() {
+    let f = fixture();
+    let now = Utc::now();
+    let args = HistoryArgs {
+        publish_pace: 1,
+        ..args()
+    };
+    deliver(f.delivery.as_ref(), now, "1", &[(1, 1, 101, 150.0)]).await;
+    let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args)
+        .await
+        .unwrap();
+    assert_eq!(merger.merge_new().await.unwrap().published, [ClassId(1)]);
+    let nothing_deferred =
+        tokio::time::timeout(Duration::from_millis(50), merger.deferred_publication()).await;
+    assert!(nothing_deferred.is_err(), "every class is published");
+
+    // As if that publication had cost a second of CPU: the next waits one.
+    merger.pacer.spent(Duration::from_secs(1));
+    deliver(f.delivery.as_ref(), now, "2", &[(1, 2, 101, 160.0)]).await;
+    assert!(
+        merger.merge_new().await.unwrap().published.is_empty(),
+        "deferred"
+    );
+    let waiting = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), merger.deferred_publication())
+        .await
+        .expect("the deferred publication falls due");
+    assert!(
+        waiting.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        waiting.elapsed()
+    );
+    assert_eq!(merger.merge_new().await.unwrap().published, [ClassId(1)]);
+    let file = published(f.history.as_ref(), 1).await.unwrap();
+    assert_eq!(file.best(Second(2), RacerId(101)), Some(160.0));
+}
+
+#[tokio::test]
 async fn the_pacer_never_defers_retrying_a_failed_publication() {
     let f = fixture();
     let history = Faulty::new(f.history.clone());
