@@ -607,77 +607,77 @@ mod tests {
         assert_eq!(delivered(&store).await.len(), objects.len());
     }
 
-    /// A store whose writes land, then never return: a process dying right
-    /// after its delivery object became durable, before the checkpoint.
-    struct DiesAfterWrite {
+    /// A store whose writes go wrong as a test needs.
+    struct FaultyStore {
         inner: FsStore,
-        written: Notify,
+        fault: Fault,
     }
 
-    #[async_trait]
-    impl ObjectStore for DiesAfterWrite {
-        async fn put_if(
-            &self,
-            key: &str,
-            body: Bytes,
-            content_type: &'static str,
-            condition: Precondition,
-        ) -> Result<ETag, StoreError> {
-            self.inner
-                .put_if(key, body, content_type, condition)
-                .await?;
-            self.written.notify_one();
-            std::future::pending().await
-        }
-        async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
-            self.inner.head(key).await
-        }
-        async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn list(
-            &self,
-            prefix: &str,
-            start_after: Option<&str>,
-        ) -> Result<Vec<String>, StoreError> {
-            self.inner.list(prefix, start_after).await
-        }
+    enum Fault {
+        /// A write lands, then never returns: a process dying right after
+        /// its delivery object became durable, before the checkpoint.
+        DiesAfterWrite(Notify),
+        /// The first this many writes fail (a full disk, an S3 error).
+        FailsFirst(std::sync::atomic::AtomicUsize),
     }
 
-    /// A store whose first `failures` writes fail (a full disk, an S3 error).
-    struct FailsFirstWrites {
-        inner: FsStore,
-        failures: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait]
-    impl ObjectStore for FailsFirstWrites {
-        async fn put_if(
-            &self,
-            key: &str,
-            body: Bytes,
-            content_type: &'static str,
-            condition: Precondition,
-        ) -> Result<ETag, StoreError> {
-            let failing = self
-                .failures
-                .fetch_update(
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                    |n| n.checked_sub(1),
-                )
-                .is_ok();
-            if failing {
-                return Err(StoreError::Io {
-                    operation: "put",
-                    key: key.to_owned(),
-                    source: "No space left on device".into(),
-                });
+    impl FaultyStore {
+        fn dies_after_write(inner: &FsStore) -> FaultyStore {
+            let fault = Fault::DiesAfterWrite(Notify::new());
+            FaultyStore {
+                inner: inner.clone(),
+                fault,
             }
-            self.inner.put_if(key, body, content_type, condition).await
+        }
+
+        fn fails_first(inner: &FsStore, writes: usize) -> FaultyStore {
+            let fault = Fault::FailsFirst(writes.into());
+            FaultyStore {
+                inner: inner.clone(),
+                fault,
+            }
+        }
+
+        async fn written(&self) {
+            let Fault::DiesAfterWrite(written) = &self.fault else {
+                unreachable!("only a store that dies tells of its write")
+            };
+            written.notified().await;
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for FaultyStore {
+        async fn put_if(
+            &self,
+            key: &str,
+            body: Bytes,
+            content_type: &'static str,
+            condition: Precondition,
+        ) -> Result<ETag, StoreError> {
+            match &self.fault {
+                Fault::DiesAfterWrite(written) => {
+                    self.inner
+                        .put_if(key, body, content_type, condition)
+                        .await?;
+                    written.notify_one();
+                    std::future::pending().await
+                }
+                Fault::FailsFirst(failures) => {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    if failures
+                        .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        return Err(StoreError::Io {
+                            operation: "put",
+                            key: key.to_owned(),
+                            source: "No space left on device".into(),
+                        });
+                    }
+                    self.inner.put_if(key, body, content_type, condition).await
+                }
+            }
         }
         async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
             self.inner.get(key).await
@@ -712,10 +712,7 @@ mod tests {
             let stop = CancellationToken::new();
             let task = tokio::spawn(run_pipeline_reporting(
                 Arc::new(stream),
-                Arc::new(FailsFirstWrites {
-                    inner: store.clone(),
-                    failures: failures.into(),
-                }),
+                Arc::new(FaultyStore::fails_first(&store, failures)),
                 args(1 << 20, Duration::from_millis(20)),
                 SensorLimits::DEFAULT,
                 stop.clone(),
@@ -759,10 +756,7 @@ mod tests {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_pipeline_reporting(
             Arc::new(stream),
-            Arc::new(FailsFirstWrites {
-                inner: store.clone(),
-                failures: usize::MAX.into(),
-            }),
+            Arc::new(FaultyStore::fails_first(&store, usize::MAX)),
             args(1 << 20, Duration::from_millis(20)),
             SensorLimits::DEFAULT,
             stop.clone(),
@@ -794,10 +788,7 @@ mod tests {
             let stream: Arc<dyn Stream> =
                 Arc::new(EmbeddedStream::open(&dir.path().join("stream")).unwrap());
             put(&*stream, 0..10).await;
-            let dying = Arc::new(DiesAfterWrite {
-                inner: store.clone(),
-                written: Notify::new(),
-            });
+            let dying = Arc::new(FaultyStore::dies_after_write(&store));
             let task = tokio::spawn(run_pipeline(
                 stream,
                 dying.clone(),
@@ -805,7 +796,7 @@ mod tests {
                 SensorLimits::DEFAULT,
                 CancellationToken::new(),
             ));
-            tokio::time::timeout(Duration::from_secs(30), dying.written.notified())
+            tokio::time::timeout(Duration::from_secs(30), dying.written())
                 .await
                 .unwrap();
             task.abort();

@@ -1217,13 +1217,15 @@ async fn freshness_follows_complete_checks_and_the_oldest_pending_object() {
     assert_ne!(key, pending_key);
 }
 
-#[tokio::test]
-async fn a_paced_publication_waits_with_its_objects_pending_until_caught_up() {
-    let f = fixture();
-    let now = Utc::now();
-    // After any publication, the next waits a thousand times its cost.
+/// Settings pacing publications at `pace`, and a merger with them that
+/// has merged and published one delivery object (written at `now`).
+async fn paced_after_one_publication(
+    f: &Fixture,
+    pace: u32,
+    now: DateTime<Utc>,
+) -> (HistoryArgs, Merger) {
     let args = HistoryArgs {
-        publish_pace: 1_000_000,
+        publish_pace: pace,
         ..args()
     };
     deliver(f.delivery.as_ref(), now, "1", &[(1, 1, 101, 150.0)]).await;
@@ -1231,6 +1233,15 @@ async fn a_paced_publication_waits_with_its_objects_pending_until_caught_up() {
         .await
         .unwrap();
     assert_eq!(merger.merge_new().await.unwrap().published, [ClassId(1)]);
+    (args, merger)
+}
+
+#[tokio::test]
+async fn a_paced_publication_waits_with_its_objects_pending_until_caught_up() {
+    let f = fixture();
+    let now = Utc::now();
+    // After any publication, the next waits a million times its cost.
+    let (args, mut merger) = paced_after_one_publication(&f, 1_000_000, now).await;
 
     // A backlog: new objects keep coming, so the publication is deferred.
     let second = deliver(f.delivery.as_ref(), now, "2", &[(1, 2, 101, 160.0)]).await;
@@ -1273,15 +1284,7 @@ async fn a_paced_publication_waits_with_its_objects_pending_until_caught_up() {
 async fn a_deferred_publication_goes_when_the_pacer_lets_it_not_at_the_next_poll() {
     let f = fixture();
     let now = Utc::now();
-    let args = HistoryArgs {
-        publish_pace: 1,
-        ..args()
-    };
-    deliver(f.delivery.as_ref(), now, "1", &[(1, 1, 101, 150.0)]).await;
-    let mut merger = Merger::load(f.delivery.clone(), f.history.clone(), &args)
-        .await
-        .unwrap();
-    assert_eq!(merger.merge_new().await.unwrap().published, [ClassId(1)]);
+    let (_, mut merger) = paced_after_one_publication(&f, 1, now).await;
     let nothing_deferred =
         tokio::time::timeout(Duration::from_millis(50), merger.deferred_publication()).await;
     assert!(nothing_deferred.is_err(), "every class is published");
