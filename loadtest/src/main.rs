@@ -17,8 +17,8 @@ use std::time::Duration;
 /// cost is taken from the server: on glibc's allocator, `malloc` and
 /// `free` were about a tenth of the harness's CPU in the stretch run.
 /// Transparent huge pages are turned off as the server turns them off
-/// (`src/allocator.rs`): mimalloc asks for them, and zeroing 2 MiB pages as
-/// 10,000 bikes connect put a spike into the first second of run 1.
+/// (`alleycat_runtime::memory`): mimalloc asks for them, and zeroing 2 MiB
+/// pages as 10,000 bikes connect put a spike into the first second of run 1.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -101,11 +101,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // Only a cost if it fails: the harness runs as it would have anyway.
-        let _ = nix::sys::prctl::set_thp_disable(true);
-    }
+    alleycat_runtime::memory::prefer_small_pages();
     let args = Args::parse();
     let target_url = args.target.trim_end_matches('/').to_owned();
     let rankings_url = args.rankings.clone().unwrap_or_else(|| target_url.clone());

@@ -6,6 +6,7 @@ mod body_deadline;
 mod errors;
 mod health;
 mod limits;
+pub mod memory;
 pub mod metrics;
 mod process;
 mod server;
