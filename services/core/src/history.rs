@@ -174,17 +174,12 @@ impl ClassHistory {
     /// Parses class-file JSON, checking every second, racer and output
     /// ([`read_seconds`]).
     pub fn from_json(json: &[u8]) -> Result<Self, HistoryError> {
-        let mut history = ClassHistory::default();
-        read_seconds(json, |second, bests| {
-            if bests.is_empty() {
-                history.seconds.remove(&second);
-            } else {
-                // Built from its pairs, in order: the later of a racer's two
-                // entries stands, as it would in a map parsed from the file.
-                history.seconds.insert(second, bests.into_iter().collect());
-            }
-        })?;
-        Ok(history)
+        let seconds = read_seconds(json)?
+            .into_iter()
+            // In racer order: each map is built from its sorted pairs at once.
+            .map(|(second, bests)| (second, bests.into_iter().collect()))
+            .collect();
+        Ok(ClassHistory { seconds })
     }
 
     /// The gzipped class file, as published.

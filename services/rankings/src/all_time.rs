@@ -53,21 +53,8 @@ struct SecondBests {
 }
 
 impl SecondBests {
-    /// From one second's bests in any order; where a racer is listed
-    /// twice, the later entry stands (as a map built from them would have).
-    fn new(mut by_racer: Vec<(RacerId, f64)>) -> SecondBests {
-        if !by_racer.is_sorted_by(|a, b| a.0 < b.0) {
-            // Stable, so the later of two entries of a racer stays later.
-            by_racer.sort_by_key(|&(racer, _)| racer);
-            let mut kept: Vec<(RacerId, f64)> = Vec::with_capacity(by_racer.len());
-            for entry in by_racer {
-                match kept.last_mut() {
-                    Some(last) if last.0 == entry.0 => *last = entry,
-                    _ => kept.push(entry),
-                }
-            }
-            by_racer = kept;
-        }
+    /// From one second's bests, ordered by racer id without repeats.
+    fn new(by_racer: Vec<(RacerId, f64)>) -> SecondBests {
         let mut descending: Vec<f64> = by_racer.iter().map(|&(_, best)| best).collect();
         descending.sort_unstable_by(|a, b| b.total_cmp(a));
         SecondBests {
@@ -121,14 +108,10 @@ impl AllTime {
     /// the server's CPU, most of it building maps).
     pub fn from_gzip(bytes: &[u8]) -> Result<AllTime, HistoryError> {
         let json = codec::gunzip(bytes, MAX_CLASS_FILE_BYTES)?;
-        let mut seconds = HashMap::new();
-        read_seconds(&json, |second, bests| {
-            if bests.is_empty() {
-                seconds.remove(&second);
-            } else {
-                seconds.insert(second, SecondBests::new(bests));
-            }
-        })?;
+        let seconds = read_seconds(&json)?
+            .into_iter()
+            .map(|(second, bests)| (second, SecondBests::new(bests)))
+            .collect();
         Ok(AllTime { seconds })
     }
 

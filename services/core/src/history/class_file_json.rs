@@ -1,47 +1,50 @@
-//! Reading class-file JSON (`{"1": {"101": 152.34, ...}, ...}`) a second at
-//! a time, each checked as it is parsed, with no map built on the way: its
-//! readers keep the bests in the shape they need ([`super::ClassHistory`]'s
-//! maps, rankings' sorted vectors), and building a map of maps first cost
-//! more than the parse (in the stretch run, rankings indexing six class
-//! files every 10 s was 7% of the server's CPU, most of it building maps).
+//! Reading class-file JSON (`{"1": {"101": 152.34, ...}, ...}`) into each
+//! second's bests as a vector in racer order, checked as it is parsed, with
+//! no map of maps built on the way: its readers keep the bests in the shape
+//! they need ([`super::ClassHistory`]'s maps, rankings' sorted vectors),
+//! and building a map of maps first cost more than the parse (in the
+//! stretch run, rankings indexing six class files every 10 s was 7% of the
+//! server's CPU, most of it building maps).
 
 use super::HistoryError;
 use crate::telemetry::{RacerId, Second};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use std::collections::BTreeMap;
 
-/// Calls `each` with every second of the class-file JSON `json` and its
-/// bests in the file's order (ascending racer ids in a file Alleycat wrote),
-/// checking that every second is in range and every output finite and not
-/// negative. A second listed twice is given twice: as with a map, the later
-/// stands. A second with no bests is given too, empty.
-pub fn read_seconds(
-    json: &[u8],
-    each: impl FnMut(Second, Vec<(RacerId, f64)>),
-) -> Result<(), HistoryError> {
+/// Each second of the class-file JSON `json` and its bests, ordered by
+/// racer id, checking that every second is in range and every output finite
+/// and not negative. As in a map parsed from the file, a second or a racer
+/// listed twice keeps its later entry; a second with no bests is left out.
+pub fn read_seconds(json: &[u8]) -> Result<BTreeMap<Second, Vec<(RacerId, f64)>>, HistoryError> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     deserializer
-        .deserialize_map(Seconds(each))
-        .and_then(|()| deserializer.end())
+        .deserialize_map(Seconds)
+        .and_then(|seconds| deserializer.end().map(|()| seconds))
         .map_err(|e| HistoryError::Format(e.to_string()))
 }
 
-struct Seconds<F>(F);
+struct Seconds;
 
-impl<'de, F: FnMut(Second, Vec<(RacerId, f64)>)> Visitor<'de> for Seconds<F> {
-    type Value = ();
+impl<'de> Visitor<'de> for Seconds {
+    type Value = BTreeMap<Second, Vec<(RacerId, f64)>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a map of seconds to each racer's best")
     }
 
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seconds = BTreeMap::new();
         while let Some(second) = map.next_key::<u64>()? {
             let second = Second::new(second)
                 .ok_or_else(|| de::Error::custom(format!("second {second} out of range")))?;
             let bests = map.next_value_seed(Bests(second))?;
-            (self.0)(second, bests);
+            if bests.is_empty() {
+                seconds.remove(&second);
+            } else {
+                seconds.insert(second, bests);
+            }
         }
-        Ok(())
+        Ok(seconds)
     }
 }
 
@@ -75,6 +78,24 @@ impl<'de> Visitor<'de> for Bests {
             }
             bests.push((RacerId(racer), output));
         }
-        Ok(bests)
+        Ok(by_racer(bests))
     }
+}
+
+/// `bests` ordered by racer, the later of a racer's entries kept. A file
+/// Alleycat wrote is in this order already, and passes through untouched.
+fn by_racer(mut bests: Vec<(RacerId, f64)>) -> Vec<(RacerId, f64)> {
+    if bests.is_sorted_by(|a, b| a.0 < b.0) {
+        return bests;
+    }
+    // Stable, so the later of a racer's entries stays later.
+    bests.sort_by_key(|&(racer, _)| racer);
+    let mut kept: Vec<(RacerId, f64)> = Vec::with_capacity(bests.len());
+    for entry in bests {
+        match kept.last_mut() {
+            Some(last) if last.0 == entry.0 => *last = entry,
+            _ => kept.push(entry),
+        }
+    }
+    kept
 }
