@@ -157,18 +157,19 @@ impl PointLine {
     }
 }
 
-impl HistoryPoint {
-    /// The point history reads back from `telemetry`'s delivery line
-    /// ([`DeliveryRecord`]), by the same checks as [`parse_point`], without
-    /// writing and parsing the line: for a transformer that hands its
-    /// objects' points to history in the same process.
-    pub fn of(telemetry: &Telemetry) -> Result<HistoryPoint, String> {
+impl DeliveryRecord<'_> {
+    /// The point history reads back from this record's line, by the same
+    /// checks as [`parse_point`], without writing and parsing the line: for
+    /// a transformer that hands its objects' points to history in the same
+    /// process.
+    pub fn point(&self) -> Result<HistoryPoint, String> {
+        let t = self.telemetry;
         PointLine {
-            class_id: u64::from(telemetry.class_id.0),
-            second: u64::from(telemetry.second.0),
-            racer_id: telemetry.racer_id.0,
-            race_id: telemetry.race_id.0,
-            output: telemetry.output(),
+            class_id: u64::from(t.class_id.0),
+            second: u64::from(t.second.0),
+            racer_id: t.racer_id.0,
+            race_id: t.race_id.0,
+            output: self.output,
         }
         .checked()
     }
@@ -364,10 +365,11 @@ mod tests {
                 resistance,
                 ..telemetry()
             };
+            let record = DeliveryRecord::new(&t);
             let mut line = Vec::new();
-            DeliveryRecord::new(&t).write_line(&mut line);
+            record.write_line(&mut line);
             let read = parse_point(&line[..line.len() - 1]);
-            let handed = HistoryPoint::of(&t);
+            let handed = record.point();
             proptest::prop_assert_eq!(&handed, &read);
             if let (Ok(handed), Ok(read)) = (handed, read) {
                 // Equal as numbers, and as bits: -0 is not handed over as -0.

@@ -55,11 +55,12 @@ impl Processed {
     pub fn from_record(record: StreamRecord, limits: SensorLimits) -> Processed {
         let outcome = match limits.parse_record(&record.data) {
             Ok(telemetry) => {
+                let delivery = DeliveryRecord::new(&telemetry);
                 let mut text = Vec::with_capacity(record.data.len() + 24);
-                DeliveryRecord::new(&telemetry).write_line(&mut text);
+                delivery.write_line(&mut text);
                 Ok(Line {
                     text,
-                    point: HistoryPoint::of(&telemetry).ok(),
+                    point: delivery.point().ok(),
                 })
             }
             Err(errors) => Err(FailedRecord::invalid(

@@ -48,7 +48,7 @@ impl Pacer {
 
     /// Whether a round may start now.
     pub(super) fn ready(&self) -> bool {
-        self.not_before.is_none_or(|at| Instant::now() >= at)
+        self.not_before().is_none()
     }
 
     /// A round (that wrote something) ended now, its encoding having cost
