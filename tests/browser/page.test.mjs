@@ -80,8 +80,17 @@ try {
   const firstRank = await page.textContent("#leaderboard tr:first-child td:first-child");
   ok(firstRank === "1", "the leaderboard starts at rank 1");
   await page.waitForSelector("#next:not([disabled])", WAIT);
+  // The next page's first request fails (as when the server restarts): the
+  // page asks again within seconds, not at its next 30 s refresh.
+  const leaderboardRequests = /\/v1\/leaderboard\?/;
+  let refused = 0;
+  await page.route(leaderboardRequests, (route) => refused++ === 0
+    ? route.fulfill({ status: 503, contentType: "application/json", body: '{"error":"unavailable"}' })
+    : route.continue());
   await page.click("#next");
-  await page.waitForFunction(() => document.querySelector("#page").textContent === "page 2", null, WAIT);
+  await page.waitForFunction(() => document.querySelector("#page").textContent === "page 2", null, { timeout: 8_000 });
+  ok(refused >= 2, `a failed leaderboard request is asked again within seconds (${refused} requests)`);
+  await page.unroute(leaderboardRequests);
   await page.waitForFunction(() => document.querySelector("#leaderboard tr:first-child td").textContent === "11", null, WAIT);
   ok(true, "the leaderboard pages (page 2 starts at rank 11)");
   await page.click("#prev");
@@ -104,9 +113,22 @@ try {
   await page.screenshot({ path: shots + "/page-desktop.png" });
   const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   phone.on("pageerror", (error) => errors.push(error.message));
+  // This page's first request for the race results and for the class file
+  // each fail: both are asked again within seconds (their refreshes are 15 s
+  // and 5 min).
+  const failFirst = async (pattern) => {
+    let seen = 0;
+    await phone.route(pattern, (route) => seen++ === 0 ? route.abort("connectionreset") : route.continue());
+    return () => seen;
+  };
+  const racesAsked = await failFirst(/\/v1\/races\?/);
+  const classFileAsked = await failFirst(/\/class-1\.gz/);
   await phone.goto(base + "/?classId=1&racerId=" + racerId);
   await phone.waitForSelector("#here-now tr", WAIT);
-  await phone.waitForSelector("#chart path.best", WAIT);
+  await phone.waitForSelector("#races li strong", { timeout: 10_000 });
+  await phone.waitForSelector("#chart path.best", { timeout: 10_000 });
+  ok(racesAsked() >= 2 && classFileAsked() >= 2, `failed requests for race results and the class file are asked again within seconds (${racesAsked()}, ${classFileAsked()} requests)`);
+  await phone.unrouteAll();
   const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   ok(overflow <= 0, `nothing is wider than a phone's screen (${overflow} px over)`);
   await phone.screenshot({ path: shots + "/page-phone.png", fullPage: true });
