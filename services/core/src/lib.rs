@@ -14,6 +14,7 @@
 //! - [`codec`]: gzip encoding and decoding.
 
 pub mod backoff;
+pub mod blocking;
 pub mod codec;
 pub mod delivery;
 pub mod disqualification;

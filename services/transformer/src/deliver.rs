@@ -6,9 +6,9 @@
 //! skipped ([`recover`]), never written twice.
 
 use alleycat_core::backoff::{Attempt, Backoff, GaveUp, retry};
-use alleycat_core::codec;
 use alleycat_core::delivery::{self, DeliveryRecord, FailedRecord, HistoryPoint};
 use alleycat_core::validate::{SensorLimits, describe};
+use alleycat_core::{blocking, codec};
 use alleycat_runtime::Readiness;
 use alleycat_storage::freshness;
 use alleycat_storage::{
@@ -336,14 +336,19 @@ pub(crate) async fn deliver(
     }
     let failed_records = batch.len() - records;
     let uncompressed = lines.len();
-    let (lines, failed) = tokio::task::spawn_blocking(move || {
+    let compressed = blocking::run(move || {
         let gz = |data: &[u8]| {
             (!data.is_empty()).then(|| Bytes::from(codec::gzip(data, codec::DELIVERY_LEVEL)))
         };
         (gz(&lines), gz(&failed))
     })
-    .await
-    .expect("gzip task panicked");
+    .await;
+    let Ok((lines, failed)) = compressed else {
+        // Nothing is written or checkpointed: the records stay on the stream
+        // for the next start.
+        tracing::info!("compression cancelled at shutdown");
+        return Outcome::Abandoned;
+    };
 
     let mut backoff = Backoff::default();
     let objects = [

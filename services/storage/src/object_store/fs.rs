@@ -299,26 +299,26 @@ impl ObjectStore for FsStore {
         condition: Precondition,
     ) -> Result<ETag, StoreError> {
         let inner = Arc::clone(&self.inner);
-        let key = key.to_owned();
-        blocking(move || inner.put(&key, &body, &condition)).await
+        let owned = key.to_owned();
+        blocking("put", key, move || inner.put(&owned, &body, &condition)).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let inner = Arc::clone(&self.inner);
-        let key = key.to_owned();
-        blocking(move || inner.get(&key)).await
+        let owned = key.to_owned();
+        blocking("get", key, move || inner.get(&owned)).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ETag>, StoreError> {
         let inner = Arc::clone(&self.inner);
-        let key = key.to_owned();
-        blocking(move || inner.head(&key)).await
+        let owned = key.to_owned();
+        blocking("head", key, move || inner.head(&owned)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
-        let key = key.to_owned();
-        blocking(move || inner.delete(&key)).await
+        let owned = key.to_owned();
+        blocking("delete", key, move || inner.delete(&owned)).await
     }
 
     async fn list(
@@ -327,16 +327,31 @@ impl ObjectStore for FsStore {
         start_after: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
         let inner = Arc::clone(&self.inner);
-        let prefix = prefix.to_owned();
+        let owned = prefix.to_owned();
         let start_after = start_after.map(str::to_owned);
-        blocking(move || inner.list(&prefix, start_after.as_deref())).await
+        blocking("list", prefix, move || {
+            inner.list(&owned, start_after.as_deref())
+        })
+        .await
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
+/// Runs store I/O (`operation` on `key`) on the blocking pool; cancelled
+/// by a runtime shutting down, it failed like any I/O.
+async fn blocking<T: Send + 'static>(
+    operation: &'static str,
+    key: &str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    alleycat_core::blocking::run(f)
         .await
-        .expect("object store I/O task panicked")
+        .unwrap_or_else(|cancelled| {
+            Err(StoreError::Io {
+                operation,
+                key: key.to_owned(),
+                source: Box::new(cancelled),
+            })
+        })
 }
 
 #[cfg(test)]
