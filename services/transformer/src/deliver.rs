@@ -352,18 +352,18 @@ pub(crate) async fn deliver(
 
     let mut backoff = Backoff::default();
     let objects = [
-        (failed, Kind::Failed, failed_records),
-        (lines, Kind::Delivery, records),
+        (failed, Kind::Failed, failed_records, None),
+        (lines, Kind::Delivery, records, points),
     ];
     let mut objects: Vec<BatchObject> = objects
         .into_iter()
-        .filter_map(|(body, kind, records)| {
+        .filter_map(|(body, kind, records, points)| {
             body.map(|body| BatchObject {
                 body,
                 kind,
                 records,
                 announce: false,
-                points: None,
+                points,
             })
         })
         .collect();
@@ -371,9 +371,6 @@ pub(crate) async fn deliver(
     // the batch complete.
     if let Some(last) = objects.last_mut() {
         last.announce = true;
-    }
-    if let Some(delivery) = objects.iter_mut().find(|o| o.kind == Kind::Delivery) {
-        delivery.points = points;
     }
     for object in &mut objects {
         let span = tracing::info_span!(
@@ -545,7 +542,9 @@ async fn write_object(
                 Err(GaveUp::Stopped) => return Err(Outcome::Abandoned),
             }
         }
-        let left = points.take().map(|p| report.handoff.delivered(&key, p));
+        if let Some(points) = points.take() {
+            report.handoff.delivered(&key, points);
+        }
         match store.put(&key, body.clone(), "application/gzip").await {
             Ok(_) => {
                 tracing::Span::current().record("key", key.as_str());
@@ -553,9 +552,9 @@ async fn write_object(
                 return Ok(());
             }
             Err(e) => {
-                if left.is_some() {
-                    *points = report.handoff.take(&key);
-                }
+                // Only this object is written under its key: whatever is
+                // there is what this attempt left.
+                *points = report.handoff.take(&key);
                 report.metrics.write_failures.increment(1);
                 control.failing("writing a delivery object", &e);
                 if control.stop.is_cancelled() {
