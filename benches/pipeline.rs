@@ -18,8 +18,7 @@
 //!    delivery settings; for every batch, the time from its 202 to the class
 //!    files holding all of its records; p50, p99, max.
 
-use alleycat_core::codec;
-use alleycat_core::history::{MAX_CLASS_FILE_BYTES, read_seconds};
+use alleycat_core::history::read_class_file;
 use alleycat_core::{RacerId, Second};
 use alleycat_storage::PutRecord;
 use clap::Parser as _;
@@ -130,9 +129,8 @@ impl Published {
             }
             let etag = response.headers()["etag"].to_str().unwrap().to_owned();
             let gz = response.bytes().await.unwrap();
-            let json = codec::gunzip(&gz, MAX_CLASS_FILE_BYTES).unwrap();
             self.files
-                .insert(class, (etag, read_seconds(&json).unwrap()));
+                .insert(class, (etag, read_class_file(&gz).unwrap()));
         }
     }
 

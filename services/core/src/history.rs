@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod class_file_json;
 mod original;
-pub use class_file_json::read_seconds;
+pub use class_file_json::{read_class_file, read_seconds};
 pub use original::{DropReason, DropReport};
 
 /// Largest decompressed class file accepted when loading (a 10,000-racer
@@ -174,12 +174,17 @@ impl ClassHistory {
     /// Parses class-file JSON, checking every second, racer and output
     /// ([`read_seconds`]).
     pub fn from_json(json: &[u8]) -> Result<Self, HistoryError> {
-        let seconds = read_seconds(json)?
+        Ok(Self::from_seconds(read_seconds(json)?))
+    }
+
+    /// From each second's bests in racer order, as the readers give them.
+    fn from_seconds(seconds: BTreeMap<Second, Vec<(RacerId, f64)>>) -> Self {
+        let seconds = seconds
             .into_iter()
             // In racer order: each map is built from its sorted pairs at once.
             .map(|(second, bests)| (second, bests.into_iter().collect()))
             .collect();
-        Ok(ClassHistory { seconds })
+        ClassHistory { seconds }
     }
 
     /// The gzipped class file, as published.
@@ -190,7 +195,7 @@ impl ClassHistory {
 
     /// Loads a published class file.
     pub fn from_gzip(bytes: &[u8]) -> Result<Self, HistoryError> {
-        Self::from_json(&codec::gunzip(bytes, MAX_CLASS_FILE_BYTES)?)
+        Ok(Self::from_seconds(read_class_file(bytes)?))
     }
 }
 

@@ -5,8 +5,7 @@
 //! each lookup is a binary search: O(log n) per racer per push, never a sort
 //! of the whole class.
 
-use alleycat_core::codec;
-use alleycat_core::history::{ClassHistory, HistoryError, MAX_CLASS_FILE_BYTES, read_seconds};
+use alleycat_core::history::{ClassHistory, HistoryError, read_class_file};
 use alleycat_core::{ClassId, RacerId, Second};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -107,8 +106,7 @@ impl AllTime {
     /// (in the stretch run, loading the class files every 10 s was 7% of
     /// the server's CPU, most of it building maps).
     pub fn from_gzip(bytes: &[u8]) -> Result<AllTime, HistoryError> {
-        let json = codec::gunzip(bytes, MAX_CLASS_FILE_BYTES)?;
-        let seconds = read_seconds(&json)?
+        let seconds = read_class_file(bytes)?
             .into_iter()
             .map(|(second, bests)| (second, SecondBests::new(bests)))
             .collect();

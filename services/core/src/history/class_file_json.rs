@@ -6,10 +6,17 @@
 //! stretch run, rankings indexing six class files every 10 s was 7% of the
 //! server's CPU, most of it building maps).
 
-use super::HistoryError;
+use super::{HistoryError, MAX_CLASS_FILE_BYTES};
+use crate::codec;
 use crate::telemetry::{RacerId, Second};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::collections::BTreeMap;
+
+/// [`read_seconds`] of a published, gzipped class file (`class-N.gz`),
+/// decompressed up to [`MAX_CLASS_FILE_BYTES`].
+pub fn read_class_file(gz: &[u8]) -> Result<BTreeMap<Second, Vec<(RacerId, f64)>>, HistoryError> {
+    read_seconds(&codec::gunzip(gz, MAX_CLASS_FILE_BYTES)?)
+}
 
 /// Each second of the class-file JSON `json` and its bests, ordered by
 /// racer id, checking that every second is in range and every output finite
