@@ -109,6 +109,7 @@ async fn run(client: &aws_sdk_kinesis::Client, settings: &Settings, aggregate: b
                         .map(|i| PutRecord {
                             partition_key: (caller * batch + i).to_string(),
                             data: message(caller * batch + i, put),
+                            validated: None,
                         })
                         .collect();
                     stream.put_records(records).await.expect("a put failed");

@@ -173,6 +173,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     alleycat::allocator::prefer_small_pages();
+    // The server's log lines, when asked for (`ALLEYCAT_LOG=info`).
+    if std::env::var_os("ALLEYCAT_LOG").is_some() {
+        alleycat_runtime::init_tracing().expect("ALLEYCAT_LOG_FORMAT");
+    }
     let mut config = FromEnv::parse_from(["bench"]).config;
     // Each racer's 1,800 records are posted at once: the per-racer rate
     // limit (a bike's record a second) is not what this measures.
@@ -216,6 +220,7 @@ async fn main() {
                         PutRecord {
                             partition_key: r["racerId"].to_string(),
                             data: serde_json::to_vec(&r).unwrap().into(),
+                            validated: None,
                         }
                     })
                     .collect()

@@ -234,6 +234,7 @@ async fn records_that_fail_processing_go_to_processing_failed_in_the_contract_sh
                 .map(|r| PutRecord {
                     partition_key: "1".into(),
                     data: r.as_bytes().to_vec().into(),
+                    validated: None,
                 })
                 .collect(),
         )

@@ -40,6 +40,7 @@ fn records(racers: u64, seconds: std::ops::Range<u64>) -> Vec<PutRecord> {
             (0..racers).map(move |racer| PutRecord {
                 partition_key: racer.to_string(),
                 data: Bytes::from(format!("{{\"racerId\":{racer},\"second\":{second}}}")),
+                validated: None,
             })
         })
         .collect()
@@ -124,6 +125,7 @@ async fn concurrent_puts_are_packed_per_shard_and_read_back_once_in_order() {
                     let record = PutRecord {
                         partition_key: racer.to_string(),
                         data: Bytes::from(format!("{{\"racerId\":{racer},\"second\":{second}}}")),
+                        validated: None,
                     };
                     producer.put_records(vec![record]).await.unwrap();
                 }

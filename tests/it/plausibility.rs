@@ -537,6 +537,7 @@ async fn records_put_straight_on_the_embedded_stream_reach_no_class_file_result_
             .map(|(record, _)| PutRecord {
                 partition_key: record["racerId"].to_string(),
                 data: serde_json::to_vec(record).unwrap().into(),
+                validated: None,
             })
             .collect();
         alleycat_storage::Stream::put_records(&stream, puts)

@@ -163,9 +163,9 @@ fn check_disqualified(list: &Disqualifications, records: &[Telemetry]) -> Result
 pub(crate) async fn store(
     state: &AppState,
     bearer: &Bearer,
-    records: &[Telemetry],
+    records: Vec<Telemetry>,
 ) -> Result<usize, AppError> {
-    let admitted = match state.gate.admit(bearer, records) {
+    let admitted = match state.gate.admit(bearer, &records) {
         Ok(admitted) => admitted,
         Err(e) => {
             METRICS.refused_records(&e, records.len());
@@ -173,12 +173,13 @@ pub(crate) async fn store(
         }
     };
     let started = std::time::Instant::now();
-    let stored = crate::put(state.stream.as_ref(), records).await;
+    let count = records.len();
+    let stored = crate::put(state.stream.as_ref(), records, state.sensor_limits).await;
     match &stored {
         Ok(accepted) => METRICS.accepted(*accepted, started.elapsed()),
         Err(e) => {
             METRICS.put_failed(started.elapsed());
-            METRICS.refused_records(e, records.len());
+            METRICS.refused_records(e, count);
             admitted.refund();
         }
     }

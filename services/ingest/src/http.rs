@@ -24,7 +24,7 @@ pub(crate) async fn post_telemetry(
     HttpBearer(bearer): HttpBearer,
     Records(records): Records,
 ) -> Result<(StatusCode, Json<Accepted>), AppError> {
-    let accepted = crate::gate::store(&state, &bearer, &records).await?;
+    let accepted = crate::gate::store(&state, &bearer, records).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
@@ -142,6 +142,33 @@ pub(crate) mod tests {
             "JSON when no Content-Type is given"
         );
         assert_eq!(fixture.stored().await, 6);
+    }
+
+    /// Each record goes on the stream as its validated telemetry
+    /// serialized, and that telemetry is handed along with the limits it
+    /// met: what a reader in this process takes instead of parsing again
+    /// must be exactly what parsing the bytes gives.
+    #[tokio::test]
+    async fn records_are_handed_along_as_validated() {
+        let fixture = Fixture::new();
+        let body = json!([message(1), message(2)]).to_string();
+        assert_eq!(
+            fixture.post("application/json", body).await.0,
+            StatusCode::ACCEPTED
+        );
+        let mut reader = fixture.state.stream.subscribe("test").await.unwrap();
+        let records = reader.poll(usize::MAX, Duration::ZERO).await.unwrap();
+        assert_eq!(records.len(), 2);
+        let limits = fixture.state.sensor_limits;
+        for (record, racer) in records.iter().zip([1, 2]) {
+            let validated = record.validated.as_ref().expect("read from memory");
+            assert_eq!(validated.limits, limits);
+            assert_eq!(validated.telemetry.racer_id.0, racer);
+            assert_eq!(
+                limits.parse_record(&record.data).unwrap(),
+                validated.telemetry
+            );
+        }
     }
 
     #[tokio::test]

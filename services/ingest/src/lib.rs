@@ -21,6 +21,7 @@ pub use gate::Gate;
 pub use rate_limit::RateLimiter;
 
 use alleycat_core::Telemetry;
+use alleycat_core::validate::{SensorLimits, Validated};
 use alleycat_runtime::{Context, Service, ServiceArgs};
 use alleycat_storage::{PutRecord, StorageArgs, Stream};
 use axum::Router;
@@ -120,14 +121,22 @@ pub fn app(state: AppState) -> Router {
 
 /// Puts validated records on the stream, partitioned by racer so each
 /// racer's seconds stay in order.
-async fn put(stream: &dyn Stream, records: &[Telemetry]) -> Result<usize, AppError> {
+/// Each is handed along with its bytes, as validated under `limits`: a
+/// reader in this process (the embedded stream's) need not parse it again.
+async fn put(
+    stream: &dyn Stream,
+    records: Vec<Telemetry>,
+    limits: SensorLimits,
+) -> Result<usize, AppError> {
+    let count = records.len();
     let puts = records
-        .iter()
-        .map(|t| PutRecord {
-            partition_key: t.racer_id.to_string(),
-            data: Bytes::from(serde_json::to_vec(t).expect("telemetry always serializes")),
+        .into_iter()
+        .map(|telemetry| PutRecord {
+            partition_key: telemetry.racer_id.to_string(),
+            data: Bytes::from(serde_json::to_vec(&telemetry).expect("telemetry always serializes")),
+            validated: Some(Arc::new(Validated { telemetry, limits })),
         })
         .collect();
     stream.put_records(puts).await?;
-    Ok(records.len())
+    Ok(count)
 }

@@ -134,7 +134,7 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 
 async fn answer(state: &AppState, bearer: &Bearer, frame: &[u8]) -> Utf8Bytes {
     let result = match state.sensor_limits.parse_batch(frame, BodyFormat::Json) {
-        Ok(records) => crate::gate::store(state, bearer, &records).await,
+        Ok(records) => crate::gate::store(state, bearer, records).await,
         Err(e) => Err(AppError::Batch(e)),
     };
     match result {

@@ -148,7 +148,10 @@ impl Engine {
             if record.arrival_ms < too_old {
                 continue; // a race long over: nothing to show, its results were kept
             }
-            let t = match self.sensor_limits.parse_record(&record.data) {
+            let t = match self
+                .sensor_limits
+                .parse_record_or(&record.data, record.validated.as_deref())
+            {
                 Ok(t) => t,
                 Err(errors) => {
                     self.skip_invalid(&record, &errors);
@@ -643,6 +646,7 @@ mod tests {
             sequence: SequenceNumber::from(seq),
             arrival_ms: arrival,
             data: serde_json::to_vec(t).unwrap().into(),
+            validated: None,
         }
     }
 
@@ -1047,6 +1051,7 @@ mod tests {
             .put_records(vec![PutRecord {
                 partition_key: "1".into(),
                 data: serde_json::to_vec(&last).unwrap().into(),
+                validated: None,
             }])
             .await
             .unwrap();

@@ -10,9 +10,11 @@ mod sequence;
 
 pub use sequence::{ParseSequenceError, SequenceNumber};
 
+use alleycat_core::validate::Validated;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Counters of appends, for both implementations (handles made once per
@@ -42,16 +44,20 @@ impl PutMetrics {
 }
 
 /// A record to append.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PutRecord {
     /// Records with the same key keep their order (one racer's seconds).
     pub partition_key: String,
     /// The record's bytes (a telemetry message as JSON).
     pub data: Bytes,
+    /// The record `data` serializes, as ingest validated it: the embedded
+    /// stream hands it to readers in this process along with the bytes,
+    /// so that they need not parse them again. Never stored or sent.
+    pub validated: Option<Arc<Validated>>,
 }
 
 /// A record read back from the stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StreamRecord {
     /// The shard it was read from.
     pub shard_id: String,
@@ -61,6 +67,11 @@ pub struct StreamRecord {
     pub arrival_ms: i64,
     /// The bytes that were put.
     pub data: Bytes,
+    /// What the put handed along with the bytes, when the record was read
+    /// from this process's memory (the embedded stream's newest records);
+    /// `None` from disk or Kinesis. Take it through
+    /// [`SensorLimits::parse_record_or`](alleycat_core::validate::SensorLimits::parse_record_or).
+    pub validated: Option<Arc<Validated>>,
 }
 
 /// A durable, ordered, multi-consumer record stream.

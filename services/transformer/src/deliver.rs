@@ -53,7 +53,7 @@ impl Processed {
     /// breaks a rule becomes a [`FailedRecord`] saying which and why.
     #[must_use]
     pub fn from_record(record: StreamRecord, limits: SensorLimits) -> Processed {
-        let outcome = match limits.parse_record(&record.data) {
+        let outcome = match limits.parse_record_or(&record.data, record.validated.as_deref()) {
             Ok(telemetry) => {
                 let delivery = DeliveryRecord::new(&telemetry);
                 let mut text = Vec::with_capacity(record.data.len() + 24);
@@ -589,6 +589,7 @@ mod tests {
             sequence: SequenceNumber::from(42),
             arrival_ms: 1_700_000_000_000,
             data: Bytes::from(data),
+            validated: None,
         }
     }
 

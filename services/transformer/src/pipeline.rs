@@ -387,6 +387,7 @@ mod tests {
         PutRecord {
             partition_key: i.to_string(),
             data: json.into_bytes().into(),
+            validated: None,
         }
     }
 

@@ -7,6 +7,7 @@
 use super::{BatchError, BodyFormat, FieldError, diagnose, fast};
 use crate::telemetry::{MAX_SENSOR_VALUE, Telemetry};
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Highest cadence (rpm) a record may carry unless `ALLEYCAT_MAX_CADENCE`
 /// says otherwise: elite track sprinters peak around 200 rpm.
@@ -27,6 +28,18 @@ pub const DEFAULT_MAX_RESISTANCE: f64 = 100.0;
 pub struct SensorLimits {
     max_cadence: f64,
     max_resistance: f64,
+}
+
+/// A record ingest validated, with the limits it was validated under:
+/// handed along with its bytes to readers in the same process (the
+/// embedded stream's newest records), which take it instead of parsing
+/// the bytes again ([`SensorLimits::parse_record_or`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// The record.
+    pub telemetry: Telemetry,
+    /// The limits it met.
+    pub limits: SensorLimits,
 }
 
 /// A limit that makes no sense as a setting.
@@ -91,6 +104,22 @@ impl SensorLimits {
     /// Parses one record from raw JSON bytes (as read back from a stream).
     pub fn parse_record(self, bytes: &[u8]) -> Result<Telemetry, Vec<FieldError>> {
         fast::record(bytes, self).map_or_else(|| diagnose::record(bytes, self), Ok)
+    }
+
+    /// [`Self::parse_record`] of a stream record's `bytes`, or, when ingest
+    /// handed the record along `validated` under these same limits, that
+    /// record without parsing: its bytes are it serialized, and a
+    /// validated record's serialization parses back to it (the round trip
+    /// the property tests check).
+    pub fn parse_record_or<'a>(
+        self,
+        bytes: &[u8],
+        validated: Option<&'a Validated>,
+    ) -> Result<Cow<'a, Telemetry>, Vec<FieldError>> {
+        match validated {
+            Some(v) if v.limits == self => Ok(Cow::Borrowed(&v.telemetry)),
+            _ => self.parse_record(bytes).map(Cow::Owned),
+        }
     }
 
     /// Validates one JSON value as a telemetry message, reporting every
@@ -159,6 +188,35 @@ mod tests {
             assert!(err.contains("at most 1000"), "{bad}: {err}");
             assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
         }
+    }
+
+    /// A handed-along record is taken only under the limits it was
+    /// validated under; otherwise the bytes decide, as they would alone.
+    #[test]
+    fn a_validated_record_stands_for_its_bytes_only_under_its_limits() {
+        let telemetry = SensorLimits::DEFAULT
+            .validate_value(&crate::validate::fixtures::valid())
+            .unwrap();
+        let bytes = serde_json::to_vec(&telemetry).unwrap();
+        let strict = SensorLimits::new(telemetry.cadence - 1.0, 100.0).unwrap();
+        let handed = Validated {
+            telemetry: telemetry.clone(),
+            limits: SensorLimits::DEFAULT,
+        };
+        let taken = SensorLimits::DEFAULT
+            .parse_record_or(&bytes, Some(&handed))
+            .unwrap();
+        assert!(matches!(taken, Cow::Borrowed(_)), "not parsed again");
+        assert_eq!(*taken, telemetry);
+        // Under other limits the bytes are parsed, and the stricter ones
+        // refuse the cadence the default limits took.
+        let errors = strict.parse_record_or(&bytes, Some(&handed)).unwrap_err();
+        assert_eq!(errors, strict.parse_record(&bytes).unwrap_err());
+        assert_eq!(errors[0].field, Some("cadence"));
+        // Nothing handed along: parsed.
+        let parsed = SensorLimits::DEFAULT.parse_record_or(&bytes, None).unwrap();
+        assert!(matches!(parsed, Cow::Owned(_)));
+        assert_eq!(*parsed, telemetry);
     }
 
     #[test]

@@ -21,7 +21,8 @@ mod limits;
 mod rules;
 
 pub use limits::{
-    DEFAULT_MAX_CADENCE, DEFAULT_MAX_RESISTANCE, LimitError, SensorLimits, parse_sensor_limit,
+    DEFAULT_MAX_CADENCE, DEFAULT_MAX_RESISTANCE, LimitError, SensorLimits, Validated,
+    parse_sensor_limit,
 };
 
 use crate::telemetry::Telemetry;

@@ -30,6 +30,7 @@
 //! Sequence numbers never go back, whatever the reopened file holds.
 
 mod pack;
+mod tail;
 
 use super::{
     PendingDelivery, PutMetrics, PutRecord, SequenceNumber, Stream, StreamError, StreamRecord,
@@ -47,6 +48,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
+use tail::{Appended, Tail};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The embedded stream's only shard.
@@ -71,6 +73,11 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Consumer name -> its pending delivery (JSON), until its next checkpoint.
 const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
 
+/// Longest a gathering writer sleeps for more writes before it decides
+/// none are coming: the pipeline bench's 16 clients, each waiting for the
+/// commit, wait this long a commit (a quarter of a 20 ms linger, 5 ms,
+/// halved that bench's ingest rate).
+const QUIET_SLICE: Duration = Duration::from_micros(1250);
 /// Most operations folded into one transaction.
 const MAX_GROUP: usize = 4096;
 /// Queue depth before appenders wait (backpressure).
@@ -99,8 +106,26 @@ struct Inner {
     writer_thread: Option<std::thread::JoinHandle<()>>,
     committed: watch::Receiver<u64>,
     put_metrics: PutMetrics,
+    reads: Reads,
     /// Where consumers' lag is reported, if anywhere.
     freshness: OnceLock<Arc<Freshness>>,
+}
+
+/// Records read by consumers, by where they came from: a reader that
+/// falls behind the in-memory tail reads the database (and parses again).
+struct Reads {
+    memory: metrics::Counter,
+    database: metrics::Counter,
+}
+
+impl Reads {
+    fn new() -> Reads {
+        let read = |from: &'static str| metrics::counter!("alleycat_stream_records_read_total", "from" => from);
+        Reads {
+            memory: read("memory"),
+            database: read("database"),
+        }
+    }
 }
 
 /// What the handles and the writer thread share.
@@ -116,6 +141,9 @@ struct Shared {
     identity: Mutex<Option<(u64, u64)>>,
     /// Set when the last handle is dropped: the writer stops.
     closing: AtomicBool,
+    /// The newest committed records, which readers close behind take
+    /// from memory.
+    tail: Mutex<Tail>,
     /// Transactions committed, for the tests to read (the service counts
     /// them in `alleycat_stream_commits_total`).
     #[cfg(test)]
@@ -134,6 +162,12 @@ impl Shared {
         db.as_ref().map(Arc::clone).ok_or_else(|| {
             StreamError::Unavailable(self.problem().unwrap_or_else(|| "reopening".to_owned()))
         })
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn problem(&self) -> Option<String> {
@@ -196,7 +230,7 @@ impl Drop for Inner {
 
 enum WriteOp {
     Append {
-        records: Vec<Bytes>,
+        records: Vec<Appended>,
         ack: oneshot::Sender<Result<(), StreamError>>,
     },
     Checkpoint {
@@ -275,6 +309,7 @@ impl EmbeddedStream {
             problem: Mutex::new(None),
             identity: Mutex::new(Some(open_file.id)),
             closing: AtomicBool::new(false),
+            tail: Mutex::new(Tail::new(tail::TAIL_BYTES)),
             #[cfg(test)]
             commits: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
@@ -303,6 +338,7 @@ impl EmbeddedStream {
                 writer_thread: Some(writer_thread),
                 committed,
                 put_metrics: PutMetrics::new(),
+                reads: Reads::new(),
                 freshness: OnceLock::new(),
             }),
         })
@@ -550,14 +586,17 @@ impl Writer {
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             }
             // Gather: take what is queued, then, while writes keep coming,
-            // sleep a slice of the linger and take them, for at most the
-            // linger. A slice that brings nothing ends it: the writers are
-            // all waiting for this commit (a few clients, or a lone write),
-            // and waiting longer would only delay them. Sleeps, not parks:
-            // appenders unpark this thread as they queue, and being woken
-            // for each of them would cost more than the commits saved.
+            // sleep a slice and take them, for at most the linger. A slice
+            // that brings nothing ends it: the writers are all waiting for
+            // this commit (a few clients, or a lone write), and waiting
+            // longer would only delay them. The slice is short whatever the
+            // linger (a quarter of it, at most `QUIET_SLICE`): a long
+            // linger gathers more only while writes keep coming, and never
+            // makes closed-loop writers wait a long quiet slice. Sleeps, not
+            // parks: appenders unpark this thread as they queue, and being
+            // woken for each of them would cost more than the commits saved.
             let gather_until = Instant::now() + self.linger;
-            let slice = (self.linger / 4).max(Duration::from_micros(100));
+            let slice = (self.linger / 4).clamp(Duration::from_micros(100), QUIET_SLICE);
             let mut slept = false;
             loop {
                 let before = group.len();
@@ -598,14 +637,18 @@ impl Writer {
                 })
                 .and_then(|db| commit_group(&db, &group, self.next).map_err(|e| e.to_string()));
             match committed {
-                Ok(new_next) => {
+                Ok((new_next, arrival_ms)) => {
                     self.commit_seconds.record(commit_started.elapsed());
                     self.commits.increment(1);
                     #[cfg(test)]
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
-                    self.next = new_next;
                     // Readable (the records are in the open file), but only
                     // durable if that file is still the one at the path.
+                    // In the tail before readers hear of them.
+                    self.shared
+                        .tail()
+                        .extend(self.next, arrival_ms, appended(&group));
+                    self.next = new_next;
                     self.committed.send_replace(new_next);
                     checked = Instant::now();
                     match self.shared.check_in_place() {
@@ -698,6 +741,7 @@ impl Writer {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
         self.next = next;
+        self.shared.tail().clear();
         self.committed.send_replace(next);
         Ok(())
     }
@@ -766,7 +810,17 @@ impl Writer {
     }
 }
 
-fn commit_group(db: &Database, group: &[WriteOp], next: u64) -> Result<u64, DbError> {
+/// The records `group` appends, in queue order.
+fn appended(group: &[WriteOp]) -> impl Iterator<Item = &Appended> {
+    group.iter().flat_map(|op| match op {
+        WriteOp::Append { records, .. } => records.as_slice(),
+        _ => &[],
+    })
+}
+
+/// Commits `group`, its records from sequence `next` on; returns the
+/// sequence after them and the arrival time they were given.
+fn commit_group(db: &Database, group: &[WriteOp], next: u64) -> Result<(u64, i64), DbError> {
     let arrival_ms = chrono::Utc::now().timestamp_millis();
     let txn = db.begin_write()?;
     let next = {
@@ -776,13 +830,9 @@ fn commit_group(db: &Database, group: &[WriteOp], next: u64) -> Result<u64, DbEr
         // Appends first, in queue order: a checkpoint in the same group
         // names a record committed before it, so the order between them
         // does not matter.
-        let appended = group.iter().flat_map(|op| match op {
-            WriteOp::Append { records, .. } => records.as_slice(),
-            _ => &[],
-        });
         let next = pack::pack(
             next,
-            appended.map(|data| (arrival_ms, data.as_ref())),
+            appended(group).map(|(data, _)| (arrival_ms, data.as_ref())),
             |key, value| records.insert(key, value).map(drop),
         )?;
         let mut trim = false;
@@ -830,7 +880,7 @@ fn commit_group(db: &Database, group: &[WriteOp], next: u64) -> Result<u64, DbEr
         next
     };
     txn.commit()?;
-    Ok(next)
+    Ok((next, arrival_ms))
 }
 
 #[async_trait]
@@ -840,7 +890,7 @@ impl Stream for EmbeddedStream {
             return Ok(());
         }
         let count = records.len();
-        let records = records.into_iter().map(|r| r.data).collect();
+        let records = records.into_iter().map(|r| (r.data, r.validated)).collect();
         let result = self.send(|ack| WriteOp::Append { records, ack }).await;
         self.inner.put_metrics.count(count, &result);
         result
@@ -921,17 +971,27 @@ impl Subscription for EmbeddedSubscription {
                 Ok(Ok(())) => {}
             }
         };
-        let db = self.stream.inner.shared.db()?;
         let from = self.next;
         let to = end.min(from.saturating_add(max.max(1) as u64));
         // The record after the last one returned, if committed, tells the
         // consumer's lag: how long the oldest record it has not read waited.
         let peek = to < end;
-        let (records, unread) =
-            tokio::task::spawn_blocking(move || read_range(&db, from, to, peek))
-                .await
-                .map_err(|e| unavailable("reading", e))?
-                .map_err(|e| unavailable("reading", e))?;
+        let in_memory = self.stream.inner.shared.tail().read(from, to, peek);
+        let (records, unread) = match in_memory {
+            Some(read) => {
+                self.stream.inner.reads.memory.increment(to - from);
+                read
+            }
+            None => {
+                let db = self.stream.inner.shared.db()?;
+                let read = tokio::task::spawn_blocking(move || read_range(&db, from, to, peek))
+                    .await
+                    .map_err(|e| unavailable("reading", e))?
+                    .map_err(|e| unavailable("reading", e))?;
+                self.stream.inner.reads.database.increment(to - from);
+                read
+            }
+        };
         // Advanced only once the read completed: dropping this future skips nothing.
         self.next = to;
         self.report_unread(unread);
@@ -1039,6 +1099,7 @@ fn read_range(
                     sequence: SequenceNumber::from(sequence),
                     arrival_ms,
                     data: Bytes::copy_from_slice(data),
+                    validated: None,
                 });
             }
         }
@@ -1097,6 +1158,7 @@ mod tests {
                         .put_records(vec![PutRecord {
                             partition_key: i.to_string(),
                             data: Bytes::from(i.to_string()),
+                            validated: None,
                         }])
                         .await
                 })
@@ -1128,6 +1190,7 @@ mod tests {
                 .put_records(vec![PutRecord {
                     partition_key: "k".into(),
                     data: Bytes::from(i.to_string()),
+                    validated: None,
                 }])
                 .await
                 .unwrap();
@@ -1149,6 +1212,7 @@ mod tests {
         PutRecord {
             partition_key: "1".into(),
             data: Bytes::copy_from_slice(data.as_bytes()),
+            validated: None,
         }
     }
 
@@ -1173,6 +1237,8 @@ mod tests {
     async fn records_committed_together_are_read_from_any_position_and_trimmed_together() {
         let dir = tempfile::tempdir().unwrap();
         let stream = EmbeddedStream::open(dir.path()).unwrap();
+        // Read from the database, not the tail in memory.
+        *stream.inner.shared.tail() = Tail::new(0);
         let mut reader = stream.subscribe("reader").await.unwrap();
         // Large enough to span several packed values, in one commit.
         let big = "x".repeat(100 << 10);
@@ -1216,6 +1282,104 @@ mod tests {
             0,
             "records every consumer passed are dropped"
         );
+    }
+
+    /// Readers close behind take the newest records from memory, with
+    /// what ingest handed along; a reader the tail no longer covers (or
+    /// after a reopen emptied it) reads the very same records from the
+    /// database, without it. Polls of any size, and the arrival each
+    /// reports of its oldest unread record, agree between the two.
+    #[tokio::test]
+    async fn the_tail_in_memory_serves_what_the_database_holds() {
+        use alleycat_core::validate::{SensorLimits, Validated};
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(dir.path()).unwrap();
+        let mut near = stream.subscribe("near").await.unwrap();
+        let mut far = stream.subscribe("far").await.unwrap();
+        let telemetry = SensorLimits::DEFAULT
+            .parse_record(br#"{"event":"update","deviceTimestamp":1,"second":1,"raceId":1,"name":"A","racerId":1,"classId":1,"cadence":80,"resistance":50}"#)
+            .unwrap();
+        let mut handed = Vec::new();
+        for commit in 0..5 {
+            let batch: Vec<PutRecord> = (0..=commit)
+                .map(|i| {
+                    let mut record = put(&format!("{commit}.{i}"));
+                    if i % 2 == 0 {
+                        let validated = Arc::new(Validated {
+                            telemetry: telemetry.clone(),
+                            limits: SensorLimits::DEFAULT,
+                        });
+                        handed.push(validated.clone());
+                        record.validated = Some(validated);
+                    }
+                    record
+                })
+                .collect();
+            stream.put_records(batch).await.unwrap();
+        }
+        async fn read_all(sub: &mut Box<dyn Subscription>) -> Vec<StreamRecord> {
+            let mut all = Vec::new();
+            for max in [1, 2, 3, 5, 100] {
+                all.extend(sub.poll(max, Duration::ZERO).await.unwrap());
+            }
+            all
+        }
+        let from_memory = read_all(&mut near).await;
+        let memory_reads = stream.inner.shared.tail().read(0, 15, false);
+        assert!(memory_reads.is_some(), "all 15 records are in the tail");
+        stream.inner.shared.tail().clear();
+        let from_disk = read_all(&mut far).await;
+        assert_eq!(from_memory.len(), 15);
+        let without = |records: &[StreamRecord]| -> Vec<StreamRecord> {
+            records
+                .iter()
+                .map(|r| StreamRecord {
+                    validated: None,
+                    ..r.clone()
+                })
+                .collect()
+        };
+        assert_eq!(without(&from_memory), from_disk, "the same records");
+        assert!(from_disk.iter().all(|r| r.validated.is_none()));
+        let carried: Vec<_> = from_memory
+            .iter()
+            .filter_map(|r| r.validated.clone())
+            .collect();
+        assert_eq!(carried.len(), handed.len());
+        assert!(
+            carried.iter().zip(&handed).all(|(a, b)| Arc::ptr_eq(a, b)),
+            "each record carries what its own put handed along"
+        );
+        // After the tail was emptied, new records are held again.
+        stream.put_records(vec![put("after")]).await.unwrap();
+        let after = near.poll(10, WAIT).await.unwrap();
+        assert_eq!(datas(&after), [b"after"]);
+        assert!(stream.inner.shared.tail().read(15, 16, false).is_some());
+    }
+
+    /// The same reads as [`the_tail_in_memory_serves_what_the_database_holds`]'s
+    /// reader further behind, without the tail at all: the database path
+    /// keeps its own test however the tail is sized.
+    #[tokio::test]
+    async fn without_the_tail_every_read_is_from_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(dir.path()).unwrap();
+        *stream.inner.shared.tail() = Tail::new(0);
+        let mut sub = stream.subscribe("t").await.unwrap();
+        stream
+            .put_records((0..10).map(|i| put(&i.to_string())).collect())
+            .await
+            .unwrap();
+        assert!(
+            stream.inner.shared.tail().read(9, 10, false).is_none(),
+            "holds nothing"
+        );
+        let mut read = Vec::new();
+        for _ in 0..4 {
+            read.extend(sub.poll(3, Duration::ZERO).await.unwrap());
+        }
+        let expected: Vec<Vec<u8>> = (0..10).map(|i: u32| i.to_string().into_bytes()).collect();
+        assert_eq!(datas(&read), expected);
     }
 
     #[tokio::test]

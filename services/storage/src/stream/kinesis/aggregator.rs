@@ -400,6 +400,7 @@ mod tests {
         PutRecord {
             partition_key: racer.to_string(),
             data: Bytes::from(data),
+            validated: None,
         }
     }
 

@@ -188,6 +188,7 @@ fn to_stream_records(
             sequence,
             arrival_ms,
             data,
+            validated: None,
         };
         match aggregated::user_records(&data) {
             Some(users) => out.extend(
