@@ -1071,6 +1071,23 @@ fn check_shard(shard_id: &str) -> Result<(), StreamError> {
     }
 }
 
+/// Record `sequence` of the shard as readers get it, from the database
+/// or the tail.
+fn stream_record(
+    sequence: u64,
+    arrival_ms: i64,
+    data: Bytes,
+    validated: Option<Arc<alleycat_core::validate::Validated>>,
+) -> StreamRecord {
+    StreamRecord {
+        shard_id: SHARD_ID.to_owned(),
+        sequence: SequenceNumber::from(sequence),
+        arrival_ms,
+        data,
+        validated,
+    }
+}
+
 /// The records `from..to`, and when `peek`, the arrival of record `to`.
 fn read_range(
     db: &Database,
@@ -1094,13 +1111,12 @@ fn read_range(
                 return Ok((out, peek.then_some(arrival_ms)));
             }
             if sequence >= from {
-                out.push(StreamRecord {
-                    shard_id: SHARD_ID.to_owned(),
-                    sequence: SequenceNumber::from(sequence),
+                out.push(stream_record(
+                    sequence,
                     arrival_ms,
-                    data: Bytes::copy_from_slice(data),
-                    validated: None,
-                });
+                    Bytes::copy_from_slice(data),
+                    None,
+                ));
             }
         }
     }

@@ -11,8 +11,8 @@
 //! or slower than ingest for longer than the tail holds) reads the
 //! database, as every reader did before.
 
-use super::SHARD_ID;
-use crate::stream::{SequenceNumber, StreamRecord};
+use super::stream_record;
+use crate::stream::StreamRecord;
 use alleycat_core::validate::Validated;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -124,12 +124,13 @@ impl Tail {
         let count = usize::try_from(to - from).ok()?;
         let records = (from..)
             .zip(self.entries.range(start..start + count))
-            .map(|(sequence, entry)| StreamRecord {
-                shard_id: SHARD_ID.to_owned(),
-                sequence: SequenceNumber::from(sequence),
-                arrival_ms: entry.arrival_ms,
-                data: entry.data.clone(),
-                validated: entry.validated.clone(),
+            .map(|(sequence, entry)| {
+                stream_record(
+                    sequence,
+                    entry.arrival_ms,
+                    entry.data.clone(),
+                    entry.validated.clone(),
+                )
             })
             .collect();
         let unread = peek.then(|| self.entries[start + count].arrival_ms);
@@ -163,7 +164,7 @@ mod tests {
         assert_eq!(sequences(&records), [11, 12]);
         assert_eq!(records[0].data, Bytes::from("record 11"));
         assert_eq!(records[0].arrival_ms, 7);
-        assert_eq!(records[0].shard_id, SHARD_ID);
+        assert_eq!(records[0].shard_id, super::super::SHARD_ID);
         assert_eq!(unread, Some(7), "record 13's arrival");
         assert_eq!(
             sequences(&tail.read(10, 15, false).unwrap().0),
