@@ -12,7 +12,7 @@
 //!    and the end-to-end rate (until every record is in its `class-N.gz`),
 //!    each also as a ratio of the baseline; and the rate until the class
 //!    files held all but the last step of records (the final partial
-//!    buffer, which goes once the stream has been quiet for
+//!    buffer, which goes once the stream pauses, at most
 //!    `ALLEYCAT_BUFFER_IDLE_MS`, or with 0 waits out the buffer interval).
 //! 3. Freshness: `BENCH_RATE` records/s for `BENCH_SECONDS` s at the default
 //!    delivery settings; for every batch, the time from its 202 to the class
@@ -273,7 +273,7 @@ async fn main() {
     let mut published = Published::default();
     // When each count of bests was first seen: the last step up is, in
     // a run this size, the transformer's final partial buffer, which waits
-    // for the stream to be quiet (`ALLEYCAT_BUFFER_IDLE_MS`), or for
+    // for the stream to pause (at most `ALLEYCAT_BUFFER_IDLE_MS`), or for
     // `ALLEYCAT_BUFFER_INTERVAL_MS` with that 0, as nothing more arrives.
     let mut seen: Vec<(usize, Duration)> = Vec::new();
     // Every record is a distinct (class, second, racer) of an empty
@@ -302,7 +302,7 @@ async fn main() {
         match transformer.buffer_idle {
             idle if idle.is_zero() =>
                 format!("out the {:?} buffer interval", transformer.buffer_interval),
-            idle => format!("for {idle:?} of quiet"),
+            idle => format!("for the stream to pause, at most {idle:?}"),
         }
     );
     if let [.., (before_last, at), _] = seen[..] {

@@ -9,6 +9,7 @@
 //!   JavaScript did;
 //! - [`delivery`]: the delivery-object line formats and object keys;
 //! - [`backoff`]: retry delays;
+//! - [`lull`]: when a flow of arrivals has paused, at its own rate;
 //! - [`disqualification`]: which races and racers no longer count;
 //! - [`history`]: per-class, per-second personal bests and their merge;
 //! - [`codec`]: gzip encoding and decoding.
@@ -21,6 +22,7 @@ pub mod disqualification;
 pub mod dropped;
 pub mod history;
 pub mod js_number;
+pub mod lull;
 pub mod output;
 pub mod telemetry;
 pub mod validate;

@@ -53,6 +53,7 @@ use crate::HistoryArgs;
 use alleycat_core::delivery::HistoryPoint;
 use alleycat_core::disqualification::Disqualifications;
 use alleycat_core::history::ClassHistory;
+use alleycat_core::lull::Lull;
 use alleycat_core::{ClassId, RacerId};
 use alleycat_runtime::Readiness;
 use alleycat_storage::{DisqualificationList, Freshness, Handoff, ObjectStore};
@@ -71,6 +72,10 @@ pub(crate) use instruments::FRESHNESS;
 
 /// Delivery objects merged between two publications, when catching up.
 const OBJECTS_PER_PUBLICATION: usize = 64;
+/// Longest wait for delivery objects to stop coming: while records flow,
+/// a transformer delivers at least every `ALLEYCAT_BUFFER_INTERVAL_MS`
+/// (5 s by default).
+const LONGEST_OBJECT_GAP: Duration = Duration::from_secs(5);
 /// How often the state is saved when nothing new was merged.
 const IDLE_STATE_SAVE: Duration = Duration::from_secs(30);
 
@@ -142,6 +147,12 @@ pub struct Merger {
     complete_before: Option<DateTime<Utc>>,
     /// When the next publication may be, by what the last one cost.
     pacer: Pacer,
+    /// When checks found new delivery objects: once they stop coming,
+    /// nothing more will join a deferred publication, so it need not wait
+    /// for the pacer.
+    objects: Lull,
+    /// When the last check started.
+    checked: Option<Instant>,
     /// Whether the last round of publications had one fail.
     publication_failed: bool,
 }
@@ -244,6 +255,8 @@ impl Merger {
             handoff: None,
             complete_before: None,
             pacer: Pacer::new(args.publish_pace),
+            objects: Lull::new(LONGEST_OBJECT_GAP),
+            checked: None,
             publication_failed: false,
         })
     }
@@ -284,13 +297,22 @@ impl Merger {
         self
     }
 
-    /// Returns when the pacer lets a publication it deferred go; never
-    /// while every class is published.
+    /// Returns when a publication the pacer deferred may go: when the
+    /// pacer lets it, or sooner once delivery objects stopped coming (a
+    /// burst ended: the check then finds nothing new and publishes at
+    /// once, instead of the records waiting out a pause that no more
+    /// records will share). Never while every class is published.
     pub async fn deferred_publication(&self) {
-        match self.pacer.not_before() {
-            Some(at) if !self.all_published() => tokio::time::sleep_until(at.into()).await,
-            _ => std::future::pending().await,
-        }
+        let Some(paced) = self.pacer.not_before().filter(|_| !self.all_published()) else {
+            return std::future::pending().await;
+        };
+        // Only once per pause: the check it wakes starts after it.
+        let paused = self
+            .objects
+            .paused_at()
+            .filter(|at| self.checked.is_none_or(|checked| checked < *at));
+        let at = paused.map_or(paced, |paused| paused.min(paced));
+        tokio::time::sleep_until(at.into()).await;
     }
 
     /// From now on publishes after every check (the process is stopping).
@@ -315,6 +337,7 @@ impl Merger {
     pub async fn merge_new(&mut self) -> anyhow::Result<MergeReport> {
         let started = Utc::now();
         let timer = Instant::now();
+        self.checked = Some(timer);
         let mut report = MergeReport::default();
         let checked = self
             .check(started, &mut report)
@@ -374,6 +397,9 @@ impl Merger {
             .into_iter()
             .filter(|k| !self.state.merged.contains(k))
             .collect();
+        if !fresh.is_empty() {
+            self.objects.arrived(Instant::now());
+        }
         if fresh.is_empty() {
             // Caught up: what waited for the pacer is published now, once,
             // rather than after the pause a backlog calls for.

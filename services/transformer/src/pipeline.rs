@@ -5,6 +5,7 @@ use crate::batcher::{BatchLimits, Batcher};
 use crate::deliver::{self, Control, Metrics, Processed};
 use crate::{CONSUMER, TransformerArgs};
 use alleycat_core::backoff::Backoff;
+use alleycat_core::lull::Lull;
 use alleycat_core::validate::SensorLimits;
 use alleycat_runtime::Readiness;
 use alleycat_storage::{
@@ -94,7 +95,7 @@ pub async fn run_pipeline_reporting(
         store,
         subscription,
         limits: args.limits(),
-        quiet: args.quiet(),
+        quiet: args.quiet().map(Lull::new),
         sensor_limits: limits,
         shards: HashMap::new(),
         control: Control {
@@ -114,14 +115,13 @@ pub async fn run_pipeline_reporting(
         buffer_bytes = pipeline.limits.max_bytes,
         buffer_catch_up_bytes = pipeline.limits.catch_up_bytes,
         buffer_interval = ?pipeline.limits.max_age,
-        buffer_idle = ?pipeline.quiet,
+        buffer_idle = ?args.quiet(),
         max_cadence = limits.max_cadence(),
         max_resistance = limits.max_resistance(),
         "transformer started"
     );
     loop {
         let wait = pipeline.wait();
-        let polled_at = Instant::now();
         let polled = tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -134,8 +134,9 @@ pub async fn run_pipeline_reporting(
                 // after every earlier step succeeded.
                 pipeline.control.working();
                 if records.is_empty() {
-                    pipeline.flush_if_quiet(polled_at.elapsed()).await;
+                    pipeline.flush_if_quiet().await;
                 } else {
+                    pipeline.arrived();
                     // Held from now on, though not buffered yet (taking the
                     // first record of a shard settles its past first).
                     pipeline.polled = records.iter().map(|r| r.arrival_ms).min();
@@ -177,10 +178,11 @@ struct Pipeline {
     store: Arc<dyn ObjectStore>,
     subscription: Box<dyn Subscription>,
     limits: BatchLimits,
-    /// Open buffers are delivered once the stream brings nothing for this
-    /// long: waiting out the interval would only delay the last records of
-    /// a race, as no more are coming to fill them.
-    quiet: Option<Duration>,
+    /// Open buffers are delivered once the stream pauses (for at most
+    /// `ALLEYCAT_BUFFER_IDLE_MS`, sooner at high rates): waiting out the
+    /// interval would only delay the last records of a race, as no more
+    /// are coming to fill them.
+    quiet: Option<Lull>,
     /// How high a record's sensors may read.
     sensor_limits: SensorLimits,
     shards: HashMap<String, Shard>,
@@ -213,7 +215,7 @@ struct Shard {
 
 impl Pipeline {
     /// How long the next poll may wait: until the earliest batch is due,
-    /// and, while any is open, no longer than the stream may stay quiet.
+    /// and, while any is open, no longer than until the stream has paused.
     fn wait(&self) -> Duration {
         let next_due = self
             .shards
@@ -221,19 +223,33 @@ impl Pipeline {
             .filter_map(|s| s.batcher.deadline())
             .min();
         next_due.map_or(IDLE_POLL, |due| {
-            let until_due = due.saturating_duration_since(Instant::now());
-            until_due
+            let now = Instant::now();
+            let until_paused = self.quiet.as_ref().map_or(IDLE_POLL, |quiet| {
+                quiet.paused_at().map_or_else(
+                    || quiet.wait(),
+                    |at| at.saturating_duration_since(now.into_std()),
+                )
+            });
+            due.saturating_duration_since(now)
                 .min(IDLE_POLL)
-                .min(self.quiet.unwrap_or(IDLE_POLL))
+                .min(until_paused)
         })
     }
 
-    /// After a poll that brought nothing in `waited`: if the stream was
-    /// quiet that long, delivers every open buffer now. A stream that keeps
-    /// bringing records (a steady race, or a backlog being read) never
-    /// waits this long, so its buffers still fill by size or interval.
-    async fn flush_if_quiet(&mut self, waited: Duration) {
-        if self.quiet.is_some_and(|quiet| waited >= quiet) {
+    /// A poll brought records.
+    fn arrived(&mut self) {
+        if let Some(quiet) = &mut self.quiet {
+            quiet.arrived(Instant::now().into_std());
+        }
+    }
+
+    /// After a poll that brought nothing: if the stream has paused,
+    /// delivers every open buffer now. A stream that keeps bringing
+    /// records (a steady race, or a backlog being read) does not pause, so
+    /// its buffers still fill by size or interval.
+    async fn flush_if_quiet(&mut self) {
+        let now = Instant::now().into_std();
+        if self.quiet.as_ref().is_some_and(|quiet| quiet.paused(now)) {
             let flushed = self.flush_all().await;
             self.metrics.quiet_flushes.increment(flushed as u64);
         }
@@ -369,6 +385,7 @@ impl Pipeline {
 mod tests {
     use super::*;
     use alleycat_core::codec;
+    use alleycat_core::lull::SHORTEST_PAUSE;
     use alleycat_storage::object_store::fs::FsStore;
     use alleycat_storage::stream::embedded::{EmbeddedStream, SHARD_ID};
     use alleycat_storage::{
@@ -844,7 +861,7 @@ mod tests {
             store: Arc::new(store.clone()),
             subscription: stream.subscribe(CONSUMER).await.unwrap(),
             limits: args.limits(),
-            quiet: args.quiet(),
+            quiet: args.quiet().map(Lull::new),
             sensor_limits: SensorLimits::DEFAULT,
             shards: HashMap::new(),
             control: Control::default(),
@@ -858,9 +875,14 @@ mod tests {
         }
     }
 
-    /// Feeds everything on the stream to `pipeline`.
+    /// Feeds everything on the stream to `pipeline`, as a poll of the loop
+    /// does.
     async fn take_all(pipeline: &mut Pipeline) {
-        for record in pipeline.subscription.poll(1000, WAIT).await.unwrap() {
+        let records = pipeline.subscription.poll(1000, WAIT).await.unwrap();
+        if !records.is_empty() {
+            pipeline.arrived();
+        }
+        for record in records {
             pipeline.take(record).await;
         }
     }
@@ -948,7 +970,7 @@ mod tests {
             ..args(1 << 20, Duration::from_secs(3600))
         };
         let mut pipeline = pipeline(&stream, &store, &args).await;
-        pipeline.flush_if_quiet(quiet).await;
+        pipeline.flush_if_quiet().await;
         assert_eq!(
             pipeline.wait(),
             IDLE_POLL,
@@ -962,12 +984,13 @@ mod tests {
             quiet,
             "an open buffer polls no longer than that"
         );
-        pipeline
-            .flush_if_quiet(quiet - Duration::from_millis(1))
-            .await;
+        tokio::time::advance(quiet - Duration::from_millis(1)).await;
+        pipeline.flush_if_quiet().await;
         assert!(delivered(&store).await.is_empty(), "not quiet long enough");
 
-        pipeline.flush_if_quiet(quiet).await;
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(pipeline.wait(), Duration::ZERO);
+        pipeline.flush_if_quiet().await;
         let objects = delivered(&store).await;
         assert_eq!(racers(&objects), [0, 1, 2]);
         assert_eq!(pipeline.wait(), IDLE_POLL, "the buffer is empty again");
@@ -984,13 +1007,48 @@ mod tests {
         put(&stream, 0..3).await;
         take_all(&mut pipeline).await;
         assert_eq!(pipeline.wait(), IDLE_POLL.min(interval));
-        pipeline.flush_if_quiet(Duration::from_secs(30)).await;
+        tokio::time::advance(Duration::from_secs(30)).await;
+        pipeline.flush_if_quiet().await;
         assert!(delivered(&store).await.is_empty());
     }
 
+    /// A stream bringing records every 10 ms has paused after
+    /// [`SHORTEST_PAUSE`], not after the whole idle setting: the last
+    /// records of a fast burst wait a tenth of a second, not half of one.
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_stream_is_quiet_sooner_than_the_idle_setting() {
+        let (_dir, stream, store) = stores();
+        let idle = Duration::from_millis(500);
+        let args = TransformerArgs {
+            buffer_idle: idle,
+            ..args(1 << 20, Duration::from_secs(3600))
+        };
+        let mut pipeline = pipeline(&stream, &store, &args).await;
+        for i in 0..30 {
+            put(&stream, i..i + 1).await;
+            take_all(&mut pipeline).await;
+            tokio::time::advance(Duration::from_millis(10)).await;
+            pipeline.flush_if_quiet().await;
+        }
+        assert!(delivered(&store).await.is_empty(), "records kept coming");
+        let wait = pipeline.wait();
+        assert!(wait < idle && wait > Duration::ZERO, "{wait:?}");
+
+        tokio::time::advance(SHORTEST_PAUSE - Duration::from_millis(11)).await;
+        pipeline.flush_if_quiet().await;
+        assert!(delivered(&store).await.is_empty(), "not paused yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        pipeline.flush_if_quiet().await;
+        assert_eq!(
+            racers(&delivered(&store).await),
+            (0..30).collect::<Vec<_>>()
+        );
+    }
+
     /// Through the whole loop and a real stream: records arriving every
-    /// 10 ms keep the buffer open (no object per poll), and the buffer
-    /// goes a quiet second after the last, not an hour after the first.
+    /// 100 ms keep the buffer open (no object per poll; the stream pauses
+    /// after four gaps), and the buffer goes once the stream paused, not
+    /// an hour after the first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_steady_stream_keeps_filling_the_buffer_a_quiet_one_delivers_it() {
         let (_dir, stream, store) = stores();
@@ -1000,9 +1058,9 @@ mod tests {
             ..args(1 << 20, Duration::from_secs(3600))
         };
         let (stop, task) = spawn_pipeline(stream.clone(), &store, args);
-        for i in 0..100 {
+        for i in 0..25 {
             stream.put_records(vec![record(i)]).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(
             delivered(&store).await.is_empty(),
@@ -1018,7 +1076,7 @@ mod tests {
         }
         let objects = delivered(&store).await;
         assert_eq!(objects.len(), 1, "one object for the whole burst");
-        assert_eq!(racers(&objects), (0..100).collect::<Vec<_>>());
+        assert_eq!(racers(&objects), (0..25).collect::<Vec<_>>());
         stop.cancel();
         task.await.unwrap().unwrap();
     }

@@ -1296,6 +1296,9 @@ async fn a_deferred_publication_goes_when_the_pacer_lets_it_not_at_the_next_poll
         merger.merge_new().await.unwrap().published.is_empty(),
         "deferred"
     );
+    // Objects came far apart so far: no pause comes before the pacer.
+    merger.objects = Lull::new(Duration::from_secs(60));
+    merger.objects.arrived(Instant::now());
     let waiting = Instant::now();
     tokio::time::timeout(Duration::from_secs(30), merger.deferred_publication())
         .await
@@ -1308,6 +1311,39 @@ async fn a_deferred_publication_goes_when_the_pacer_lets_it_not_at_the_next_poll
     assert_eq!(merger.merge_new().await.unwrap().published, [ClassId(1)]);
     let file = published(f.history.as_ref(), 1).await.unwrap();
     assert_eq!(file.best(Second(2), RacerId(101)), Some(160.0));
+}
+
+/// Objects that came close together and then stopped: the deferred
+/// publication goes a pause after the last (four usual gaps, at least
+/// 100 ms), long before the pacer would let it, as no more records are
+/// coming to share it.
+#[tokio::test]
+async fn a_deferred_publication_goes_once_objects_stop_coming() {
+    let f = fixture();
+    let now = Utc::now();
+    let (_, mut merger) = paced_after_one_publication(&f, 1, now).await;
+    merger.pacer.spent(Duration::from_secs(10));
+    deliver(f.delivery.as_ref(), now, "2", &[(1, 2, 101, 160.0)]).await;
+    assert!(
+        merger.merge_new().await.unwrap().published.is_empty(),
+        "deferred"
+    );
+    let waiting = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), merger.deferred_publication())
+        .await
+        .expect("objects stopped coming: the deferred publication goes");
+    let waited = waiting.elapsed();
+    assert!(
+        waited < Duration::from_secs(5) && merger.pacer.not_before().is_some(),
+        "before the pacer lets it: {waited:?}"
+    );
+    assert_eq!(merger.merge_new().await.unwrap().published, [ClassId(1)]);
+    let file = published(f.history.as_ref(), 1).await.unwrap();
+    assert_eq!(file.best(Second(2), RacerId(101)), Some(160.0));
+
+    // Published: nothing more to wake for, pause or not.
+    let woke = tokio::time::timeout(Duration::from_millis(300), merger.deferred_publication());
+    assert!(woke.await.is_err(), "every class is published");
 }
 
 #[tokio::test]
