@@ -397,13 +397,12 @@ impl Merger {
             .into_iter()
             .filter(|k| !self.state.merged.contains(k))
             .collect();
-        if !fresh.is_empty() {
-            self.objects.arrived(Instant::now());
-        }
         if fresh.is_empty() {
             // Caught up: what waited for the pacer is published now, once,
             // rather than after the pause a backlog calls for.
             self.publish_all(report, &mut failed, Pace::Now).await;
+        } else {
+            self.objects.arrived(Instant::now());
         }
         for chunk in fresh.chunks(OBJECTS_PER_PUBLICATION) {
             let mut read = Vec::with_capacity(chunk.len());

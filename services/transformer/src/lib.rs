@@ -47,9 +47,11 @@ pub struct TransformerArgs {
     #[arg(long = "buffer-interval-ms", env = "ALLEYCAT_BUFFER_INTERVAL_MS", default_value = "5000", value_parser = parse_positive_millis)]
     pub buffer_interval: Duration,
 
-    /// Deliver every open buffer once the stream has brought nothing new
-    /// for this long, in milliseconds (a race ended: its last records need
-    /// not wait out the interval); 0 delivers by size and interval only.
+    /// Deliver every open buffer once the stream has paused: brought
+    /// nothing new for this long, in milliseconds, or sooner at high rates
+    /// (four usual gaps between polls that brought records, at least
+    /// 100 ms). A race ended: its last records need not wait out the
+    /// interval. 0 delivers by size and interval only.
     #[arg(long = "buffer-idle-ms", env = "ALLEYCAT_BUFFER_IDLE_MS", default_value = "500", value_parser = parse_millis)]
     pub buffer_idle: Duration,
 }
