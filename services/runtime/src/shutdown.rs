@@ -1,29 +1,90 @@
 //! The signals that ask a process to stop.
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+use std::future::Future;
+
+/// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called,
+/// and resolves on the first of them.
+///
+/// The listeners are installed here, not when the future is first polled:
+/// a process polls it only once its services run, and a SIGTERM that came
+/// between the listener being bound and that first poll (an orchestrator
+/// stopping a task that has just turned ready) took the signal's default
+/// action and killed the process without its graceful stop.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let interrupt = listen::interrupt();
+    let terminate = listen::terminate();
+    async move {
+        tokio::select! {
+            () = interrupt => tracing::info!("SIGINT received, shutting down"),
+            () = terminate => tracing::info!("SIGTERM received, shutting down"),
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    }
+}
+
+#[cfg(unix)]
+mod listen {
+    use std::future::Future;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    pub(super) fn interrupt() -> impl Future<Output = ()> + Send + 'static {
+        on(SignalKind::interrupt(), "SIGINT")
+    }
+
+    pub(super) fn terminate() -> impl Future<Output = ()> + Send + 'static {
+        on(SignalKind::terminate(), "SIGTERM")
+    }
+
+    /// Installs the listener now; a process that cannot listen is told so
+    /// and never resolves this signal.
+    fn on(kind: SignalKind, name: &'static str) -> impl Future<Output = ()> + Send + 'static {
+        let listener = signal(kind);
+        if let Err(e) = &listener {
+            tracing::error!(error = %e, "cannot listen for {name}");
+        }
+        async move {
+            match listener {
+                Ok(mut listener) => {
+                    listener.recv().await;
+                }
+                Err(_) => std::future::pending().await,
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod listen {
+    use std::future::Future;
+
+    pub(super) fn interrupt() -> impl Future<Output = ()> + Send + 'static {
+        async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+
+    pub(super) fn terminate() -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use nix::sys::signal::{Signal, raise};
+    use std::time::Duration;
+
+    /// A SIGTERM that arrives before the future is ever polled is not the
+    /// process's death: it resolves the future. (Before the listeners were
+    /// installed eagerly, this raise killed the test binary.)
+    #[tokio::test]
+    async fn a_signal_before_the_first_poll_is_caught_not_fatal() {
+        let stop = shutdown_signal();
+        raise(Signal::SIGTERM).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), stop)
+            .await
+            .expect("the SIGTERM raised before the first poll resolves it");
     }
 }
