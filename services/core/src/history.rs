@@ -373,6 +373,34 @@ mod tests {
     }
 
     #[test]
+    fn a_read_second_holds_no_more_room_than_its_bests() {
+        // Kept as read by the rankings' all-time index, a vector grown by
+        // doubling would carry up to as much slack as bests; sorted input
+        // (as Alleycat writes it) and unsorted input both come out tight.
+        for count in [1_u64, 5, 1000, 1025] {
+            let mut h = ClassHistory::default();
+            for racer in 0..count {
+                h.merge(Second(1), RacerId(racer), racer as f64);
+            }
+            let sorted = h.to_json();
+            let unsorted = format!(
+                "{{\"1\":{{{}}}}}",
+                (0..count)
+                    .rev()
+                    .map(|r| format!("\"{r}\":{r}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            for json in [sorted, unsorted.into_bytes()] {
+                let seconds = read_seconds(&json).unwrap();
+                let bests = &seconds[&Second(1)];
+                assert_eq!(bests.len() as u64, count);
+                assert_eq!(bests.capacity(), bests.len(), "{count} racers");
+            }
+        }
+    }
+
+    #[test]
     fn merging_a_whole_history_keeps_the_maxima_of_both() {
         let mut ours = ClassHistory::default();
         ours.merge(Second(1), RacerId(1), 10.0);
