@@ -35,6 +35,19 @@ async function ask(what) {
   if (value !== "done " + what) throw new Error(`expected "done ${what}", got ${JSON.stringify(value)}`);
 }
 
+/// Clicks the button `id` as soon as it is enabled, in one step inside the
+/// page: the live tables above the pager grow while a race runs, and a
+/// pointer click aimed at where the button was can land beside it (or on
+/// it while a refresh has just disabled it).
+async function clickWhenEnabled(page, id) {
+  await page.waitForFunction((id) => {
+    const button = document.getElementById(id);
+    if (button.disabled) return false;
+    button.click();
+    return true;
+  }, id, WAIT);
+}
+
 /// Waits until the text of `selector` is no longer `before`.
 async function changes(page, selector, before) {
   await page.waitForFunction(
@@ -87,13 +100,13 @@ try {
   await page.route(leaderboardRequests, (route) => refused++ === 0
     ? route.fulfill({ status: 503, contentType: "application/json", body: '{"error":"unavailable"}' })
     : route.continue());
-  await page.click("#next");
+  await clickWhenEnabled(page, "next");
   await page.waitForFunction(() => document.querySelector("#page").textContent === "page 2", null, { timeout: 8_000 });
   ok(refused >= 2, `a failed leaderboard request is asked again within seconds (${refused} requests)`);
   await page.unroute(leaderboardRequests);
   await page.waitForFunction(() => document.querySelector("#leaderboard tr:first-child td").textContent === "11", null, WAIT);
   ok(true, "the leaderboard pages (page 2 starts at rank 11)");
-  await page.click("#prev");
+  await clickWhenEnabled(page, "prev");
   await page.waitForFunction(() => document.querySelector("#leaderboard tr:first-child td").textContent === "1", null, WAIT);
   // Today's board: asked for by its period, and shown from rank 1 (the
   // finished race was posted today).
