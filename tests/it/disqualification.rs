@@ -8,7 +8,6 @@ use crate::common::aws::Aws;
 use crate::common::*;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -149,6 +148,11 @@ fn rider(race: u64) -> Sample {
     }
 }
 
+/// Every racer `sent` names.
+fn racers(sent: &[Sample]) -> impl Iterator<Item = u64> + '_ {
+    sent.iter().map(|s| s.racer)
+}
+
 /// Where racer 9, riding second 1 of a new race, stands in "All time" at
 /// second 1: `(rank, of)`. Its record is added to `sent`.
 async fn all_time_of_a_rider(base: &str, race: u64, sent: &mut Vec<Sample>) -> (u64, u64) {
@@ -199,7 +203,7 @@ async fn a_race_and_a_racer_are_taken_back_everywhere_and_given_back_across_a_re
     assert_eq!(post_json(&client, &server.base, &body).await.0, 202);
     wait_for_bests(&server.base, &bests(&sent)).await;
     wait_for_boards(&server.base, &[7, 8], &[(7, 10, 188.75), (8, 10, 118.75)]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // rankings re-read class files every 200 ms
+    wait_for_rankings_to_load_class(&server.base, CLASS, racers(&sent)).await;
     assert_eq!(
         all_time_of_a_rider(&server.base, 30, &mut sent).await,
         (3, 3)
@@ -236,7 +240,7 @@ async fn a_race_and_a_racer_are_taken_back_everywhere_and_given_back_across_a_re
         "{refusal}"
     );
     wait_for_boards(&server.base, &[8], &[(8, 10, 118.75), (7, 20, 63.7)]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_rankings_to_load_class(&server.base, CLASS, racers(&sent)).await;
     // Racer 7's 63.7 is below racer 9's own 88 now; racer 8 is above.
     assert_eq!(
         all_time_of_a_rider(&server.base, 31, &mut sent).await,
@@ -283,7 +287,7 @@ async fn a_race_and_a_racer_are_taken_back_everywhere_and_given_back_across_a_re
             .contains("disqualified from every race: account shared"),
         "{refusal}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_rankings_to_load_class(&server.base, CLASS, racers(&sent)).await;
     // At second 1: racer 7 (188.75) above, racer 9's own earlier best below.
     assert_eq!(
         all_time_of_a_rider(&server.base, 32, &mut sent).await,

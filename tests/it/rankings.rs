@@ -151,7 +151,7 @@ async fn all_time_ranks_come_from_the_published_class_files() {
     let body = Value::Array(first.iter().flatten().map(Sample::json).collect());
     assert_eq!(post_json(&client, &server.base, &body).await.0, 202);
     wait_for_bests(&server.base, &bests(first.iter().flatten())).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // class files are re-read every 200 ms here
+    wait_for_rankings_to_load_class(&server.base, 5, 1..=4).await;
 
     // ...then racer 1 rides again at second 1, slower than everyone's best.
     let mut ws = viewer(&server, "classId=5&raceId=2").await;

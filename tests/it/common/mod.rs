@@ -268,6 +268,48 @@ pub async fn fetch_class(base: &str, class: u8) -> Option<BTreeMap<u16, BTreeMap
     Some(serde_json::from_value(value).expect("class file has the reference shape"))
 }
 
+/// Waits until the rankings' all-time standings of `class` hold, for each
+/// of `racers`, what its published class file holds now (nothing, for a
+/// racer the file does not list). The rankings re-read class files on
+/// their own schedule after history publishes them: a fixed sleep is a
+/// guess on a loaded machine.
+pub async fn wait_for_rankings_to_load_class(
+    base: &str,
+    class: u8,
+    racers: impl IntoIterator<Item = u64>,
+) {
+    let racers: std::collections::BTreeSet<u64> = racers.into_iter().collect();
+    let client = reqwest::Client::new();
+    eventually(
+        &format!("the rankings to hold class-{class}.gz"),
+        || async {
+            let file = fetch_class(base, class).await.unwrap_or_default();
+            for &racer in &racers {
+                let published: BTreeMap<u16, f64> = file
+                    .iter()
+                    .filter_map(|(second, bests)| bests.get(&racer).map(|best| (*second, *best)))
+                    .collect();
+                let response = client
+                    .get(format!("{base}/v1/racers/{racer}/bests?classId={class}"))
+                    .send()
+                    .await
+                    .ok()?;
+                let held: BTreeMap<u16, f64> = if response.status() == 404 {
+                    BTreeMap::new()
+                } else {
+                    let body: Value = response.json().await.ok()?;
+                    serde_json::from_value(body["seconds"].clone()).ok()?
+                };
+                if held != published {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
 /// Waits until every class of `expected` is published exactly as expected.
 pub async fn wait_for_bests(base: &str, expected: &Bests) {
     for (class, want) in expected {
