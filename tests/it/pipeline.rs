@@ -283,10 +283,7 @@ async fn history_checks_as_soon_as_the_transformer_in_its_process_delivers() {
 async fn shutdown_delivers_what_the_transformer_holds() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let mut config = test_config(dir.path());
-    // Nothing would be delivered for an hour, but for the shutdown flush.
-    config.transformer.buffer_interval = std::time::Duration::from_secs(3600);
-    config.transformer.buffer_idle = std::time::Duration::ZERO;
+    let config = test_config_without_delivery(dir.path());
     let server = Server::start_with(config.clone()).await;
     let samples = race(1, 1, 1, 3, 3);
     let body = Value::Array(samples.iter().flatten().map(Sample::json).collect());

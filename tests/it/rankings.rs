@@ -72,10 +72,7 @@ async fn a_race_posted_second_by_second_is_pushed_in_order() {
     // a new personal record however slowly the pushes come. (With history
     // flowing, a later push of a second may already rank against this
     // race's own published bests.)
-    let mut config = test_config(dir.path());
-    config.transformer.buffer_interval = Duration::from_secs(3600);
-    config.transformer.buffer_idle = Duration::ZERO;
-    let server = Server::start_with(config).await;
+    let server = Server::start_with(test_config_without_delivery(dir.path())).await;
     let client = reqwest::Client::new();
     let mut ws = viewer(&server, "classId=2").await;
     let mut other_class = viewer(&server, "classId=3").await;

@@ -1,6 +1,8 @@
-//! The signals that ask a process to stop.
+//! The signals that ask a process to stop (Unix, as the rest of the
+//! runtime: it sets resource limits through `nix`).
 
 use std::future::Future;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called,
 /// and resolves on the first of them.
@@ -11,8 +13,8 @@ use std::future::Future;
 /// stopping a task that has just turned ready) took the signal's default
 /// action and killed the process without its graceful stop.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    let interrupt = listen::interrupt();
-    let terminate = listen::terminate();
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
     async move {
         tokio::select! {
             () = interrupt => tracing::info!("SIGINT received, shutting down"),
@@ -21,56 +23,24 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-#[cfg(unix)]
-mod listen {
-    use std::future::Future;
-    use tokio::signal::unix::{SignalKind, signal};
-
-    pub(super) fn interrupt() -> impl Future<Output = ()> + Send + 'static {
-        on(SignalKind::interrupt(), "SIGINT")
+/// Installs the listener for `kind` now; a process that cannot listen is
+/// told so and never resolves this signal.
+fn listen(kind: SignalKind, name: &'static str) -> impl Future<Output = ()> + Send + 'static {
+    let listener = signal(kind);
+    if let Err(e) = &listener {
+        tracing::error!(error = %e, "cannot listen for {name}");
     }
-
-    pub(super) fn terminate() -> impl Future<Output = ()> + Send + 'static {
-        on(SignalKind::terminate(), "SIGTERM")
-    }
-
-    /// Installs the listener now; a process that cannot listen is told so
-    /// and never resolves this signal.
-    fn on(kind: SignalKind, name: &'static str) -> impl Future<Output = ()> + Send + 'static {
-        let listener = signal(kind);
-        if let Err(e) = &listener {
-            tracing::error!(error = %e, "cannot listen for {name}");
-        }
-        async move {
-            match listener {
-                Ok(mut listener) => {
-                    listener.recv().await;
-                }
-                Err(_) => std::future::pending().await,
+    async move {
+        match listener {
+            Ok(mut listener) => {
+                listener.recv().await;
             }
+            Err(_) => std::future::pending().await,
         }
     }
 }
 
-#[cfg(not(unix))]
-mod listen {
-    use std::future::Future;
-
-    pub(super) fn interrupt() -> impl Future<Output = ()> + Send + 'static {
-        async {
-            if let Err(e) = tokio::signal::ctrl_c().await {
-                tracing::error!(error = %e, "cannot listen for Ctrl-C");
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
-    pub(super) fn terminate() -> impl Future<Output = ()> + Send + 'static {
-        std::future::pending()
-    }
-}
-
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use nix::sys::signal::{Signal, raise};

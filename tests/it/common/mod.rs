@@ -52,6 +52,16 @@ pub fn test_config(data_dir: &Path) -> alleycat::Config {
     alleycat::Config::parse_from(args)
 }
 
+/// [`test_config`], but the transformer delivers nothing while it runs (an
+/// hour's interval, no quiet flush), only at its shutdown flush: no class
+/// file changes under a test that needs none.
+pub fn test_config_without_delivery(data_dir: &Path) -> alleycat::Config {
+    let mut config = test_config(data_dir);
+    config.transformer.buffer_interval = Duration::from_secs(3600);
+    config.transformer.buffer_idle = Duration::ZERO;
+    config
+}
+
 /// The flag of an `ALLEYCAT_*` variable (both share one name scheme).
 pub fn flag_of(variable: &str) -> String {
     let name = variable
