@@ -135,7 +135,7 @@ mod tests {
     fn defaults_come_from_clap_and_flags_override_them() {
         let defaults = Config::parse_from(["alleycat"]);
         assert_eq!(defaults.server.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(defaults.transformer.buffer_bytes.get(), 1 << 20);
+        assert_eq!(defaults.transformer.buffer_bytes.get(), 4 << 20);
         let config = Config::parse_from(["alleycat", "--buffer-interval-ms", "200"]);
         assert_eq!(config.transformer.buffer_interval.as_millis(), 200);
         assert_eq!(config.history.poll_interval, defaults.history.poll_interval);

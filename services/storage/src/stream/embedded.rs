@@ -82,8 +82,13 @@ const QUIET_SLICE: Duration = Duration::from_micros(1250);
 const MAX_GROUP: usize = 4096;
 /// Queue depth before appenders wait (backpressure).
 const QUEUE: usize = 8192;
-/// Page cache of the stream database.
-const CACHE_BYTES: usize = 64 << 20;
+/// Page cache of the stream database (reads and the write buffer). Readers
+/// close behind ingest read [`tail`]'s memory instead; one further behind
+/// reads the stream once, so a cache of pages it already passed serves
+/// nothing: in the stretch run the transformer reads about 4 s behind,
+/// past 64 MiB, which the heap profile found full (README, "Where the
+/// stretch run's memory goes").
+const CACHE_BYTES: usize = 16 << 20;
 /// First pause between attempts to reopen a broken database...
 const REOPEN_FIRST: Duration = Duration::from_millis(50);
 /// ...doubling up to this: how long a healed disk may wait to be noticed.
