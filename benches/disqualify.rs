@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench disqualify` (release). Settings: `BENCH_RACERS`
 //! (10000), `BENCH_RACES` (races each racer rode, 2), `BENCH_SECONDS` (300),
-//! `BENCH_LINES_PER_OBJECT` (5000, about the transformer's 1 MiB buffer),
+//! `BENCH_LINES_PER_OBJECT` (5000, about 1 MiB of NDJSON: the transformer's
+//! objects before `ALLEYCAT_BUFFER_BYTES` became 4 MiB, about 20000 lines),
 //! `BENCH_SHARDS` (4: racers are partitioned over them by id, as Kinesis
 //! does by partition key; the embedded stream is one), `BENCH_RUNS` (3).
 //!
